@@ -1,0 +1,51 @@
+"""Command-line flags (a subset of A1111's, same names and meanings)."""
+from __future__ import annotations
+
+import argparse
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion web UI on diffusers")
+    add = parser.add_argument
+    # serving
+    add("--port", type=int, default=None, help="port to serve on (default 7860, or the next free one)")
+    add("--listen", action="store_true", help="bind 0.0.0.0 instead of 127.0.0.1 (requires authentication)")
+    add("--server-name", type=str, default=None, help="host name or address to bind")
+    add("--share", action="store_true", help="create a public gradio.live link (requires authentication)")
+    add("--gradio-auth", type=str, default=None, help='credentials "user:pass[,user2:pass2]"')
+    add("--gradio-auth-path", type=str, default=None, help="file with credentials, one user:pass per line or comma-separated")
+    add("--autolaunch", action="store_true", help="open the UI in the system's browser")
+    # install
+    add("--skip-install", action="store_true", help="do not check or install Python packages")
+    add("--skip-prepare-environment", action="store_true", help="same as --skip-install")
+    add("--exit", action="store_true", help="install requirements, then exit")
+    add("--reinstall", action="store_true", help="reinstall the pinned requirements even when they look satisfied")
+    # paths
+    add("--data-dir", type=str, default=None, help="where config, models and outputs live (default: the install dir)")
+    add("--models-dir", type=str, default=None, help="models root (default: <data-dir>/models)")
+    add("--ckpt", type=str, default=None, help="checkpoint to load at start (added to the list)")
+    add("--ckpt-dir", type=str, default=None, help="extra directory scanned for checkpoints")
+    # device
+    add("--device", choices=["cpu", "cuda", "mps"], default=None, help="torch device (default: best available)")
+    add("--precision", choices=["full", "half", "autocast"], default="autocast",
+        help="full = float32 everywhere; half/autocast = float16 on GPUs (CPU always uses float32)")
+    add("--no-half", action="store_true", help="same as --precision full")
+    # behaviour
+    add("--demo", action="store_true", help="use a tiny random-weight demo checkpoint when no real one is present")
+    add("--skip-load-model-at-start", action="store_true", help="load the checkpoint on first use instead of at start")
+    add("--no-prompt-history", action="store_true", help="do not write params.txt")
+    add("--no-hashing", action="store_true", help="do not compute checkpoint sha256 (titles and infotext lack the hash)")
+    add("--filenames-max-length", type=int, default=128, help="cap on each file name part")
+    add("--unix-filenames-sanitization", action="store_true", help="only replace / in file names")
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; unknown flags are an error (argparse prints which one and exits with status 2)."""
+    opts = make_parser().parse_args(argv)
+    if opts.no_half:
+        opts.precision = "full"
+    if opts.skip_prepare_environment:
+        opts.skip_install = True
+    opts.webui_is_non_local = bool(opts.share or opts.listen or opts.server_name)
+    return opts

@@ -1,0 +1,79 @@
+"""Device and dtype selection. torch is imported on first use, not at import time."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+_device: Any = None
+_dtype: Any = None
+
+
+class NansException(Exception):
+    """The model produced NaNs (usually half precision overflow)."""
+
+
+def best_device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def configure(device_name: str | None = None, precision: str = "autocast") -> None:
+    """Pick the device (``None`` = best available) and the model dtype (float16 on GPUs unless precision=full)."""
+    import torch
+
+    global _device, _dtype
+    name = device_name or best_device_name()
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was given but torch reports no CUDA device")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps was given but torch reports MPS unavailable")
+    _device = torch.device(name)
+    _dtype = torch.float16 if name != "cpu" and precision != "full" else torch.float32
+
+
+def _ensure() -> None:
+    if _device is None:
+        configure()
+
+
+def __getattr__(name: str) -> Any:
+    # module attributes A1111 scripts read: devices.device, devices.dtype, devices.cpu
+    if name == "device":
+        _ensure()
+        return _device
+    if name in ("dtype", "dtype_unet", "dtype_vae"):
+        _ensure()
+        return _dtype
+    if name == "cpu":
+        import torch
+
+        return torch.device("cpu")
+    raise AttributeError(name)
+
+
+def torch_gc() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def autocast(disable: bool = False):
+    """Kept for scripts; models already run in their own dtype, so this does nothing."""
+    yield
+
+
+def test_for_nans(x: Any, where: str) -> None:
+    import torch
+
+    if torch.isnan(x).any():
+        raise NansException(f"A tensor with NaNs was produced in {where}.")

@@ -1,0 +1,89 @@
+"""Opening model weight files. The format is decided by the file's first bytes, never by its extension;
+pickles are only read through ``torch.load(weights_only=True)``."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+SAFETENSORS = "safetensors"
+TORCH_ZIP = "torch-zip"
+TORCH_PICKLE = "torch-pickle"
+DIFFUSERS_FOLDER = "diffusers"
+
+
+class UnsupportedModelFile(ValueError):
+    """The file is not a format we load (or not a model at all)."""
+
+
+def detect_format(path: str) -> str:
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "unet", "config.json")):
+            return DIFFUSERS_FOLDER
+        raise UnsupportedModelFile(f"{path}: folder is not a diffusers model (no model_index.json or unet/config.json)")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
+            return SAFETENSORS
+    if head.startswith(b"PK\x03\x04"):
+        return TORCH_ZIP
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol opcode
+        return TORCH_PICKLE
+    raise UnsupportedModelFile(
+        f"{os.path.basename(path)}: not a safetensors, PyTorch or diffusers model (file starts with {head[:8]!r})")
+
+
+def read_safetensors_header(path: str) -> dict[str, Any]:
+    """The JSON header of a safetensors file: key -> {dtype, shape, data_offsets} (plus ``__metadata__``)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > 100_000_000:
+            raise UnsupportedModelFile(f"{path}: safetensors header of {header_len} bytes is implausibly large")
+        return json.loads(f.read(header_len))
+
+
+def _unwrap(state: Any) -> dict:
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UnsupportedModelFile("checkpoint does not contain a state dict")
+    return {k: v for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _torch_load(path: str) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except pickle.UnpicklingError as e:
+        raise UnsupportedModelFile(
+            f"{os.path.basename(path)}: refused to load, the pickle contains objects other than tensors "
+            f"({str(e).splitlines()[0]}); convert it to .safetensors") from e
+
+
+def read_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape for every tensor, without reading the tensor data where the format allows."""
+    fmt = detect_format(path)
+    if fmt == SAFETENSORS:
+        return {k: tuple(v["shape"]) for k, v in read_safetensors_header(path).items() if k != "__metadata__"}
+    if fmt in (TORCH_ZIP, TORCH_PICKLE):
+        return {k: tuple(v.shape) for k, v in _torch_load(path).items()}
+    raise UnsupportedModelFile(f"{path}: shapes are read from single-file checkpoints only")
+
+
+def read_state_dict(path: str) -> dict:
+    """All tensors of a single-file checkpoint, on the CPU."""
+    fmt = detect_format(path)
+    if fmt == SAFETENSORS:
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    if fmt in (TORCH_ZIP, TORCH_PICKLE):
+        return _torch_load(path)
+    raise UnsupportedModelFile(f"{path}: not a single-file checkpoint")

@@ -1,0 +1,125 @@
+"""Settings: typed options with defaults, persisted in ``config.json`` (A1111 ``Options``/``OptionInfo``)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class OptionInfo:
+    default: Any = None
+    label: str = ""
+    component: Any = None
+    component_args: Any = None
+    onchange: Callable | None = None
+    section: tuple[str, str] | None = None
+    refresh: Callable | None = None
+    infotext: str | None = None
+    restrict_api: bool = False
+    comment_before: str = ""
+    comment_after: str = ""
+
+    def info(self, text: str) -> "OptionInfo":
+        self.comment_after += f" ({text})"
+        return self
+
+    def needs_reload_ui(self) -> "OptionInfo":
+        return self
+
+
+def options_section(section_identifier: tuple[str, str], options_dict: dict[str, OptionInfo]) -> dict[str, OptionInfo]:
+    for value in options_dict.values():
+        value.section = section_identifier
+    return options_dict
+
+
+@dataclass
+class OptionHTML(OptionInfo):
+    text: str = ""
+
+
+class Options:
+    """Attribute access to settings; reading an unset key returns its default."""
+
+    def __init__(self, templates: dict[str, OptionInfo]):
+        object.__setattr__(self, "data_labels", dict(templates))
+        object.__setattr__(self, "data", {k: v.default for k, v in templates.items()})
+        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_onchange", {})
+
+    def __getattr__(self, item: str) -> Any:
+        data = object.__getattribute__(self, "data")
+        if item in data:
+            return data[item]
+        labels = object.__getattribute__(self, "data_labels")
+        if item in labels:
+            return labels[item].default
+        raise AttributeError(f"unknown setting {item!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key not in self.data_labels:
+            raise AttributeError(f"unknown setting {key!r}")
+        self.set(key, value)
+
+    def add_option(self, key: str, info: OptionInfo) -> None:
+        self.data_labels[key] = info
+        self.data.setdefault(key, info.default)
+
+    def get_default(self, key: str) -> Any:
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
+
+    def cast_value(self, key: str, value: Any) -> Any:
+        default = self.get_default(key)
+        if value is None or default is None:
+            return value
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str):
+            return str(value)
+        return value
+
+    def set(self, key: str, value: Any, is_api: bool = False) -> bool:
+        info = self.data_labels.get(key)
+        if info is None:
+            return False
+        if is_api and info.restrict_api:
+            return False
+        old = self.data.get(key)
+        value = self.cast_value(key, value)
+        if old == value:
+            return False
+        self.data[key] = value
+        for func in [info.onchange, *self._onchange.get(key, [])]:
+            if func is not None:
+                func()
+        return True
+
+    def onchange(self, key: str, func: Callable, call: bool = True) -> None:
+        self._onchange.setdefault(key, []).append(func)
+        if call:
+            func()
+
+    def save(self, filename: str) -> None:
+        with self._lock:
+            tmp = f"{filename}.tmp"
+            with open(tmp, "w", encoding="utf8") as f:
+                json.dump(self.data, f, indent=4, ensure_ascii=False)
+            os.replace(tmp, filename)
+
+    def load(self, filename: str) -> None:
+        if not os.path.isfile(filename):
+            return
+        with open(filename, encoding="utf8") as f:
+            stored = json.load(f)
+        for key, value in stored.items():
+            self.data[key] = self.cast_value(key, value) if key in self.data_labels else value

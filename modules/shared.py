@@ -1,0 +1,57 @@
+"""The shared objects the Script API exposes: ``opts``, ``cmd_opts``, ``state``, ``sd_model`` ...
+
+These are the only process-wide mutable objects; everything else is passed explicitly.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from modules import cmd_args, paths
+from modules.options import OptionHTML, OptionInfo, Options, options_section  # noqa: F401  (re-exported for scripts)
+from modules.shared_options import options_templates
+from modules.shared_state import State
+
+cmd_opts = cmd_args.parse([])
+opts = Options(options_templates)
+state = State()
+
+latent_upscale_modes = {
+    "Latent": {"mode": "bilinear", "antialias": False},
+    "Latent (antialiased)": {"mode": "bilinear", "antialias": True},
+    "Latent (bicubic)": {"mode": "bicubic", "antialias": False},
+    "Latent (bicubic antialiased)": {"mode": "bicubic", "antialias": True},
+    "Latent (nearest)": {"mode": "nearest", "antialias": False},
+    "Latent (nearest-exact)": {"mode": "nearest-exact", "antialias": False},
+}
+latent_upscale_default_mode = "Latent"
+sd_upscalers: list = []
+face_restorers: list = []
+demo = None
+parallel_processing_allowed = True
+
+
+def config_filename() -> str:
+    return os.path.join(paths.data_path, "config.json")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sd_model":
+        from modules import sd_models
+
+        return sd_models.get_sd_model()
+    if name == "device":
+        from modules import devices
+
+        return devices.device
+    if name in ("models_path", "data_path", "script_path"):
+        return getattr(paths, name)
+    raise AttributeError(name)
+
+
+def init(options: Any) -> None:
+    """Install parsed command-line options and load the settings file of the data dir."""
+    global cmd_opts
+    cmd_opts = options
+    paths.configure(options.data_dir, options.models_dir)
+    opts.load(config_filename())

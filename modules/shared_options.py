@@ -1,0 +1,71 @@
+"""The settings every part of the program reads (keys and defaults as A1111 v1.10.1)."""
+from __future__ import annotations
+
+from modules.options import OptionInfo, options_section
+
+options_templates: dict[str, OptionInfo] = {}
+
+options_templates.update(options_section(("saving-images", "Saving images/grids"), {
+    "samples_save": OptionInfo(True, "Always save all generated images"),
+    "samples_format": OptionInfo("png", "File format for images"),
+    "samples_filename_pattern": OptionInfo("", "Images filename pattern"),
+    "save_images_add_number": OptionInfo(True, "Add number to filename when saving"),
+    "grid_save": OptionInfo(True, "Always save all generated image grids"),
+    "grid_format": OptionInfo("png", "File format for grids"),
+    "grid_extended_filename": OptionInfo(False, "Add extended info (seed, prompt) to filename when saving grid"),
+    "grid_only_if_multiple": OptionInfo(True, "Do not save grids consisting of one picture"),
+    "n_rows": OptionInfo(-1, "Grid row count; use -1 for autodetect and 0 for it to be same as batch size"),
+    "enable_pnginfo": OptionInfo(True, "Save text information about generation parameters as chunks to png files"),
+    "save_txt": OptionInfo(False, "Create a text file next to every image with generation parameters."),
+    "jpeg_quality": OptionInfo(80, "Quality for saved jpeg and avif images"),
+    "return_grid": OptionInfo(True, "Show grid in gallery"),
+}))
+
+options_templates.update(options_section(("saving-paths", "Paths for saving"), {
+    "outdir_samples": OptionInfo("", "Output directory for images; if empty, defaults to three directories below"),
+    "outdir_txt2img_samples": OptionInfo("outputs/txt2img-images", "Output directory for txt2img images"),
+    "outdir_img2img_samples": OptionInfo("outputs/img2img-images", "Output directory for img2img images"),
+    "outdir_extras_samples": OptionInfo("outputs/extras-images", "Output directory for images from extras tab"),
+    "outdir_grids": OptionInfo("", "Output directory for grids; if empty, defaults to two directories below"),
+    "outdir_txt2img_grids": OptionInfo("outputs/txt2img-grids", "Output directory for txt2img grids"),
+    "outdir_img2img_grids": OptionInfo("outputs/img2img-grids", "Output directory for img2img grids"),
+    "outdir_save": OptionInfo("log/images", "Directory for saving images using the Save button"),
+    "outdir_init_images": OptionInfo("outputs/init-images", "Directory for saving init images when using img2img"),
+}))
+
+options_templates.update(options_section(("saving-to-dirs", "Saving to a directory"), {
+    "save_to_dirs": OptionInfo(True, "Save images to a subdirectory"),
+    "grid_save_to_dirs": OptionInfo(True, "Save grids to a subdirectory"),
+    "directories_filename_pattern": OptionInfo("[date]", "Directory name pattern"),
+    "directories_max_prompt_words": OptionInfo(8, "Max prompt words for [prompt_words] pattern"),
+}))
+
+options_templates.update(options_section(("sd", "Stable Diffusion"), {
+    "sd_model_checkpoint": OptionInfo(None, "Stable Diffusion checkpoint", infotext="Model hash"),
+    "sd_checkpoints_keep_in_cpu": OptionInfo(True, "Keep cached checkpoints in RAM rather than VRAM"),
+    "sd_checkpoint_cache": OptionInfo(2, "Checkpoints to keep in RAM (LRU; 1 keeps only the loaded one)"),
+    "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip", infotext="Clip skip"),
+    "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", infotext="ENSD"),
+    "randn_source": OptionInfo("CPU", "Random number generator source", infotext="RNG"),
+}))
+
+options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
+    "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
+    "eta_ddim": OptionInfo(0.0, "Eta for DDIM", infotext="Eta DDIM"),
+    "eta_ancestral": OptionInfo(1.0, "Eta for k-diffusion samplers", infotext="Eta"),
+    "s_churn": OptionInfo(0.0, "sigma churn"),
+    "s_tmin": OptionInfo(0.0, "sigma tmin"),
+    "s_tmax": OptionInfo(0.0, "sigma tmax"),
+    "s_noise": OptionInfo(1.0, "sigma noise"),
+    "s_min_uncond": OptionInfo(0.0, "Negative Guidance minimum sigma", infotext="NGMS"),
+}))
+
+options_templates.update(options_section(("ui", "Live previews and UI"), {
+    "show_progressbar": OptionInfo(True, "Show progressbar"),
+    "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
+    "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (in sampling steps); -1 = only after each image"),
+    "show_progress_type": OptionInfo("Approx cheap", "Live preview method"),
+    "face_restoration": OptionInfo(False, "Restore faces"),
+    "face_restoration_model": OptionInfo("CodeFormer", "Face restoration model"),
+    "tiling": OptionInfo(False, "Tiling"),
+}))
