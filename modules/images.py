@@ -1,0 +1,304 @@
+"""Saving images (A1111 file names, PNG ``parameters`` chunk, atomic writes) and grids."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import os
+import re
+from collections import namedtuple
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from modules import paths
+
+invalid_filename_chars = '#<>:"/\\|?*\n\r\t'
+invalid_filename_prefix = " "
+invalid_filename_postfix = " ."
+re_nonletters = re.compile(r"[\s\W_]+")
+re_pattern = re.compile(r"(.*?)(?:\[([^\[\]]+)\]|$)")
+re_pattern_arg = re.compile(r"(.*)<([^>]*)>$")
+
+
+def sanitize_filename_part(text: Any, replace_spaces: bool = True) -> str | None:
+    from modules.shared import cmd_opts
+
+    if text is None:
+        return None
+    text = str(text)
+    if replace_spaces:
+        text = text.replace(" ", "_")
+    bad = "/" if cmd_opts.unix_filenames_sanitization else invalid_filename_chars
+    text = text.translate({ord(x): "_" for x in bad})
+    text = text.lstrip(invalid_filename_prefix)[: cmd_opts.filenames_max_length]
+    return text.rstrip(invalid_filename_postfix)
+
+
+class FilenameGenerator:
+    """Expands ``[tag]`` patterns (``[seed]``, ``[date]``, ``[prompt_words]`` ...); unknown tags stay literal."""
+
+    def __init__(self, p: Any, seed: Any, prompt: str | None, image: Any, zip: bool = False, basename: str = ""):
+        self.p = p
+        self.seed = seed
+        self.prompt = prompt
+        self.image = image
+        self.basename = basename
+        self.replacements = {
+            "basename": lambda: self.basename or "img",
+            "seed": lambda: self.seed if self.seed is not None else "",
+            "seed_first": lambda: self.seed if getattr(p, "batch_size", 1) == 1 else p.all_seeds[0],
+            "seed_last": lambda: "NONE" if getattr(p, "batch_size", 1) == 1 else p.all_seeds[-1],
+            "steps": lambda: getattr(p, "steps", None),
+            "cfg": lambda: getattr(p, "cfg_scale", None),
+            "width": lambda: self.image.width,
+            "height": lambda: self.image.height,
+            "styles": lambda: sanitize_filename_part(", ".join(getattr(p, "styles", []) or []) or "None", replace_spaces=False),
+            "sampler": lambda: sanitize_filename_part(getattr(p, "sampler_name", None), replace_spaces=False),
+            "sampler_scheduler": lambda: sanitize_filename_part(f"{p.sampler_name}_{p.scheduler}", replace_spaces=False),
+            "scheduler": lambda: sanitize_filename_part(getattr(p, "scheduler", None), replace_spaces=False),
+            "model_hash": lambda: getattr(p, "sd_model_hash", None),
+            "model_name": lambda: sanitize_filename_part(getattr(p, "sd_model_name", None), replace_spaces=False),
+            "date": lambda: datetime.datetime.now().strftime("%Y-%m-%d"),
+            "datetime": self.datetime,
+            "job_timestamp": lambda: getattr(p, "job_timestamp", None) or _state_timestamp(),
+            "prompt": lambda: sanitize_filename_part(self.prompt),
+            "prompt_no_styles": lambda: sanitize_filename_part(self.prompt),
+            "prompt_spaces": lambda: sanitize_filename_part(self.prompt, replace_spaces=False),
+            "prompt_words": self.prompt_words,
+            "prompt_hash": lambda *args: self.string_hash(self.prompt, *args),
+            "negative_prompt_hash": lambda *args: self.string_hash(getattr(p, "negative_prompt", ""), *args),
+            "full_prompt_hash": lambda *args: self.string_hash(f"{self.prompt} {getattr(p, 'negative_prompt', '')}", *args),
+            "clip_skip": lambda: getattr(p, "clip_skip", None),
+            "batch_number": lambda: getattr(p, "batch_index", 0) + 1 if getattr(p, "batch_size", 1) > 1 else "NONE",
+            "batch_size": lambda: getattr(p, "batch_size", 1),
+            "generation_number": lambda: "NONE" if getattr(p, "n_iter", 1) == 1 and getattr(p, "batch_size", 1) == 1
+            else getattr(p, "iteration", 0) * getattr(p, "batch_size", 1) + getattr(p, "batch_index", 0) + 1,
+            "denoising": lambda: getattr(p, "denoising_strength", None) or "NONE",
+            "user": lambda: getattr(p, "user", None),
+            "image_hash": lambda *args: self.image_hash(*args),
+            "none": lambda: "",
+        }
+
+    def datetime(self, *args: str) -> str:
+        fmt = args[0] if args and args[0] else "%Y%m%d%H%M%S"
+        try:
+            return datetime.datetime.now().strftime(fmt)
+        except (ValueError, TypeError):
+            return datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+
+    def prompt_words(self) -> str:
+        from modules.shared import opts
+
+        words = [w for w in re_nonletters.split(self.prompt or "") if w] or ["empty"]
+        return sanitize_filename_part(" ".join(words[: opts.directories_max_prompt_words]), replace_spaces=False)
+
+    @staticmethod
+    def string_hash(text: str | None, *args: str) -> str:
+        length = int(args[0]) if args and args[0].isdigit() else 8
+        return hashlib.sha256((text or "").encode()).hexdigest()[:length]
+
+    def image_hash(self, *args: str) -> str:
+        length = int(args[0]) if args and args[0].isdigit() else None
+        return hashlib.sha256(self.image.tobytes()).hexdigest()[:length]
+
+    def apply(self, pattern: str) -> str:
+        result = ""
+        for m in re_pattern.finditer(pattern):
+            text, tag = m.groups()
+            if tag is None:
+                result += text
+                continue
+            args = []
+            while True:
+                arg = re_pattern_arg.match(tag)
+                if arg is None:
+                    break
+                tag, value = arg.groups()
+                args.insert(0, value)
+            fun = self.replacements.get(tag.lower())
+            if fun is not None:
+                try:
+                    replacement = fun(*args)
+                except Exception:
+                    replacement = None
+                if replacement == "NONE":  # the tag and the text before it are dropped
+                    continue
+                if replacement is not None:
+                    result += text + str(replacement)
+                    continue
+            result += f"{text}[{tag}]"
+        return result
+
+
+def _state_timestamp() -> str:
+    from modules.shared import state
+
+    return state.job_timestamp
+
+
+def get_next_sequence_number(path: str, basename: str) -> int:
+    """One more than the largest number prefix among the files in ``path`` (``basename-`` prefixed if given)."""
+    result = -1
+    if basename:
+        basename = f"{basename}-"
+    prefix_length = len(basename)
+    if not os.path.isdir(path):
+        return 0
+    for name in os.listdir(path):
+        if name.startswith(basename):
+            parts = os.path.splitext(name[prefix_length:])[0].split("-")
+            try:
+                result = max(int(parts[0]), result)
+            except ValueError:
+                pass
+    return result + 1
+
+
+def _pnginfo(info: str | None, existing: dict | None, section: str) -> PngImagePlugin.PngInfo:
+    pnginfo = PngImagePlugin.PngInfo()
+    for key, value in (existing or {}).items():
+        if isinstance(key, str) and isinstance(value, str) and key != section:
+            pnginfo.add_text(key, value)
+    if info is not None:
+        pnginfo.add_text(section, info)
+    return pnginfo
+
+
+def save_image_with_geninfo(image: Image.Image, geninfo: str | None, filename: str, extension: str | None = None,
+                            existing_pnginfo: dict | None = None, pnginfo_section_name: str = "parameters") -> None:
+    """Write ``image`` with its infotext (PNG text chunk, or EXIF UserComment for JPEG/WebP), atomically."""
+    from modules.shared import opts
+
+    extension = (extension or os.path.splitext(filename)[1]).lower().lstrip(".")
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "avif": "AVIF"}.get(extension)
+    if fmt is None:
+        raise ValueError(f"unsupported image format {extension!r}")
+    geninfo = geninfo if opts.enable_pnginfo else None
+    tmp = f"{filename}.tmp"
+    if fmt == "PNG":
+        image.save(tmp, format="PNG", pnginfo=_pnginfo(geninfo, existing_pnginfo, pnginfo_section_name))
+    elif fmt in ("JPEG", "WEBP", "AVIF"):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        exif = Image.Exif()
+        if geninfo:
+            exif[0x8769] = {0x9286: b"UNICODE\0" + geninfo.encode("utf-16-be")}  # Exif IFD: UserComment
+        image.save(tmp, format=fmt, quality=opts.jpeg_quality, exif=exif)
+    else:
+        image.save(tmp, format=fmt, comment=geninfo or "")
+    os.replace(tmp, filename)
+
+
+def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, prompt: str | None = None,
+               extension: str = "png", info: str | None = None, short_filename: bool = False, no_prompt: bool = False,
+               grid: bool = False, pnginfo_section_name: str = "parameters", p: Any = None,
+               existing_info: dict | None = None, forced_filename: str | None = None, suffix: str = "",
+               save_to_dirs: bool | None = None) -> tuple[str, str | None]:
+    """Save like A1111: ``<path>/<date>/<NNNNN>-<pattern>.png``; returns (full path, txt sidecar or None)."""
+    from modules import script_callbacks
+    from modules.shared import opts
+
+    namegen = FilenameGenerator(p, seed, prompt, image, basename=basename)
+    if save_to_dirs is None:
+        save_to_dirs = (grid and opts.grid_save_to_dirs) or (not grid and opts.save_to_dirs and not no_prompt)
+    if save_to_dirs:
+        dirname = namegen.apply(opts.directories_filename_pattern or "[prompt_words]").lstrip(" ").rstrip("\\ /")
+        path = os.path.join(path, dirname)
+    os.makedirs(path, exist_ok=True)
+
+    if forced_filename is None:
+        if short_filename or seed is None:
+            file_decoration = ""
+        elif opts.save_to_dirs:
+            file_decoration = opts.samples_filename_pattern or "[seed]"
+        else:
+            file_decoration = opts.samples_filename_pattern or "[seed]-[prompt_spaces]"
+        file_decoration = namegen.apply(file_decoration) + suffix
+        if file_decoration and not file_decoration.startswith("-"):
+            file_decoration = "-" + file_decoration
+        add_number = opts.save_images_add_number or file_decoration == ""
+        if add_number:
+            basecount = get_next_sequence_number(path, basename)
+            fullfn = ""
+            for i in range(500):
+                fn = f"{basecount + i:05}" if basename == "" else f"{basename}-{basecount + i:04}"
+                fullfn = os.path.join(path, f"{fn}{file_decoration}.{extension}")
+                if not os.path.exists(fullfn):
+                    break
+        else:
+            fullfn = os.path.join(path, f"{file_decoration.lstrip('-')}.{extension}")
+    else:
+        fullfn = os.path.join(path, f"{forced_filename}.{extension}")
+
+    params = script_callbacks.ImageSaveParams(image, p, fullfn, {"parameters": info} if info else {})
+    script_callbacks.before_image_saved_callback(params)
+    image, fullfn, info = params.image, params.filename, params.pnginfo.get(pnginfo_section_name, info)
+    existing = dict(existing_info or getattr(image, "info", {}) or {})
+    save_image_with_geninfo(image, info, fullfn, extension, existing, pnginfo_section_name)
+    image.already_saved_as = fullfn
+    txt_fullfn = None
+    if opts.save_txt and info is not None:
+        txt_fullfn = os.path.splitext(fullfn)[0] + ".txt"
+        with open(txt_fullfn + ".tmp", "w", encoding="utf8") as f:
+            f.write(info + "\n")
+        os.replace(txt_fullfn + ".tmp", txt_fullfn)
+    script_callbacks.image_saved_callback(params)
+    return fullfn, txt_fullfn
+
+
+def read_info_from_image(image: Image.Image) -> tuple[str | None, dict]:
+    """The infotext stored in an image (PNG chunk, EXIF UserComment or GIF comment) and its other info items."""
+    items = dict(image.info or {})
+    geninfo = items.pop("parameters", None)
+    if geninfo is None and "exif" in items:
+        comment = image.getexif().get_ifd(0x8769).get(0x9286)
+        if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+            body = comment[8:]
+            geninfo = body.decode("utf-16-be" if body[:1] == b"\0" else "utf-16-le", errors="ignore")
+        elif isinstance(comment, bytes) and comment.startswith(b"ASCII\0\0\0"):
+            geninfo = comment[8:].decode("ascii", errors="ignore")
+        elif isinstance(comment, str):
+            geninfo = comment
+    if geninfo is None and "comment" in items:
+        comment = items["comment"]
+        geninfo = comment.decode("utf8", errors="ignore") if isinstance(comment, bytes) else comment
+    if items.get("Software") == "NovelAI" and "Comment" in items:
+        geninfo = _novelai_to_infotext(items)
+    return geninfo, items
+
+
+def _novelai_to_infotext(items: dict) -> str:
+    import json
+
+    data = json.loads(items["Comment"])
+    sampler = {"k_euler_ancestral": "Euler a", "k_euler": "Euler", "k_lms": "LMS", "ddim": "DDIM"}.get(data.get("sampler"), "Euler a")
+    return (f"{items.get('Description', '')}\nNegative prompt: {data.get('uc', '')}\n"
+            f"Steps: {data.get('steps')}, Sampler: {sampler}, CFG scale: {data.get('scale')}, Seed: {data.get('seed')}, "
+            f"Size: {items.get('Width', 0)}x{items.get('Height', 0)}, Clip skip: 2, ENSD: 31337")
+
+
+def image_grid(imgs: list[Image.Image], batch_size: int = 1, rows: int | None = None) -> Image.Image:
+    from modules import script_callbacks
+    from modules.shared import opts
+
+    if rows is None:
+        if opts.n_rows > 0:
+            rows = opts.n_rows
+        elif opts.n_rows == 0:
+            rows = batch_size
+        else:
+            rows = math.floor(math.sqrt(len(imgs)))
+            while len(imgs) % rows != 0:
+                rows -= 1
+    cols = math.ceil(len(imgs) / rows)
+    params = script_callbacks.ImageGridLoopParams(imgs, cols, rows)
+    script_callbacks.image_grid_callback(params)
+    w, h = map(max, zip(*(img.size for img in params.imgs)))
+    grid = Image.new("RGB", size=(params.cols * w, params.rows * h), color="black")
+    for i, img in enumerate(params.imgs):
+        grid.paste(img, box=(i % params.cols * w, i // params.cols * h))
+    return grid
+
+
+Grid = namedtuple("Grid", ["tiles", "tile_w", "tile_h", "image_w", "image_h", "overlap"])

@@ -1,0 +1,225 @@
+"""Checkpoint registry and loaded models: discovery, identity (title and hashes), loading with an LRU.
+
+Titles are ``"<relative path> [<sha256[:10]>]"`` (the bracket once the sha256 is known). Switching models
+keeps the last ``opts.sd_checkpoint_cache`` loaded models in RAM so switching back is fast.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from modules import hashes, model_files, paths
+from modules.model_detection import Family
+
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+checkpoints_list: dict[str, "CheckpointInfo"] = {}
+checkpoint_aliases: dict[str, "CheckpointInfo"] = {}
+_loaded: "collections.OrderedDict[str, SDModel]" = collections.OrderedDict()
+_current: "SDModel | None" = None
+_lock = threading.RLock()
+model_loaded_callbacks: list = []
+
+
+class CheckpointInfo:
+    def __init__(self, filename: str, root: str | None = None):
+        self.filename = os.path.abspath(filename)
+        root = root or os.path.dirname(self.filename)
+        relative = os.path.relpath(self.filename, root) if self.filename.startswith(os.path.abspath(root)) else os.path.basename(filename)
+        self.name = relative.replace("\\", "/")
+        self.name_for_extra = os.path.splitext(os.path.basename(filename))[0] if os.path.isfile(filename) else os.path.basename(filename)
+        self.model_name = os.path.splitext(self.name.replace("/", "_"))[0] if os.path.isfile(filename) else self.name.replace("/", "_")
+        self.is_folder = os.path.isdir(filename)
+        self.hash = None if self.is_folder else hashes.legacy_model_hash(filename)
+        self.sha256 = hashes.sha256_from_cache(self.filename, self._hash_key) if not self.is_folder else None
+        self.shorthash = self.sha256[:10] if self.sha256 else None
+        self.metadata: dict = {}
+
+    @property
+    def _hash_key(self) -> str:
+        return "checkpoint/" + self.name
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
+
+    @property
+    def short_title(self) -> str:
+        return f"{self.name_for_extra} [{self.shorthash}]" if self.shorthash else self.name_for_extra
+
+    @property
+    def ids(self) -> list[str]:
+        ids = [self.model_name, self.name, self.name_for_extra, self.title]
+        if self.hash:
+            ids += [self.hash, f"{self.name} [{self.hash}]"]
+        if self.sha256:
+            ids += [self.sha256, self.shorthash]
+        return ids
+
+    def calculate_shorthash(self) -> str | None:
+        """Compute (or read from cache.json) the full sha256 of a single-file checkpoint."""
+        if self.is_folder:
+            return None
+        if self.sha256 is None:
+            self.sha256 = hashes.sha256(self.filename, self._hash_key)
+            self.shorthash = self.sha256[:10]
+            register(self)
+        return self.shorthash
+
+
+def register(info: CheckpointInfo) -> None:
+    checkpoints_list[info.title] = info
+    for key in info.ids:
+        checkpoint_aliases[key] = info
+
+
+def _candidates(root: str):
+    if not os.path.isdir(root):
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for d in list(dirnames):
+            full = os.path.join(dirpath, d)
+            if os.path.isfile(os.path.join(full, "model_index.json")) or os.path.isfile(os.path.join(full, "unet", "config.json")):
+                dirnames.remove(d)  # a diffusers folder is one model, not a tree to scan
+                yield full
+        for f in sorted(filenames):
+            if f.lower().endswith(CHECKPOINT_EXTENSIONS) and not f.startswith("."):
+                yield os.path.join(dirpath, f)
+
+
+def model_dir() -> str:
+    return os.path.join(paths.models_path, "Stable-diffusion")
+
+
+def list_models() -> None:
+    """Rescan the checkpoint folders (models/Stable-diffusion, --ckpt-dir) and --ckpt."""
+    from modules.shared import cmd_opts
+
+    checkpoints_list.clear()
+    checkpoint_aliases.clear()
+    roots = [model_dir()] + ([cmd_opts.ckpt_dir] if cmd_opts.ckpt_dir else [])
+    for root in roots:
+        for path in sorted(_candidates(root), key=lambda p: p.lower()):
+            register(CheckpointInfo(path, root))
+    if cmd_opts.ckpt and os.path.exists(cmd_opts.ckpt):
+        register(CheckpointInfo(cmd_opts.ckpt, os.path.dirname(os.path.abspath(cmd_opts.ckpt))))
+
+
+refresh_checkpoints = list_models
+
+
+def checkpoint_tiles(use_short: bool = False) -> list[str]:
+    return [info.short_title if use_short else info.title for info in checkpoints_list.values()]
+
+
+def get_closet_checkpoint_match(search: str) -> CheckpointInfo | None:
+    """Find a checkpoint by title, name, stem or hash (name kept as A1111 spells it)."""
+    if not search:
+        return None
+    info = checkpoint_aliases.get(search)
+    if info is not None:
+        return info
+    found = sorted((i for i in checkpoints_list.values() if search in i.title), key=lambda i: len(i.title))
+    if found:
+        return found[0]
+    bare = search.split(" [")[0]
+    return checkpoint_aliases.get(bare)
+
+
+def select_checkpoint() -> CheckpointInfo | None:
+    from modules.shared import opts
+
+    info = get_closet_checkpoint_match(opts.sd_model_checkpoint or "")
+    if info is None and checkpoints_list:
+        info = next(iter(checkpoints_list.values()))
+    return info
+
+
+@dataclass
+class SDModel:
+    """A loaded SD model: diffusers components plus the attributes A1111 scripts read."""
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    family: Family
+    sd_checkpoint_info: CheckpointInfo
+    device: Any = None
+    dtype: Any = None
+
+    is_sd1 = True
+    is_sd2 = False
+    is_sdxl = False
+    is_ssd = False
+    latent_channels = 4
+    vae_scale_factor = 8
+
+    @property
+    def sd_model_checkpoint(self) -> str:
+        return self.sd_checkpoint_info.filename
+
+    @property
+    def sd_model_hash(self) -> str | None:
+        return self.sd_checkpoint_info.shorthash
+
+    def to(self, device) -> "SDModel":
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device)
+        self.device = device
+        return self
+
+
+def load_model(info: CheckpointInfo) -> SDModel:
+    """Load (or take from the RAM cache) a checkpoint and put it on the compute device."""
+    from modules import devices, model_loader
+    from modules.shared import cmd_opts, opts
+
+    if not cmd_opts.no_hashing:
+        info.calculate_shorthash()
+    cached = _loaded.pop(info.filename, None)
+    if cached is None:
+        components = model_loader.load_components(info.filename, devices.dtype)
+        cached = SDModel(components.unet, components.vae, components.text_encoder, components.tokenizer,
+                         components.scheduler_config, components.family, info, dtype=devices.dtype)
+    _loaded[info.filename] = cached
+    keep = max(1, int(opts.sd_checkpoint_cache or 1))
+    while len(_loaded) > keep:
+        _, evicted = _loaded.popitem(last=False)
+        evicted.to("cpu")
+    return cached.to(devices.device)
+
+
+def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = None) -> SDModel:
+    """Make ``info`` (default: the ``sd_model_checkpoint`` setting) the current model."""
+    global _current
+    from modules.shared import opts
+
+    with _lock:
+        info = info or select_checkpoint()
+        if info is None:
+            raise model_files.UnsupportedModelFile(
+                f"No checkpoint found. Put a .safetensors file in {model_dir()} or start with --demo.")
+        if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
+            return _current
+        if _current is not None and opts.sd_checkpoints_keep_in_cpu:
+            _current.to("cpu")
+        _current = load_model(info)
+        opts.set("sd_model_checkpoint", info.title)
+        for callback in model_loaded_callbacks:
+            callback(_current)
+        return _current
+
+
+def get_sd_model() -> SDModel:
+    return _current if _current is not None else reload_model_weights()
+
+
+def current_model() -> SDModel | None:
+    return _current
+
+
+def model_hash(filename: str) -> str:
+    return hashes.legacy_model_hash(filename)
