@@ -6,6 +6,7 @@ from typing import Any
 
 _device: Any = None
 _dtype: Any = None
+_requested: tuple[str | None, str] = (None, "autocast")
 
 
 class NansException(Exception):
@@ -20,6 +21,13 @@ def best_device_name() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def request(device_name: str | None, precision: str) -> None:
+    """Remember the wanted device and precision; torch is only imported when they are first used."""
+    global _requested, _device, _dtype
+    _requested = (device_name, precision)
+    _device = _dtype = None
 
 
 def configure(device_name: str | None = None, precision: str = "autocast") -> None:
@@ -38,7 +46,7 @@ def configure(device_name: str | None = None, precision: str = "autocast") -> No
 
 def _ensure() -> None:
     if _device is None:
-        configure()
+        configure(*_requested)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,153 @@
+"""The job queue that owns the device: one worker thread, FIFO, one job at a time.
+
+Each job has an id, progress (step, ETA, live preview) and a result that stays available after the
+browser tab or HTTP client that asked for it has gone. The UI and the HTTP API submit here.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from modules import errors
+from modules.shared import state
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+KEEP_FINISHED = 100
+
+
+@dataclass
+class Job:
+    id: str
+    description: str
+    func: Callable[[], Any]
+    status: str = QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: Any = None
+    error: str | None = None
+    error_is_user_input: bool = False
+    final_progress: dict | None = None
+    done_event: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done_event.wait(timeout)
+
+
+class JobQueue:
+    def __init__(self) -> None:
+        self._pending: collections.deque[Job] = collections.deque()
+        self._jobs: "collections.OrderedDict[str, Job]" = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._current: Job | None = None
+        self._counter = itertools.count(1)
+
+    def submit(self, func: Callable[[], Any], description: str = "", job_id: str | None = None) -> Job:
+        job = Job(job_id or f"task({uuid.uuid4().hex[:15]})", description or f"job {next(self._counter)}", func)
+        with self._cond:
+            self._jobs[job.id] = job
+            self._pending.append(job)
+            self._trim()
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, name="job-queue", daemon=True)
+                self._worker.start()
+            self._cond.notify()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    @property
+    def current(self) -> Job | None:
+        return self._current
+
+    def position(self, job: Job) -> int:
+        """0 while running or finished; n when n jobs run or wait ahead of it."""
+        with self._cond:
+            if job.status != QUEUED:
+                return 0
+            ahead = list(self._pending).index(job) if job in self._pending else 0
+            return ahead + (1 if self._current is not None else 0)
+
+    def cancel(self, job_id: str) -> bool:
+        """Remove a job that has not started; returns False if it already runs or finished."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None or job.status != QUEUED:
+                return False
+            self._pending.remove(job)
+            job.status = CANCELLED
+            job.finished = time.time()
+            job.done_event.set()
+            return True
+
+    def interrupt(self, job_id: str | None = None) -> None:
+        """Interrupt the running job (if it is ``job_id`` or no id is given); cancel it if still queued."""
+        if job_id is not None and self.cancel(job_id):
+            return
+        if self._current is not None and (job_id is None or self._current.id == job_id):
+            state.interrupt()
+
+    def skip(self, job_id: str | None = None) -> None:
+        if self._current is not None and (job_id is None or self._current.id == job_id):
+            state.skip()
+
+    def progress(self, job: Job) -> dict:
+        """Progress of a job: status, fraction 0..1, step/steps, ETA in seconds, queue position."""
+        if job is not self._current:
+            return job.final_progress or {"status": job.status, "progress": 1.0 if job.finished else 0.0,
+                                          "eta": None, "step": 0, "steps": 0, "queue_position": self.position(job)}
+        steps = state.sampling_steps or 0
+        fraction = 0.0
+        if state.job_count > 0:
+            fraction = state.job_no / state.job_count
+            if steps:
+                fraction += state.sampling_step / steps / state.job_count
+        elapsed = time.time() - (job.started or time.time())
+        eta = elapsed / fraction - elapsed if fraction > 0.01 else None
+        return {"status": job.status, "progress": min(fraction, 1.0), "eta": eta, "step": state.sampling_step,
+                "steps": steps, "job_no": state.job_no, "job_count": state.job_count, "queue_position": 0,
+                "textinfo": state.textinfo}
+
+    def _trim(self) -> None:
+        finished = [j for j in self._jobs.values() if j.finished is not None]
+        for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self._jobs[job.id]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                job = self._pending.popleft()
+                self._current = job
+            job.status = RUNNING
+            job.started = time.time()
+            state.begin(job.description)
+            try:
+                job.result = job.func()
+                job.status = DONE
+            except Exception as e:
+                job.status = FAILED
+                job.error = f"{type(e).__name__}: {e}" if not isinstance(e, errors.UserInputError) else str(e)
+                job.error_is_user_input = isinstance(e, (errors.UserInputError,)) or type(e).__name__ in (
+                    "ModelNotSupported", "UnsupportedModelFile")
+                if not job.error_is_user_input:
+                    errors.report(f"job {job.id} failed:\n{traceback.format_exc()}")
+            finally:
+                job.final_progress = {**self.progress(job), "status": job.status, "progress": 1.0, "eta": 0}
+                job.finished = time.time()
+                state.end()
+                with self._cond:
+                    self._current = None
+                job.done_event.set()
+
+
+queue = JobQueue()

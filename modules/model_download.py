@@ -1,0 +1,48 @@
+"""First-start model provisioning: download SD 1.5 through huggingface_hub, or fall back to the demo model."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from modules import demo_model, paths
+
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_FILE = "v1-5-pruned-emaonly.safetensors"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _progress_class(report: Callable[[int, int], None]):
+    from tqdm.auto import tqdm
+
+    class Reporting(tqdm):
+        def update(self, n=1):
+            result = super().update(n)
+            report(int(self.n), int(self.total or 0))
+            return result
+
+    return Reporting
+
+
+def download_sd15(report: Callable[[int, int], None] | None = None) -> str:
+    """Download SD 1.5 into models/Stable-diffusion; raises if the hub cannot be reached."""
+    from huggingface_hub import hf_hub_download
+
+    if hub_offline():
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    target = os.path.join(paths.models_path, "Stable-diffusion")
+    os.makedirs(target, exist_ok=True)
+    kwargs = {"tqdm_class": _progress_class(report)} if report else {}
+    return hf_hub_download(SD15_REPO, SD15_FILE, local_dir=target, etag_timeout=10, **kwargs)
+
+
+def provide_checkpoint(report: Callable[[int, int], None] | None = None) -> tuple[str, str]:
+    """Try the SD 1.5 download; when that is impossible create the demo model. Returns (path, message)."""
+    try:
+        return download_sd15(report), f"Downloaded {SD15_FILE}."
+    except Exception as e:  # offline, hub unreachable, disk full...
+        path = demo_model.ensure_demo_checkpoint(paths.models_path)
+        return path, (f"Could not download SD 1.5 ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      f"created the random-weight demo model instead.")

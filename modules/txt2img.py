@@ -1,0 +1,32 @@
+"""Building a txt2img job from UI or API values (one definition both use)."""
+from __future__ import annotations
+
+from modules import processing
+from modules.processing import StableDiffusionProcessingTxt2Img
+
+
+def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: int, cfg_scale: float,
+                 width: int, height: int, seed: int, subseed: int = -1, subseed_strength: float = 0.0,
+                 seed_resize_from_w: int = 0, seed_resize_from_h: int = 0, batch_count: int = 1,
+                 batch_size: int = 1) -> StableDiffusionProcessingTxt2Img:
+    """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
+    p = StableDiffusionProcessingTxt2Img(
+        prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
+        steps=_int(steps), cfg_scale=float(cfg_scale), width=_int(width), height=_int(height),
+        seed=_int(seed), subseed=_int(subseed), subseed_strength=float(subseed_strength or 0),
+        seed_resize_from_w=_int(seed_resize_from_w) or -1, seed_resize_from_h=_int(seed_resize_from_h) or -1,
+        n_iter=_int(batch_count), batch_size=_int(batch_size),
+    )
+    p.validate()
+    return p
+
+
+def _int(value) -> int:
+    if value is None or value == "":
+        return -1
+    number = float(value)
+    return int(number) if number.is_integer() else number  # non-integers are reported by validate()
+
+
+def run(p: StableDiffusionProcessingTxt2Img) -> processing.Processed:
+    return processing.process_images(p)

@@ -1,0 +1,108 @@
+"""Start-up: read flags and settings, find checkpoints, build the page and serve it.
+
+Heavy libraries (torch, diffusers) are not imported here; the model loads in the job queue after the
+server is up, so the page answers within seconds.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import sys
+
+from modules import cmd_args, devices, job_queue, model_download, paths, sd_models, shared
+from modules.demo_model import ensure_demo_checkpoint
+
+log = logging.getLogger("webui")
+DEFAULT_PORT = 7860
+
+
+def parse_credentials(opts) -> list[tuple[str, str]]:
+    entries: list[str] = []
+    if opts.gradio_auth:
+        entries += opts.gradio_auth.split(",")
+    if opts.gradio_auth_path:
+        with open(opts.gradio_auth_path, encoding="utf8") as f:
+            for line in f:
+                entries += line.strip().split(",")
+    credentials = []
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            continue
+        if ":" not in entry:
+            raise SystemExit(f"--gradio-auth: {entry!r} is not of the form user:password")
+        user, password = entry.split(":", 1)
+        credentials.append((user, password))
+    return credentials
+
+
+def free_port(host: str, start: int) -> int:
+    """``start`` if it is free, else the next free port above it."""
+    for port in range(start, start + 100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host if host != "0.0.0.0" else "", port))
+                return port
+            except OSError:
+                continue
+    raise SystemExit(f"no free port between {start} and {start + 99}")
+
+
+def prepare_models(opts) -> None:
+    """Scan checkpoints; with none present, create the demo model when asked to or when the hub is unreachable."""
+    sd_models.list_models()
+    if not sd_models.checkpoints_list and (opts.demo or model_download.hub_offline()):
+        ensure_demo_checkpoint(paths.models_path)
+        sd_models.list_models()
+        log.warning("No checkpoint found: using the random-weight demo model %s", sd_models.checkpoint_tiles())
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    opts = cmd_args.parse(argv)
+    shared.init(opts)
+    devices.request(opts.device, opts.precision)
+    for folder in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
+        os.makedirs(os.path.join(paths.models_path, folder), exist_ok=True)
+    prepare_models(opts)
+
+    credentials = parse_credentials(opts)
+    if opts.webui_is_non_local and not credentials:
+        password = secrets.token_urlsafe(12)
+        credentials = [("webui", password)]
+        print(f"This server is reachable from other machines (--listen/--share/--server-name), so it needs a login.\n"
+              f"No --gradio-auth was given; generated one for this run: user 'webui', password '{password}'", flush=True)
+
+    from webui.ui import create_ui
+
+    demo = create_ui()
+    shared.demo = demo
+    host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
+    port = free_port(host, opts.port or DEFAULT_PORT)
+    output_dir = os.path.join(paths.data_path, "outputs")
+    os.makedirs(output_dir, exist_ok=True)
+    demo.queue(default_concurrency_limit=None)
+    _, local_url, share_url = demo.launch(
+        server_name=host, server_port=port, share=opts.share, auth=credentials or None,
+        prevent_thread_lock=True, inbrowser=opts.autolaunch, allowed_paths=[output_dir], quiet=True,
+        footer_links=["api", "settings"],
+    )
+    print(f"Running on local URL: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", flush=True)
+    if share_url:
+        print(f"Running on public URL: {share_url}", flush=True)
+    if sd_models.checkpoints_list and not opts.skip_load_model_at_start:
+        job_queue.queue.submit(sd_models.reload_model_weights, "load model")
+    try:
+        while True:
+            command = shared.state.wait_for_server_command(timeout=3600)
+            if command == "stop":
+                break
+    except KeyboardInterrupt:
+        pass
+    demo.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,214 @@
+"""The Gradio page: checkpoint picker and the txt2img tab. Event handlers only translate between
+components and the engine in ``modules``; generation runs in the engine's job queue."""
+from __future__ import annotations
+
+import html
+import os
+import time
+
+import gradio as gr
+
+from modules import job_queue, model_download, sd_models, sd_samplers, sd_schedulers, txt2img
+from modules.demo_model import DEMO_NAME
+from modules.errors import UserInputError
+from modules.shared import opts, state
+
+POLL_SECONDS = 0.4
+
+
+def _checkpoint_choices() -> list[str]:
+    return sd_models.checkpoint_tiles()
+
+
+def _model_notice() -> str:
+    if not sd_models.checkpoints_list:
+        return ("**No checkpoint found.** Put a Stable Diffusion 1.x `.safetensors` file into "
+                f"`{sd_models.model_dir()}` and press 🔄, or download SD 1.5 with the button below.")
+    selected = sd_models.select_checkpoint()
+    if selected is not None and DEMO_NAME in selected.name:
+        return (f"**Demo model:** `{selected.name}` has random weights, so images are noise patterns, not pictures. "
+                f"Put a real SD 1.x checkpoint into `{sd_models.model_dir()}` and press 🔄 to use it.")
+    return ""
+
+
+def _progress_html(progress: dict, position: int) -> str:
+    if position > 0:
+        return f"<div class='progress-text'>Queued: {position} job(s) ahead</div>"
+    step, steps = progress.get("step", 0), progress.get("steps", 0)
+    eta = progress.get("eta")
+    eta_text = f" · ETA {eta:.0f}s" if eta is not None else ""
+    percent = int(progress.get("progress", 0) * 100)
+    batch = f" · batch {progress.get('job_no', 0) + 1}/{progress['job_count']}" if progress.get("job_count", 0) > 1 else ""
+    return (f"<div class='progress-text'>Step {step}/{steps}{batch}{eta_text} ({percent}%)</div>"
+            f"<progress value='{percent}' max='100' style='width:100%'></progress>")
+
+
+def _gallery_items(processed) -> list:
+    return [getattr(image, "already_saved_as", None) or image for image in processed.images]
+
+
+def _infotext_html(text: str) -> str:
+    return f"<pre class='infotext' style='white-space:pre-wrap'>{html.escape(text or '')}</pre>"
+
+
+def _error_html(message: str) -> str:
+    return f"<div class='error' style='color:#d33'>Error: {html.escape(message)}</div>"
+
+
+def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, use_variation,
+             subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size):
+    """Submit a txt2img job and stream its progress and live preview until it finishes.
+
+    The job runs in the queue worker: closing the tab stops this stream, not the job."""
+    try:
+        p = txt2img.make_txt2img(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
+                                 subseed if use_variation else -1, subseed_strength if use_variation else 0,
+                                 seed_resize_from_w if use_variation else 0, seed_resize_from_h if use_variation else 0,
+                                 batch_count, batch_size)
+    except UserInputError as e:
+        yield gr.skip(), _error_html(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return
+    job = job_queue.queue.submit(lambda: txt2img.run(p), "txt2img")
+    last_preview = -1
+    while not job.wait(POLL_SECONDS):
+        progress = job_queue.queue.progress(job)
+        preview = gr.skip()
+        if job is job_queue.queue.current and state.id_live_preview != last_preview and state.current_latent is not None:
+            from modules import previews
+
+            last_preview = state.id_live_preview
+            preview = gr.update(value=previews.latent_to_image(state.current_latent), visible=True)
+        yield gr.skip(), _progress_html(progress, job_queue.queue.position(job)), preview, gr.skip(), gr.skip(), job.id
+    if job.status != job_queue.DONE:
+        yield gr.skip(), _error_html(job.error or job.status), gr.update(visible=False), gr.skip(), gr.skip(), job.id
+        return
+    processed = job.result
+    yield (_gallery_items(processed), "", gr.update(visible=False), _infotext_html(processed.infotexts[0] if processed.infotexts else ""),
+           {"seed": processed.seed, "subseed": processed.subseed, "infotexts": processed.infotexts}, job.id)
+
+
+def select_image(result: dict | None, evt: gr.SelectData):
+    if not result or evt.index is None or evt.index >= len(result.get("infotexts", [])):
+        return gr.skip()
+    return _infotext_html(result["infotexts"][evt.index])
+
+
+def change_checkpoint(title: str):
+    info = sd_models.get_closet_checkpoint_match(title)
+    if info is None:
+        return _error_html(f"checkpoint {title!r} not found"), _model_notice()
+    opts.set("sd_model_checkpoint", info.title)
+    job = job_queue.queue.submit(lambda: sd_models.reload_model_weights(info=info), f"load {info.name}")
+    job.wait()
+    if job.status != job_queue.DONE:
+        return _error_html(job.error or job.status), _model_notice()
+    opts.save(_config_file())
+    return "", _model_notice()
+
+
+def refresh_checkpoints():
+    sd_models.list_models()
+    selected = sd_models.select_checkpoint()
+    return gr.update(choices=_checkpoint_choices(), value=selected.title if selected else None), _model_notice()
+
+
+def download_model():
+    progress = {"done": 0, "total": 0}
+
+    def report(done: int, total: int) -> None:
+        progress.update(done=done, total=total)
+
+    job = job_queue.queue.submit(lambda: model_download.provide_checkpoint(report), "download SD 1.5")
+    while not job.wait(POLL_SECONDS):
+        total = progress["total"]
+        text = f"Downloading: {progress['done'] / 2**20:.0f} / {total / 2**20:.0f} MiB" if total else "Contacting the hub..."
+        yield gr.skip(), text
+    sd_models.list_models()
+    message = job.result[1] if job.status == job_queue.DONE else f"Failed: {job.error}"
+    selected = sd_models.select_checkpoint()
+    yield gr.update(choices=_checkpoint_choices(), value=selected.title if selected else None), message
+
+
+def _config_file() -> str:
+    from modules import shared
+
+    return shared.config_filename()
+
+
+def create_ui() -> gr.Blocks:
+    sampler_names = sd_samplers.visible_sampler_names()
+    schedule_labels = [s.label for s in sd_schedulers.schedulers if not s.unsupported]
+    selected = sd_models.select_checkpoint()
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        with gr.Row():
+            checkpoint = gr.Dropdown(_checkpoint_choices(), value=selected.title if selected else None,
+                                     label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
+            refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
+            download = gr.Button("Download SD 1.5", elem_id="download_sd15", scale=1)
+        notice = gr.Markdown(_model_notice(), elem_id="model_notice")
+        model_status = gr.HTML("", elem_id="model_status")
+        with gr.Tab("txt2img", elem_id="tab_txt2img"):
+            with gr.Row():
+                with gr.Column(scale=4):
+                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
+                                        placeholder="Prompt (press Ctrl+Enter to generate)")
+                    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+                with gr.Column(scale=1, min_width=200):
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                    with gr.Row():
+                        interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
+                        skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
+            with gr.Row():
+                with gr.Column(scale=1):
+                    with gr.Row():
+                        sampler = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
+                                              elem_id="txt2img_sampling")
+                        schedule = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
+                                               elem_id="txt2img_scheduler")
+                    steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+                    with gr.Row():
+                        width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                        height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                    with gr.Row():
+                        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+                    cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+                    with gr.Row():
+                        seed = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
+                        random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
+                        reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
+                        use_variation = gr.Checkbox(False, label="Extra", elem_id="txt2img_subseed_show", scale=1)
+                    with gr.Group(visible=False) as variation_group:
+                        with gr.Row():
+                            subseed = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
+                            subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                         elem_id="txt2img_subseed_strength")
+                        with gr.Row():
+                            resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                 elem_id="txt2img_seed_resize_from_w")
+                            resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                 elem_id="txt2img_seed_resize_from_h")
+                with gr.Column(scale=1):
+                    progress = gr.HTML("", elem_id="txt2img_progress")
+                    preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
+                    gallery = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
+                                         interactive=False, format="png")
+                    info = gr.HTML("", elem_id="html_info_txt2img")
+            result = gr.State(None)
+            job_id = gr.State(None)
+
+        inputs = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation, subseed,
+                  subseed_strength, resize_w, resize_h, batch_count, batch_size]
+        outputs = [gallery, progress, preview, info, result, job_id]
+        generate_button.click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+        prompt.submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+        interrupt.click(lambda jid: job_queue.queue.interrupt(jid), [job_id], None, queue=False)
+        skip.click(lambda jid: job_queue.queue.skip(jid), [job_id], None, queue=False)
+        random_seed.click(lambda: -1, None, seed, queue=False)
+        reuse_seed.click(lambda r: r["seed"] if r else -1, [result], seed, queue=False)
+        use_variation.change(lambda v: gr.update(visible=v), [use_variation], [variation_group], queue=False)
+        gallery.select(select_image, [result], [info], queue=False)
+        checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
+        refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
+        download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)
+    return demo
