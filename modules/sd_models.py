@@ -63,14 +63,24 @@ class CheckpointInfo:
         if self.is_folder:
             return None
         if self.sha256 is None:
+            old_title = self.title
             self.sha256 = hashes.sha256(self.filename, self._hash_key)
             self.shorthash = self.sha256[:10]
-            register(self)
+            _retitle(old_title, self)
         return self.shorthash
 
 
 def register(info: CheckpointInfo) -> None:
     checkpoints_list[info.title] = info
+    for key in info.ids:
+        checkpoint_aliases[key] = info
+
+
+def _retitle(old_title: str, info: CheckpointInfo) -> None:
+    """Replace a checkpoint's entry under its new title (now with the hash), keeping the list order."""
+    entries = [(info.title, info) if title == old_title else (title, i) for title, i in checkpoints_list.items()]
+    checkpoints_list.clear()
+    checkpoints_list.update(entries)
     for key in info.ids:
         checkpoint_aliases[key] = info
 

@@ -1,0 +1,92 @@
+"""Fixtures: a data dir with tiny random-weight SD 1.x models saved as a single-file LDM checkpoint and as
+a diffusers folder, loaded through the real discovery and loading code."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def save_diffusers_folder(single_file: str, folder: str) -> None:
+    """Convert a single-file checkpoint into a diffusers folder with the project's own loader."""
+    import torch
+
+    from modules import model_loader
+
+    components = model_loader.load_components(single_file, torch.float32)
+    components.unet.save_pretrained(os.path.join(folder, "unet"))
+    components.vae.save_pretrained(os.path.join(folder, "vae"))
+    components.text_encoder.save_pretrained(os.path.join(folder, "text_encoder"))
+    components.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+    os.makedirs(os.path.join(folder, "scheduler"), exist_ok=True)
+    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(components.scheduler_config, f)
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                   "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                   "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"]}, f)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A data dir with two tiny checkpoints (single file, seeds 0 and 1) and a diffusers copy of the first."""
+    from modules import cmd_args, demo_model, devices, shared
+
+    root = tmp_path_factory.mktemp("data")
+    models = root / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    tiny = demo_model.write_checkpoint(str(models / "tiny.safetensors"), seed=0)
+    demo_model.write_checkpoint(str(models / "sub" / "other.safetensors"), seed=1)
+    save_diffusers_folder(tiny, str(models / "tiny-diffusers"))
+    shared.init(cmd_args.parse(["--data-dir", str(root)]))
+    devices.configure("cpu", "full")
+    return root
+
+
+@pytest.fixture(scope="session")
+def registry(data_dir):
+    from modules import sd_models
+
+    sd_models.list_models()
+    return sd_models
+
+
+@pytest.fixture()
+def tiny_model(registry):
+    """The single-file tiny model as the current model; settings restored afterwards."""
+    from modules import sd_models
+    from modules.shared import opts, state
+
+    saved = dict(opts.data)
+    info = sd_models.get_closet_checkpoint_match("tiny.safetensors")
+    model = sd_models.reload_model_weights(info=info)
+    state.begin("test")
+    yield model
+    opts.data.clear()
+    opts.data.update(saved)
+    opts.set("sd_model_checkpoint", info.title)
+
+
+def txt2img(**overrides):
+    """Run a small txt2img job through process_images (nothing saved unless asked)."""
+    from modules import processing
+    from modules.shared import state
+
+    params = dict(prompt="a cat", negative_prompt="", seed=1234, steps=4, width=64, height=64,
+                  sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
+    params.update(overrides)
+    p = processing.StableDiffusionProcessingTxt2Img(**params)
+    state.begin("test")
+    return processing.process_images(p)
+
+
+def pixels(image):
+    import numpy as np
+
+    return np.asarray(image.convert("RGB"), dtype=np.int16)

@@ -1,0 +1,155 @@
+"""Model files: format by magic bytes, family detection, hashing and its cache, loading both formats, LRU."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import pytest
+
+from modules import hashes, model_detection, model_files, model_loader, sd1_layout
+from tests.conftest import pixels, txt2img
+
+
+def write_header_only_safetensors(path, shapes: dict) -> None:
+    """A valid safetensors file whose tensors are all empty except for their declared shapes (F16, zero-filled)."""
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 2
+        for dim in shape:
+            size *= dim
+        header[key] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def test_clip_tokenizer_matches_original_ids():
+    tokenizer = model_loader.load_tokenizer()
+    assert len(tokenizer) == 49408
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tokenizer(",").input_ids[1] == 267  # A1111's comma back-off looks for this id
+
+
+def test_format_is_decided_by_magic_bytes(data_dir, tmp_path):
+    tiny = os.path.join(data_dir, "models", "Stable-diffusion", "tiny.safetensors")
+    disguised = tmp_path / "model.ckpt"
+    disguised.write_bytes(open(tiny, "rb").read())
+    assert model_files.detect_format(str(disguised)) == model_files.SAFETENSORS
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a model at all")
+    with pytest.raises(model_files.UnsupportedModelFile, match="not a safetensors, PyTorch or diffusers model"):
+        model_files.detect_format(str(junk))
+
+
+def test_torch_checkpoint_loads_through_weights_only(tmp_path):
+    import torch
+
+    path = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {"a.weight": torch.ones(2, 3)}}, path)
+    assert model_files.detect_format(str(path)) == model_files.TORCH_ZIP
+    assert model_files.read_shapes(str(path)) == {"a.weight": (2, 3)}
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/pwned-by-pickle",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    import torch
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": Exploit()}}, path)
+    with pytest.raises(model_files.UnsupportedModelFile, match="refused to load"):
+        model_files.read_state_dict(str(path))
+    assert not os.path.exists("/tmp/pwned-by-pickle")
+
+
+def test_family_detection_from_keys_and_shapes(data_dir, tmp_path):
+    tiny = os.path.join(data_dir, "models", "Stable-diffusion", "tiny.safetensors")
+    assert model_detection.detect_family(tiny) is model_detection.SD1
+    full = sd1_layout.checkpoint_shapes(sd1_layout.SD1Arch())
+    assert model_detection.family_from_shapes(full) is model_detection.SD1
+    inpaint = dict(full, **{sd1_layout.UNET + "input_blocks.0.0.weight": (320, 9, 3, 3)})
+    assert model_detection.family_from_shapes(inpaint) is model_detection.SD1_INPAINT
+    sd2 = {k: v for k, v in full.items() if not k.startswith("cond_stage_model.")}
+    sd2["cond_stage_model.model.token_embedding.weight"] = (49408, 1024)
+    assert model_detection.family_from_shapes(sd2) is model_detection.SD2
+    sdxl = {sd1_layout.UNET + "input_blocks.0.0.weight": (320, 4, 3, 3),
+            "conditioner.embedders.1.model.ln_final.weight": (1280,)}
+    assert model_detection.family_from_shapes(sdxl) is model_detection.SDXL
+    assert model_detection.family_from_shapes({"foo": (1,)}) is model_detection.UNKNOWN
+    assert model_detection.detect_family(os.path.join(data_dir, "models", "Stable-diffusion", "tiny-diffusers")) is model_detection.SD1
+
+
+def test_unsupported_family_is_refused_with_its_name(tmp_path):
+    import torch
+
+    path = tmp_path / "xl.safetensors"
+    write_header_only_safetensors(path, {sd1_layout.UNET + "input_blocks.0.0.weight": (4, 4, 3, 3),
+                                         "conditioner.embedders.1.model.ln_final.weight": (4,)})
+    with pytest.raises(model_loader.ModelNotSupported, match="SDXL checkpoint: SDXL support is coming"):
+        model_loader.load_components(str(path), torch.float32)
+
+
+def test_real_sd15_layout_round_trips_through_shape_inference():
+    shapes = sd1_layout.checkpoint_shapes(sd1_layout.SD1Arch())
+    assert sum(__import__("math").prod(s) for s in shapes.values()) == 1_066_235_307  # SD 1.5's parameter count
+    assert sd1_layout.infer_architecture(shapes) == sd1_layout.SD1Arch()
+
+
+def test_sha256_is_cached_by_path_size_and_mtime(data_dir, registry, monkeypatch):
+    info = registry.get_closet_checkpoint_match("tiny.safetensors")
+    expected = hashlib.sha256(open(info.filename, "rb").read()).hexdigest()
+    assert info.calculate_shorthash() == expected[:10]
+    assert info.title == f"tiny.safetensors [{expected[:10]}]"
+    cache = json.load(open(os.path.join(data_dir, "cache.json")))
+    entry = cache["hashes"]["checkpoint/tiny.safetensors"]
+    assert entry["sha256"] == expected and entry["size"] == os.path.getsize(info.filename)
+
+    def fail(_):
+        raise AssertionError("hash recomputed although cached")
+
+    monkeypatch.setattr(hashes, "calculate_sha256", fail)
+    assert hashes.sha256(info.filename, "checkpoint/tiny.safetensors") == expected
+    os.utime(info.filename, (1, 1))  # a changed mtime invalidates the entry
+    with pytest.raises(AssertionError, match="recomputed"):
+        hashes.sha256(info.filename, "checkpoint/tiny.safetensors")
+
+
+def test_discovery_lists_files_folders_and_subdirectories(registry):
+    names = sorted(info.name for info in registry.checkpoints_list.values())
+    assert names == ["sub/other.safetensors", "tiny-diffusers", "tiny.safetensors"]
+
+
+def test_single_file_and_diffusers_folder_give_the_same_image(tiny_model, registry):
+    single = pixels(txt2img().images[0])
+    registry.reload_model_weights(info=registry.get_closet_checkpoint_match("tiny-diffusers"))
+    folder = pixels(txt2img().images[0])
+    assert single.shape == (64, 64, 3)
+    assert abs(single - folder).max() <= 1
+
+
+def test_lru_keeps_recent_models_in_ram(tiny_model, registry, monkeypatch):
+    from modules.shared import opts
+
+    opts.set("sd_checkpoint_cache", 2)
+    other = registry.get_closet_checkpoint_match("sub/other.safetensors")
+    tiny = registry.get_closet_checkpoint_match("tiny.safetensors")
+    other_model = registry.reload_model_weights(info=other)
+    loads = []
+    original = model_loader.load_components
+    monkeypatch.setattr(model_loader, "load_components", lambda *a: loads.append(a) or original(*a))
+    assert registry.reload_model_weights(info=tiny) is tiny_model
+    assert registry.reload_model_weights(info=other) is other_model
+    assert loads == []
+    image_other = pixels(txt2img().images[0])
+    registry.reload_model_weights(info=tiny)
+    assert abs(image_other - pixels(txt2img().images[0])).max() > 0  # different weights, different image
