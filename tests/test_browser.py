@@ -1,0 +1,116 @@
+"""The real server, started through launch.py, driven by headless Chromium."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(tmp_path, *flags):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w+")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "launch.py", "--skip-install", "--data-dir", str(tmp_path), "--port", str(port), *flags],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return proc, port, log
+        except urllib.error.HTTPError:
+            return proc, port, log
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    proc.kill()
+    log.seek(0)
+    raise AssertionError("server did not start:\n" + log.read())
+
+
+@pytest.fixture()
+def server(tmp_path):
+    proc, port, log = _start(tmp_path, "--demo")
+    yield f"http://127.0.0.1:{port}", tmp_path
+    proc.terminate()
+    proc.wait(20)
+
+
+def _browser(playwright):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (apt-get install chromium)")
+        pytest.skip("Debian chromium is not installed")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"])
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_generate_in_browser_shows_saved_png_with_metadata(server):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    url, data_dir = server
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#txt2img_generate")
+        assert "Demo model" in page.locator("#model_notice").inner_text()
+        page.fill("#txt2img_prompt textarea", "a lighthouse, at dusk")
+        _set_number(page, "txt2img_width", 64)
+        _set_number(page, "txt2img_height", 64)
+        _set_number(page, "txt2img_steps", 4)
+        page.locator("#txt2img_seed input").fill("31337")
+        page.click("#txt2img_generate")
+        page.wait_for_selector("#txt2img_gallery img", timeout=180_000)
+        page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('Seed: 31337')", timeout=30_000)
+        info = page.locator("#html_info_txt2img").inner_text()
+        src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+        body = page.request.get(src).body()
+        browser.close()
+    assert "a lighthouse, at dusk" in info and "Size: 64x64" in info and "Steps: 4" in info
+    assert re.search(r"/00000-31337\.png$", src)
+    with Image.open(io.BytesIO(body)) as image:
+        assert image.format == "PNG" and image.size == (64, 64)
+        assert image.info["parameters"] == info.strip()
+    saved = list((data_dir / "outputs" / "txt2img-images").rglob("00000-31337.png"))
+    assert len(saved) == 1 and saved[0].read_bytes() == body
+
+
+def test_listen_without_auth_generates_a_login(tmp_path):
+    proc, port, log = _start(tmp_path, "--demo", "--listen", "--skip-load-model-at-start")
+    try:
+        log.seek(0)
+        assert re.search(r"user 'webui', password '\S+'", log.read())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10)
+        assert refused.value.code == 401
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -1,0 +1,161 @@
+"""txt2img through process_images: samplers, seeds, variations, validation, interrupt, outputs."""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+
+import pytest
+from PIL import Image
+
+from modules import images, infotext_utils, processing, sd_samplers
+from modules.errors import UserInputError
+from tests.conftest import pixels, txt2img
+
+
+@pytest.mark.parametrize("sampler", [s.name for s in sd_samplers.samplers])
+def test_every_supported_sampler_makes_an_image(tiny_model, sampler):
+    result = txt2img(sampler_name=sampler, steps=3)
+    image = pixels(result.images[0])
+    assert image.shape == (64, 64, 3)
+    assert image.std() > 1  # not a flat colour
+    assert f"Sampler: {sampler}," in result.infotexts[0]
+
+
+@pytest.mark.parametrize("sampler", sorted(sd_samplers.unsupported_samplers))
+def test_unsupported_samplers_are_rejected_with_the_reason(tiny_model, sampler):
+    with pytest.raises(UserInputError, match=f"Sampler '{re.escape(sampler)}' is not supported: .+"):
+        txt2img(sampler_name=sampler)
+
+
+def test_schedule_types_change_the_result(tiny_model):
+    karras = pixels(txt2img(sampler_name="Euler", scheduler="Karras").images[0])
+    uniform = pixels(txt2img(sampler_name="Euler", scheduler="Uniform").images[0])
+    assert abs(karras - uniform).max() > 0
+
+
+def test_legacy_combined_name_is_accepted_and_written_split(tiny_model):
+    result = txt2img(sampler_name="DPM++ 2M Karras")
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in result.infotexts[0]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("width", 100, "width must be a multiple of 8 between 64 and 2048, got 100"),
+    ("height", 4096, "height must be a multiple of 8 between 64 and 2048, got 4096"),
+    ("steps", 0, "steps must be an integer between 1 and 150"),
+    ("batch_size", 9, "batch_size must be an integer between 1 and 8"),
+    ("sampler_name", "k_bogus", "Unknown sampler 'k_bogus'"),
+    ("scheduler", "Wobbly", "Unknown schedule type 'Wobbly'"),
+])
+def test_bad_input_is_rejected_with_a_clear_message(tiny_model, field, value, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        txt2img(**{field: value})
+
+
+def test_same_seed_same_pixels_and_other_seed_differs(tiny_model):
+    first = pixels(txt2img(seed=77).images[0])
+    again = pixels(txt2img(seed=77).images[0])
+    other = pixels(txt2img(seed=78).images[0])
+    assert (first == again).all()
+    assert abs(first - other).max() > 0
+
+
+def test_ancestral_sampler_is_reproducible(tiny_model):
+    a = pixels(txt2img(seed=5, sampler_name="Euler a").images[0])
+    b = pixels(txt2img(seed=5, sampler_name="Euler a").images[0])
+    assert (a == b).all()
+
+
+def test_batch_gives_image_i_seed_plus_i(tiny_model):
+    result = txt2img(seed=1000, batch_size=2, n_iter=2)
+    assert result.all_seeds == [1000, 1001, 1002, 1003]
+    assert len(result.images) == 5 and result.index_of_first_image == 1  # grid first
+    seeds = [infotext_utils.parse_generation_parameters(t)["Seed"] for t in result.infotexts[1:]]
+    assert seeds == ["1000", "1001", "1002", "1003"]
+    alone = pixels(txt2img(seed=1003).images[0])
+    assert abs(alone - pixels(result.images[4])).max() <= 2  # same noise; batching changes only rounding
+
+
+def test_random_seed_is_fixed_and_recorded(tiny_model):
+    result = txt2img(seed=-1)
+    assert 0 <= result.seed < 4294967294
+    assert f"Seed: {result.seed}," in result.infotexts[0]
+
+
+def test_variation_strength_0_and_1(tiny_model):
+    base = pixels(txt2img(seed=10).images[0])
+    variation_seed = pixels(txt2img(seed=20).images[0])
+    at_zero = txt2img(seed=10, subseed=20, subseed_strength=0.0)
+    at_one = txt2img(seed=10, subseed=20, subseed_strength=1.0)
+    halfway = txt2img(seed=10, subseed=20, subseed_strength=0.5)
+    assert (pixels(at_zero.images[0]) == base).all()
+    assert abs(pixels(at_one.images[0]) - variation_seed).max() <= 1
+    assert abs(pixels(halfway.images[0]) - base).max() > 0
+    assert "Variation seed: 20, Variation seed strength: 0.5" in halfway.infotexts[0]
+    assert "Variation seed" not in at_zero.infotexts[0]
+
+
+def test_resize_seed_from_keeps_the_centre_of_the_noise():
+    from modules.rng import ImageRNG
+
+    small = ImageRNG((4, 8, 8), [3]).first()
+    resized = ImageRNG((4, 16, 16), [3], seed_resize_from_h=64, seed_resize_from_w=64).first()
+    assert (resized[0, :, 4:12, 4:12] == small[0]).all()
+    cropped = ImageRNG((4, 4, 4), [3], seed_resize_from_h=64, seed_resize_from_w=64).first()
+    assert (cropped[0] == small[0, :, 2:6, 2:6]).all()
+
+
+def test_interrupt_stops_within_one_step(tiny_model, monkeypatch):
+    from modules import sampling
+    from modules.shared import state
+
+    calls = []
+    original = tiny_model.unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            state.interrupt()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.unet, "forward", counting)
+    result = txt2img(steps=50, n_iter=3)
+    assert len(calls) == 3  # the step in flight finishes, no further model call, no further batch
+    assert len(result.images) == 1
+
+
+def test_outputs_follow_a1111_layout_with_infotext(tiny_model, data_dir):
+    result = txt2img(seed=4242, batch_size=2, do_not_save_samples=False, do_not_save_grid=False)
+    day = datetime.date.today().strftime("%Y-%m-%d")
+    folder = os.path.join(data_dir, "outputs", "txt2img-images", day)
+    saved = [img.already_saved_as for img in result.images[1:]]
+    for path, seed, infotext in zip(saved, (4242, 4243), result.infotexts[1:]):
+        assert os.path.dirname(path) == folder
+        assert re.fullmatch(rf"\d{{5}}-{seed}\.png", os.path.basename(path))
+        with Image.open(path) as img:
+            assert img.info["parameters"] == infotext
+    numbers = [int(os.path.basename(p)[:5]) for p in saved]
+    assert numbers[1] == numbers[0] + 1
+    grid = result.images[0].already_saved_as
+    assert os.path.dirname(grid) == os.path.join(data_dir, "outputs", "txt2img-grids", day)
+    assert re.fullmatch(r"grid-\d{4}\.png", os.path.basename(grid))
+    assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
+    params = open(os.path.join(data_dir, "params.txt"), encoding="utf8").read()
+    assert params == result.infotexts[1]
+
+
+def test_sequence_numbers_continue_after_existing_files(tmp_path):
+    (tmp_path / "00007-1.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    assert images.get_next_sequence_number(str(tmp_path), "") == 8
+    (tmp_path / "grid-0003.png").write_bytes(b"")
+    assert images.get_next_sequence_number(str(tmp_path), "grid") == 4
+
+
+def test_processing_objects_copy_safely():
+    import copy
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", extra_generation_params={"a": 1})
+    q = copy.copy(p)
+    q.prompt = "y"
+    assert p.prompt == "x" and q.steps == 50 and q.cfg_scale == 7.0 and q.width == 512

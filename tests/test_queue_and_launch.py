@@ -1,0 +1,103 @@
+"""Job queue semantics, flags, launcher checks and first-start model provisioning."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from modules import job_queue, model_download, model_detection
+from tests.conftest import ROOT
+
+
+def test_jobs_run_one_at_a_time_in_order():
+    queue = job_queue.JobQueue()
+    order, running = [], []
+    gate = threading.Event()
+
+    def work(n):
+        running.append(n)
+        assert len(running) == 1, "two jobs ran at once"
+        if n == 0:
+            gate.wait(5)
+        order.append(n)
+        running.remove(n)
+        return n * 10
+
+    jobs = [queue.submit(lambda n=n: work(n), f"job {n}") for n in range(3)]
+    assert queue.position(jobs[2]) == 2
+    gate.set()
+    assert all(job.wait(10) for job in jobs)
+    assert order == [0, 1, 2]
+    assert [queue.get(job.id).result for job in jobs] == [0, 10, 20]  # results outlive their callers
+
+
+def test_failed_job_keeps_its_error_and_queue_keeps_working():
+    queue = job_queue.JobQueue()
+    bad = queue.submit(lambda: 1 / 0)
+    good = queue.submit(lambda: "ok")
+    assert good.wait(10) and bad.status == job_queue.FAILED and "ZeroDivisionError" in bad.error
+    assert good.result == "ok"
+
+
+def test_queued_job_can_be_cancelled():
+    queue = job_queue.JobQueue()
+    gate = threading.Event()
+    first = queue.submit(lambda: gate.wait(5))
+    second = queue.submit(lambda: "never")
+    assert queue.cancel(second.id)
+    gate.set()
+    assert first.wait(10) and second.status == job_queue.CANCELLED and second.result is None
+
+
+def test_unknown_flag_is_a_clear_error():
+    result = subprocess.run([sys.executable, "launch.py", "--skip-install", "--no-such-flag"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def test_launcher_sees_pinned_requirements_as_satisfied():
+    sys.path.insert(0, ROOT)
+    import launch
+
+    assert launch.unsatisfied([launch.REQUIREMENTS]) == []
+    constraints = open(launch.CONSTRAINTS).read()
+    assert "torch==2.13.0" in constraints and "torchvision<0" in constraints
+
+
+def test_launcher_reports_missing_pins(tmp_path):
+    import launch
+
+    req = tmp_path / "r.txt"
+    req.write_text("# comment\nnumpy==0.0.1\nno-such-package-xyz==1.0\n")
+    assert launch.unsatisfied([str(req)]) == ["numpy==0.0.1", "no-such-package-xyz==1.0"]
+
+
+def test_offline_first_start_creates_the_demo_model(tmp_path, monkeypatch):
+    from modules import paths, sd_models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    saved = paths.models_path
+    paths.models_path = str(tmp_path)
+    try:
+        path, message = model_download.provide_checkpoint()
+        assert os.path.basename(path) == "demo-random-weights.safetensors"
+        assert "created the random-weight demo model" in message
+        assert model_detection.detect_family(path) is model_detection.SD1
+    finally:
+        paths.models_path = saved
+        sd_models.list_models()
+
+
+def test_credentials_parsing():
+    from modules import cmd_args
+    from webui.server import parse_credentials
+
+    opts = cmd_args.parse(["--gradio-auth", "alice:pw1, bob:p:w2"])
+    assert parse_credentials(opts) == [("alice", "pw1"), ("bob", "p:w2")]
+    with pytest.raises(SystemExit, match="not of the form user:password"):
+        parse_credentials(cmd_args.parse(["--gradio-auth", "nopassword"]))
+    assert cmd_args.parse(["--share"]).webui_is_non_local and not cmd_args.parse([]).webui_is_non_local
