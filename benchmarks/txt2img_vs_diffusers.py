@@ -1,0 +1,89 @@
+"""Our txt2img time divided by a plain diffusers StableDiffusionPipeline call with the same components,
+scheduler, seed, size and steps.
+
+    python benchmarks/txt2img_vs_diffusers.py                       tiny model, CPU, 256x256, 20 steps
+    python benchmarks/txt2img_vs_diffusers.py --full --device cuda  SD 1.5 architecture (random weights), 512x512, fp16
+
+Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--full", action="store_true", help="full-size SD 1.5 architecture instead of the tiny model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sampler", default="Euler")
+    args = parser.parse_args()
+    size = args.size or (512 if args.full else 256)
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from modules import cmd_args, demo_model, devices, processing, sd1_layout, sd_models, sd_samplers, shared
+
+    data_dir = tempfile.mkdtemp()
+    arch = sd1_layout.SD1Arch() if args.full else sd1_layout.TINY
+    path = os.path.join(data_dir, "models", "Stable-diffusion", "bench.safetensors")
+    demo_model.write_checkpoint(path, arch)
+    precision = "half" if args.device != "cpu" else "full"
+    shared.init(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
+    devices.configure(args.device, precision)
+    sd_models.list_models()
+    model = sd_models.reload_model_weights()
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    def ours() -> float:
+        p = processing.StableDiffusionProcessingTxt2Img(
+            prompt="a photo of a cat", negative_prompt="", seed=1, steps=args.steps, width=size, height=size,
+            sampler_name=args.sampler, do_not_save_samples=True, do_not_save_grid=True)
+        shared.state.begin("bench")
+        start = time.perf_counter()
+        processing.process_images(p)
+        sync()
+        return time.perf_counter() - start
+
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=sd_samplers.create_scheduler(model.scheduler_config, args.sampler, None),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def plain() -> float:
+        pipe.scheduler = sd_samplers.create_scheduler(model.scheduler_config, args.sampler, None)
+        generator = torch.Generator("cpu").manual_seed(1)
+        start = time.perf_counter()
+        pipe("a photo of a cat", negative_prompt="", num_inference_steps=args.steps, height=size, width=size,
+             guidance_scale=7.0, generator=generator, output_type="pil")
+        sync()
+        return time.perf_counter() - start
+
+    ours(), plain()  # warm-up
+    our_times, plain_times = [], []
+    for _ in range(args.runs):  # interleaved so drifts in machine load hit both equally
+        our_times.append(ours())
+        plain_times.append(plain())
+    a, b = statistics.median(our_times), statistics.median(plain_times)
+    label = "SD 1.5 architecture" if args.full else "tiny SD 1.x"
+    print(f"{label}, {size}x{size}, {args.steps} steps, {args.sampler}, {args.device}, {precision}")
+    print(f"ours: {a:.3f} s ({args.steps / a:.2f} it/s)   diffusers pipeline: {b:.3f} s ({args.steps / b:.2f} it/s)")
+    print(f"ratio ours/diffusers: {a / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
