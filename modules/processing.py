@@ -253,6 +253,15 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         raise UserInputError("img2img is not available yet")
 
 
+PROCESSED_FIELDS_FROM_P = (
+    "width", "height", "sampler_name", "scheduler", "cfg_scale", "image_cfg_scale", "steps", "batch_size",
+    "restore_faces", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w",
+    "seed_resize_from_h", "denoising_strength", "extra_generation_params", "styles", "clip_skip", "eta",
+    "ddim_discretize", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond", "sampler_noise_scheduler_override",
+    "token_merging_ratio", "token_merging_ratio_hr",
+)
+
+
 class Processed:
     def __init__(self, p: StableDiffusionProcessing, images_list: list, seed: int = -1, info: str = "", subseed: int | None = None,
                  all_prompts=None, all_negative_prompts=None, all_seeds=None, all_subseeds=None,
@@ -265,38 +274,11 @@ class Processed:
         self.subseed_strength = p.subseed_strength
         self.info = info
         self.comments = "".join(f"{comment}\n" for comment in p.comments) if not comments else comments
-        self.width = p.width
-        self.height = p.height
-        self.sampler_name = p.sampler_name
-        self.scheduler = p.scheduler
-        self.cfg_scale = p.cfg_scale
-        self.image_cfg_scale = getattr(p, "image_cfg_scale", None)
-        self.steps = p.steps
-        self.batch_size = p.batch_size
-        self.restore_faces = p.restore_faces
+        for name in PROCESSED_FIELDS_FROM_P:
+            setattr(self, name, getattr(p, name, None))
         self.face_restoration_model = opts.face_restoration_model if p.restore_faces else None
-        self.sd_model_name = p.sd_model_name
-        self.sd_model_hash = p.sd_model_hash
-        self.sd_vae_name = p.sd_vae_name
-        self.sd_vae_hash = p.sd_vae_hash
-        self.seed_resize_from_w = p.seed_resize_from_w
-        self.seed_resize_from_h = p.seed_resize_from_h
-        self.denoising_strength = p.denoising_strength
-        self.extra_generation_params = p.extra_generation_params
         self.index_of_first_image = index_of_first_image
-        self.styles = p.styles
         self.job_timestamp = state.job_timestamp
-        self.clip_skip = p.clip_skip
-        self.eta = p.eta
-        self.ddim_discretize = p.ddim_discretize
-        self.s_churn = p.s_churn
-        self.s_tmin = p.s_tmin
-        self.s_tmax = p.s_tmax
-        self.s_noise = p.s_noise
-        self.s_min_uncond = p.s_min_uncond
-        self.sampler_noise_scheduler_override = p.sampler_noise_scheduler_override
-        self.token_merging_ratio = p.token_merging_ratio
-        self.token_merging_ratio_hr = p.token_merging_ratio_hr
         self.is_using_inpainting_conditioning = False
         self.version = infotext_version
         self.prompt = self.prompt if not isinstance(self.prompt, list) else self.prompt[0]

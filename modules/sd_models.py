@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modules import hashes, model_files, paths
-from modules.model_detection import Family
+from modules.model_loader import Components
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 checkpoints_list: dict[str, "CheckpointInfo"] = {}
@@ -148,15 +148,9 @@ def select_checkpoint() -> CheckpointInfo | None:
 
 
 @dataclass
-class SDModel:
+class SDModel(Components):
     """A loaded SD model: diffusers components plus the attributes A1111 scripts read."""
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler_config: dict
-    family: Family
-    sd_checkpoint_info: CheckpointInfo
+    sd_checkpoint_info: CheckpointInfo | None = None
     device: Any = None
     dtype: Any = None
 
@@ -192,8 +186,7 @@ def load_model(info: CheckpointInfo) -> SDModel:
     cached = _loaded.pop(info.filename, None)
     if cached is None:
         components = model_loader.load_components(info.filename, devices.dtype)
-        cached = SDModel(components.unet, components.vae, components.text_encoder, components.tokenizer,
-                         components.scheduler_config, components.family, info, dtype=devices.dtype)
+        cached = SDModel(**vars(components), sd_checkpoint_info=info, dtype=devices.dtype)
     _loaded[info.filename] = cached
     keep = max(1, int(opts.sd_checkpoint_cache or 1))
     while len(_loaded) > keep:
