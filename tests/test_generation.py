@@ -159,3 +159,69 @@ def test_processing_objects_copy_safely():
     q = copy.copy(p)
     q.prompt = "y"
     assert p.prompt == "x" and q.steps == 50 and q.cfg_scale == 7.0 and q.width == 512
+
+
+def test_skip_abandons_only_the_current_batch(tiny_model, monkeypatch):
+    from modules.shared import state
+
+    calls = []
+    original = tiny_model.unet.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            state.skip()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.unet, "forward", counting)
+    result = txt2img(steps=5, n_iter=2)
+    assert len(calls) == 2 + 5  # batch 1 stops after the step in flight, batch 2 runs in full
+    assert len(result.images) == 3  # grid + two images
+
+
+def test_live_previews_every_n_steps(tiny_model):
+    from modules import previews
+    from modules.shared import opts, state
+
+    opts.set("show_progress_every_n_steps", 2)
+    seen = []
+    original = tiny_model.unet.forward
+
+    def watch(*args, **kwargs):
+        seen.append(state.id_live_preview)
+        return original(*args, **kwargs)
+
+    tiny_model.unet.forward = watch
+    try:
+        txt2img(steps=6, sampler_name="Euler")
+    finally:
+        del tiny_model.unet.forward
+    assert seen == [0, 0, 1, 1, 2, 2] and state.id_live_preview == 3
+    image = previews.latent_to_image(state.current_latent)
+    assert image.size == (64, 64) and pixels(image).std() > 0
+
+
+def test_queue_reports_step_and_eta_while_running(tiny_model):
+    from modules import job_queue, txt2img as txt2img_module
+
+    queue = job_queue.JobQueue()
+    seen = []
+    original = tiny_model.unet.forward
+    job_holder = {}
+
+    def watch(*args, **kwargs):
+        seen.append(queue.progress(job_holder["job"]))
+        return original(*args, **kwargs)
+
+    p = txt2img_module.make_txt2img("a cat", "", "Euler", "Automatic", 8, 7, 64, 64, 5)
+    p.do_not_save_samples = p.do_not_save_grid = True
+    tiny_model.unet.forward = watch
+    try:
+        job_holder["job"] = queue.submit(lambda: txt2img_module.run(p))
+        assert job_holder["job"].wait(120)
+    finally:
+        del tiny_model.unet.forward
+    assert [s["step"] for s in seen] == list(range(8))
+    assert all(s["steps"] == 8 for s in seen[1:]) and seen[-1]["eta"] is not None
+    assert 0.8 < seen[-1]["progress"] < 1.0
+    assert queue.progress(job_holder["job"])["status"] == job_queue.DONE
