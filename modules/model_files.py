@@ -60,7 +60,8 @@ def _torch_load(path: str) -> dict:
     import torch
 
     try:
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        mmap = detect_format(path) == TORCH_ZIP  # the legacy (non-zip) format cannot be memory-mapped
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
     except pickle.UnpicklingError as e:
         raise UnsupportedModelFile(
             f"{os.path.basename(path)}: refused to load, the pickle contains objects other than tensors "

@@ -153,3 +153,12 @@ def test_lru_keeps_recent_models_in_ram(tiny_model, registry, monkeypatch):
     image_other = pixels(txt2img().images[0])
     registry.reload_model_weights(info=tiny)
     assert abs(image_other - pixels(txt2img().images[0])).max() > 0  # different weights, different image
+
+
+def test_legacy_non_zip_torch_checkpoint_loads(tmp_path):
+    import torch
+
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, path, _use_new_zipfile_serialization=False)
+    assert model_files.detect_format(str(path)) == model_files.TORCH_PICKLE
+    assert model_files.read_shapes(str(path)) == {"w": (3,)}
