@@ -105,20 +105,25 @@ def test_resize_seed_from_keeps_the_centre_of_the_noise():
     assert (cropped[0] == small[0, :, 2:6, 2:6]).all()
 
 
-def test_interrupt_stops_within_one_step(tiny_model, monkeypatch):
-    from modules import sampling
-    from modules.shared import state
-
+def act_on_unet_call(monkeypatch, model, call_number: int, action) -> list:
+    """Count UNet calls and run ``action`` (interrupt, skip) while call number ``call_number`` starts."""
     calls = []
-    original = tiny_model.unet.forward
+    original = model.unet.forward
 
     def counting(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            state.interrupt()
+        if len(calls) == call_number:
+            action()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_model.unet, "forward", counting)
+    monkeypatch.setattr(model.unet, "forward", counting)
+    return calls
+
+
+def test_interrupt_stops_within_one_step(tiny_model, monkeypatch):
+    from modules.shared import state
+
+    calls = act_on_unet_call(monkeypatch, tiny_model, 3, state.interrupt)
     result = txt2img(steps=50, n_iter=3)
     assert len(calls) == 3  # the step in flight finishes, no further model call, no further batch
     assert len(result.images) == 1
@@ -164,16 +169,7 @@ def test_processing_objects_copy_safely():
 def test_skip_abandons_only_the_current_batch(tiny_model, monkeypatch):
     from modules.shared import state
 
-    calls = []
-    original = tiny_model.unet.forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            state.skip()
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_model.unet, "forward", counting)
+    calls = act_on_unet_call(monkeypatch, tiny_model, 2, state.skip)
     result = txt2img(steps=5, n_iter=2)
     assert len(calls) == 2 + 5  # batch 1 stops after the step in flight, batch 2 runs in full
     assert len(result.images) == 3  # grid + two images
