@@ -91,6 +91,7 @@ def test_variation_strength_0_and_1(tiny_model):
     assert (pixels(at_zero.images[0]) == base).all()
     assert abs(pixels(at_one.images[0]) - variation_seed).max() <= 1
     assert abs(pixels(halfway.images[0]) - base).max() > 0
+    assert abs(pixels(halfway.images[0]) - variation_seed).max() > 1  # a blend, not either end
     assert "Variation seed: 20, Variation seed strength: 0.5" in halfway.infotexts[0]
     assert "Variation seed" not in at_zero.infotexts[0]
 
