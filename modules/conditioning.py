@@ -20,11 +20,8 @@ def encode_prompts(model: Any, prompts: list[str], clip_skip: int = 1):
             hidden = model.text_encoder(tokens).last_hidden_state
         else:
             out = model.text_encoder(tokens, output_hidden_states=True)
-            hidden = model.text_encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip]) \
-                if hasattr(model.text_encoder, "text_model") else model.text_encoder.final_layer_norm(out.hidden_states[-clip_skip])
+            transformer = getattr(model.text_encoder, "text_model", model.text_encoder)  # layout differs by transformers version
+            hidden = transformer.final_layer_norm(out.hidden_states[-clip_skip])
     index = {prompt: i for i, prompt in enumerate(unique)}
     return hidden[[index[p] for p in prompts]].to(model.dtype)
 
-
-def token_count(model: Any, prompt: str) -> int:
-    return len(model.tokenizer(prompt, truncation=False).input_ids) - 2

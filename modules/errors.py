@@ -8,7 +8,8 @@ log = logging.getLogger("webui")
 
 
 class UserInputError(ValueError):
-    """Bad input that the user can fix; the message names the field and the allowed values."""
+    """Bad input that the user can fix; the message names the field and the allowed values.
+    Subclasses cover unusable model files, so the queue reports all of them without a traceback."""
 
 
 def report(message: str, *, exc_info: bool = False) -> None:

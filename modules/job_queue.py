@@ -136,9 +136,8 @@ class JobQueue:
                 job.status = DONE
             except Exception as e:
                 job.status = FAILED
-                job.error = f"{type(e).__name__}: {e}" if not isinstance(e, errors.UserInputError) else str(e)
-                job.error_is_user_input = isinstance(e, (errors.UserInputError,)) or type(e).__name__ in (
-                    "ModelNotSupported", "UnsupportedModelFile")
+                job.error_is_user_input = isinstance(e, errors.UserInputError)
+                job.error = str(e) if job.error_is_user_input else f"{type(e).__name__}: {e}"
                 if not job.error_is_user_input:
                     errors.report(f"job {job.id} failed:\n{traceback.format_exc()}")
             finally:

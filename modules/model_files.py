@@ -7,13 +7,15 @@ import os
 import struct
 from typing import Any
 
+from modules.errors import UserInputError
+
 SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch-zip"
 TORCH_PICKLE = "torch-pickle"
 DIFFUSERS_FOLDER = "diffusers"
 
 
-class UnsupportedModelFile(ValueError):
+class UnsupportedModelFile(UserInputError):
     """The file is not a format we load (or not a model at all)."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import model_files, paths, sd1_layout
+from modules.errors import UserInputError
 from modules.model_detection import Family, detect_family
 
 # The SD 1.x training noise schedule (the scheduler_config.json of the SD 1.5 release).
@@ -20,7 +21,7 @@ SD1_SCHEDULER_CONFIG = {
 TOKENIZER_DIR = os.path.join(paths.configs_path, "clip_tokenizer")
 
 
-class ModelNotSupported(ValueError):
+class ModelNotSupported(UserInputError):
     """A checkpoint of a family we recognise but cannot load yet, or do not recognise at all."""
 
 

@@ -222,3 +222,13 @@ def test_queue_reports_step_and_eta_while_running(tiny_model):
     assert all(s["steps"] == 8 for s in seen[1:]) and seen[-1]["eta"] is not None
     assert 0.8 < seen[-1]["progress"] < 1.0
     assert queue.progress(job_holder["job"])["status"] == job_queue.DONE
+
+
+def test_clip_skip_changes_the_conditioning_and_is_recorded(tiny_model):
+    from modules.shared import opts
+
+    base = txt2img(seed=3)
+    opts.set("CLIP_stop_at_last_layers", 2)
+    skipped = txt2img(seed=3)
+    assert abs(pixels(base.images[0]) - pixels(skipped.images[0])).max() > 0
+    assert "Clip skip: 2," in skipped.infotexts[0] and "Clip skip" not in base.infotexts[0]
