@@ -25,6 +25,10 @@ def make_parser() -> argparse.ArgumentParser:
     add("--models-dir", type=str, default=None, help="models root (default: <data-dir>/models)")
     add("--ckpt", type=str, default=None, help="checkpoint to load at start (added to the list)")
     add("--ckpt-dir", type=str, default=None, help="extra directory scanned for checkpoints")
+    add("--embeddings-dir", type=str, default=None, help="extra directory scanned for textual-inversion embeddings")
+    add("--lora-dir", type=str, default=None, help="extra directory scanned for LoRA networks")
+    add("--styles-file", type=str, action="append", default=None,
+        help="styles CSV file (repeatable, glob patterns allowed; default: <data-dir>/styles.csv)")
     # device
     add("--device", choices=["cpu", "cuda", "mps"], default=None, help="torch device (default: best available)")
     add("--precision", choices=["full", "half", "autocast"], default="autocast",

@@ -1,27 +1,185 @@
-"""Text conditioning: prompts -> CLIP hidden states (one 77-token window per prompt, clip skip).
+"""Text conditioning (torch): scheduled prompts -> CLIP hidden states, per step.
 
-The full A1111 prompt language (emphasis, long prompts in 75-token chunks, schedules, AND) builds on
-this in the prompt-language work; until then a prompt longer than 75 tokens is truncated.
+A prompt becomes a list of ``ScheduledPromptConditioning(end_at_step, cond)``; ``AND`` parts become
+``ComposableScheduledPromptConditioning`` with weights. The sampling loop asks for the tensor of a
+given model call with :func:`reconstruct_cond_batch` / :func:`reconstruct_multicond_batch`.
+Names follow A1111's ``prompt_parser`` so extensions reading ``p.c``/``p.uc`` find what they expect.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from modules import prompt_chunks, prompt_parser, sd_emphasis
 
-def encode_prompts(model: Any, prompts: list[str], clip_skip: int = 1):
-    """Encode each distinct prompt once and return a (len(prompts), 77, hidden) tensor."""
+
+@dataclass
+class ScheduledPromptConditioning:
+    end_at_step: int
+    cond: Any  # (tokens, D)
+
+
+@dataclass
+class ComposableScheduledPromptConditioning:
+    schedules: list[ScheduledPromptConditioning]
+    weight: float = 1.0
+
+
+@dataclass
+class MulticondLearnedConditioning:
+    shape: tuple
+    batch: list[list[ComposableScheduledPromptConditioning]]
+
+
+class PromptEncoder:
+    """Encodes prompt texts with one model's tokenizer and text encoder under the current settings."""
+
+    def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original",
+                 comma_padding_backtrack: int = 20, embeddings: Any = None):
+        self.model = model
+        self.clip_skip = max(1, int(clip_skip))
+        self.emphasis = emphasis
+        self.comma_padding_backtrack = comma_padding_backtrack
+        self.embeddings = embeddings
+        self.ids = prompt_chunks.special_tokens(model.tokenizer)
+        self.used_embeddings: dict[str, Any] = {}
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.model.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
+
+    def find_embedding(self, tokens: list[int], position: int):
+        if self.embeddings is None:
+            return None, 0
+        return self.embeddings.find_embedding_at_position(tokens, position)
+
+    def chunks(self, text: str) -> tuple[list[prompt_chunks.PromptChunk], int]:
+        return prompt_chunks.tokenize_line(text, self.tokenize, self.ids, emphasis=self.emphasis,
+                                           comma_padding_backtrack=self.comma_padding_backtrack,
+                                           find_embedding=self.find_embedding)
+
+    def encode(self, texts: list[str]):
+        """(len(texts), 77 * chunks, D). Texts with fewer chunks get empty chunks, as in A1111, and the
+        emphasis normalisation of each chunk index spans all the texts encoded together."""
+        import torch
+
+        per_text = [self.chunks(text)[0] for text in texts]
+        for chunks in per_text:
+            for chunk in chunks:
+                for fix in chunk.fixes:
+                    self.used_embeddings[fix.embedding.name] = fix.embedding
+        count = max(len(chunks) for chunks in per_text)
+        empty = prompt_chunks.empty_chunk(self.ids)
+        outputs = [self.encode_chunks([chunks[i] if i < len(chunks) else empty for chunks in per_text])
+                   for i in range(count)]
+        return torch.cat(outputs, dim=1)
+
+    def encode_chunks(self, chunks: list[prompt_chunks.PromptChunk]):
+        """One chunk per row -> (rows, 77, D) after clip skip and emphasis."""
+        import torch
+
+        model = self.model
+        tokens = torch.tensor([chunk.tokens for chunk in chunks], device=model.device)
+        if self.ids.pad != self.ids.end:  # families padding with a pad token: everything after the first EOS
+            is_end = (tokens == self.ids.end).int()
+            tokens = torch.where(is_end.cumsum(dim=1) - is_end >= 1, torch.full_like(tokens, self.ids.pad), tokens)
+        with torch.inference_mode(), _embedding_fixes(model.text_encoder, [chunk.fixes for chunk in chunks]):
+            if self.clip_skip <= 1:
+                z = model.text_encoder(input_ids=tokens).last_hidden_state
+            else:
+                out = model.text_encoder(input_ids=tokens, output_hidden_states=True)
+                transformer = getattr(model.text_encoder, "text_model", model.text_encoder)  # layout differs by version
+                z = transformer.final_layer_norm(out.hidden_states[-self.clip_skip])
+            multipliers = torch.tensor([chunk.multipliers for chunk in chunks], device=z.device, dtype=torch.float32)
+            z = sd_emphasis.get_current_option(self.emphasis)().after_transformers(z.float(), multipliers)
+        return z.to(model.dtype)
+
+
+@contextmanager
+def _embedding_fixes(text_encoder: Any, fixes: list[list[prompt_chunks.PromptChunkFix]]):
+    """Put textual-inversion vectors in place of their placeholder tokens' input embeddings, through a
+    forward hook on the token-embedding layer for the duration of one encode."""
+    if not any(fixes):
+        yield
+        return
+
+    def replace(module, inputs, output):
+        output = output.clone()
+        for row, row_fixes in enumerate(fixes):
+            for fix in row_fixes:
+                vectors = fix.embedding.vec.to(device=output.device, dtype=output.dtype)
+                start = fix.offset + 1  # after BOS
+                count = min(vectors.shape[0], output.shape[1] - 1 - start)
+                output[row, start:start + count] = vectors[:count]
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def get_learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int, hires_steps: int | None = None,
+                             use_old_scheduling: bool = False) -> list[list[ScheduledPromptConditioning]]:
+    """Per prompt, its schedule with encoded conditioning; each distinct prompt is encoded once."""
+    schedules = prompt_parser.get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, use_old_scheduling)
+    cache: dict[str, list[ScheduledPromptConditioning]] = {}
+    result = []
+    for prompt, schedule in zip(prompts, schedules):
+        if prompt not in cache:
+            conds = encoder.encode([text for _, text in schedule])
+            cache[prompt] = [ScheduledPromptConditioning(end, cond) for (end, _), cond in zip(schedule, conds)]
+        result.append(cache[prompt])
+    return result
+
+
+def get_multicond_learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int,
+                                       hires_steps: int | None = None,
+                                       use_old_scheduling: bool = False) -> MulticondLearnedConditioning:
+    """Like :func:`get_learned_conditioning`, with each prompt split on ``AND`` into weighted parts."""
+    res_indexes, flat, _ = prompt_parser.get_multicond_prompt_list(prompts)
+    learned = get_learned_conditioning(encoder, flat, steps, hires_steps, use_old_scheduling)
+    batch = [[ComposableScheduledPromptConditioning(learned[index], weight) for index, weight in indexes]
+             for indexes in res_indexes]
+    return MulticondLearnedConditioning(shape=(len(prompts),), batch=batch)
+
+
+def _at_step(schedules: list[ScheduledPromptConditioning], step: int):
+    return next((entry.cond for entry in schedules if step <= entry.end_at_step), schedules[-1].cond)
+
+
+def stack_conds(tensors: list):
+    """Stack (tokens, D) tensors, padding shorter ones by repeating their last vector."""
     import torch
 
-    unique = list(dict.fromkeys(prompts))
-    tokens = model.tokenizer(unique, padding="max_length", max_length=model.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(model.device)
-    with torch.inference_mode():
-        if clip_skip <= 1:
-            hidden = model.text_encoder(tokens).last_hidden_state
-        else:
-            out = model.text_encoder(tokens, output_hidden_states=True)
-            transformer = getattr(model.text_encoder, "text_model", model.text_encoder)  # layout differs by transformers version
-            hidden = transformer.final_layer_norm(out.hidden_states[-clip_skip])
-    index = {prompt: i for i, prompt in enumerate(unique)}
-    return hidden[[index[p] for p in prompts]].to(model.dtype)
+    length = max(t.shape[0] for t in tensors)
+    padded = [t if t.shape[0] == length else torch.cat([t, t[-1:].repeat(length - t.shape[0], 1)]) for t in tensors]
+    return torch.stack(padded)
 
+
+def reconstruct_cond_batch(c: list[list[ScheduledPromptConditioning]], current_step: int):
+    """The (B, tokens, D) conditioning for 0-based model call ``current_step``."""
+    return stack_conds([_at_step(schedules, current_step) for schedules in c])
+
+
+def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step: int):
+    """(conds_list, tensor): for each image a list of (row in tensor, weight)."""
+    tensors, conds_list = [], []
+    for composable_prompts in c.batch:
+        conds = []
+        for composable in composable_prompts:
+            conds.append((len(tensors), composable.weight))
+            tensors.append(_at_step(composable.schedules, current_step))
+        conds_list.append(conds)
+    return conds_list, stack_conds(tensors)
+
+
+def pad_to_length(tensor, length: int, empty):
+    """Append copies of the empty-prompt chunk ``empty`` (77, D) until ``tensor`` (B, T, D) is ``length`` long."""
+    import torch
+
+    missing = (length - tensor.shape[1]) // empty.shape[0]
+    if missing <= 0:
+        return tensor
+    return torch.cat([tensor, empty.to(tensor.dtype).unsqueeze(0).repeat(tensor.shape[0], missing, 1)], dim=1)

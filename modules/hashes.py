@@ -53,8 +53,12 @@ def sha256(filename: str, title: str) -> str:
     cached = sha256_from_cache(filename, title)
     if cached:
         return cached
+    return store_in_cache(filename, title, calculate_sha256(filename))
+
+
+def store_in_cache(filename: str, title: str, value: str) -> str:
+    """Remember ``value`` as the hash of ``filename`` (valid while its size and mtime stay the same)."""
     stat = os.stat(filename)
-    value = calculate_sha256(filename)
     with _lock:
         cache = _read_cache()
         cache.setdefault("hashes", {})[title] = {"mtime": stat.st_mtime, "size": stat.st_size, "sha256": value}

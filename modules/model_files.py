@@ -56,18 +56,23 @@ def _unwrap(state: Any) -> dict:
     return {k: v for k, v in state.items() if hasattr(v, "shape")}
 
 
-def _torch_load(path: str) -> dict:
+def load_pickle(path: str) -> Any:
+    """``torch.load(weights_only=True)`` of a ``.pt``/``.ckpt``/``.bin`` file: tensors and plain containers only."""
     import pickle
 
     import torch
 
     try:
         mmap = detect_format(path) == TORCH_ZIP  # the legacy (non-zip) format cannot be memory-mapped
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsupportedModelFile(
             f"{os.path.basename(path)}: refused to load, the pickle contains objects other than tensors "
             f"({str(e).splitlines()[0]}); convert it to .safetensors") from e
+
+
+def _torch_load(path: str) -> dict:
+    return _unwrap(load_pickle(path))
 
 
 def read_shapes(path: str) -> dict[str, tuple[int, ...]]:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import devices, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling
+from modules import devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling
 from modules.errors import UserInputError
 from modules.shared import opts, state
 from modules.version import infotext_version
@@ -124,6 +124,7 @@ class StableDiffusionProcessing:
         self.clip_skip = 1
         self.cached_uc: dict = {}
         self.cached_c: dict = {}
+        self.empty_cond = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, seed={self.seed}, size={self.width}x{self.height})"
@@ -149,14 +150,74 @@ class StableDiffusionProcessing:
         self.sampler_name, self.scheduler = sd_samplers.get_sampler_and_scheduler(self.sampler_name, self.scheduler)
 
     def setup_prompts(self) -> None:
+        """Expand prompts to one per image, apply styles, strip ``#`` comments."""
+        from modules import prompt_parser, shared
+
         count = self.batch_size * self.n_iter
         self.all_prompts = list(self.prompt) if isinstance(self.prompt, list) else [self.prompt] * count
         if isinstance(self.negative_prompt, list):
             self.all_negative_prompts = list(self.negative_prompt)
         else:
             self.all_negative_prompts = [self.negative_prompt] * len(self.all_prompts)
+        styles = shared.prompt_styles
+        unknown = styles.unknown(self.styles)
+        if unknown:
+            self.comment("Styles not found: " + ", ".join(unknown))
+        self.all_prompts = [styles.apply_styles_to_prompt(x, self.styles) for x in self.all_prompts]
+        self.all_negative_prompts = [styles.apply_negative_styles_to_prompt(x, self.styles) for x in self.all_negative_prompts]
+        if opts.enable_prompt_comments:
+            self.all_prompts = [prompt_parser.strip_comments(x) for x in self.all_prompts]
+            self.all_negative_prompts = [prompt_parser.strip_comments(x) for x in self.all_negative_prompts]
         self.main_prompt = self.all_prompts[0] if self.all_prompts else ""
         self.main_negative_prompt = self.all_negative_prompts[0] if self.all_negative_prompts else ""
+
+    def parse_extra_network_prompts(self) -> dict:
+        """Remove ``<kind:...>`` tags from this batch's prompts; the first prompt's networks are the batch's."""
+        from modules import extra_networks
+
+        self.prompts, self.extra_network_data = extra_networks.parse_prompts(self.prompts)
+        return self.extra_network_data
+
+    def setup_conds(self) -> None:
+        """Encode this batch's prompts (``p.c``: AND parts with schedules; ``p.uc``: negative prompts),
+        reusing the previous batch's result when nothing that affects it changed."""
+        from modules import conditioning, lora, prompt_parser
+        from modules.textual_inversion import textual_inversion
+
+        model = self.model
+        total_steps = sd_samplers.all_samplers_map[self.sampler_name].total_steps(self.steps)
+        self.step_multiplier = total_steps // self.steps
+        embeddings = textual_inversion.refresh_for_model(model) if not self.do_not_reload_embeddings else textual_inversion.embedding_db
+        encoder = conditioning.PromptEncoder(model, clip_skip=self.clip_skip, emphasis=opts.emphasis,
+                                             comma_padding_backtrack=opts.comma_padding_backtrack, embeddings=embeddings)
+        old = bool(opts.use_old_scheduling)
+        if old:
+            texts = self.prompts + self.negative_prompts
+            if (prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, True)
+                    != prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, False)):
+                self.extra_generation_params["Old prompt editing timelines"] = True
+        state_key = (id(model), total_steps, old, opts.emphasis, self.clip_skip, opts.comma_padding_backtrack,
+                     embeddings._files_signature, tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
+        key = (tuple(self.prompts), state_key)
+        if self.cached_c.get("key") != key:
+            self.cached_c = {"key": key, "value": conditioning.get_multicond_learned_conditioning(encoder, self.prompts, total_steps, None, old)}
+        uncond_key = (tuple(self.negative_prompts), state_key)
+        if self.cached_uc.get("key") != uncond_key:
+            self.cached_uc = {"key": uncond_key, "value": conditioning.get_learned_conditioning(encoder, self.negative_prompts, total_steps, None, old),
+                              "empty": encoder.encode([""])[0]}
+        self.c, self.uc, self.empty_cond = self.cached_c["value"], self.cached_uc["value"], self.cached_uc["empty"]
+        self._record_used_embeddings(encoder.used_embeddings)
+        if opts.emphasis != "Original":
+            self.extra_generation_params["Emphasis"] = opts.emphasis
+
+    def _record_used_embeddings(self, used: dict) -> None:
+        if not used or not opts.textual_inversion_add_hashes_to_infotext:
+            return
+        known = dict(item.split(": ", 1) for item in filter(None, self.extra_generation_params.get("TI hashes", "").split(", ")))
+        for name, embedding in used.items():
+            if embedding.shorthash:
+                known[name.replace(":", "").replace(",", "")] = embedding.shorthash
+        self.extra_generation_params["TI hashes"] = ", ".join(f"{name}: {value}" for name, value in known.items())
 
     def init(self, all_prompts, all_seeds, all_subseeds) -> None:
         pass
@@ -212,7 +273,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         eta = opts.eta_ddim if self.sampler_name == "DDIM" else None
         run = sampling.SamplingRun(
             model=model, scheduler=scheduler, cond=conditioning, uncond=unconditional_conditioning,
-            cfg_scale=float(self.cfg_scale), steps=self.steps, generators=self.rng.generators,
+            cfg_scale=float(self.cfg_scale), steps=self.steps, empty_cond=self.empty_cond,
+            schedule_steps=self.steps * self.step_multiplier, generators=self.rng.generators,
             eta=self.eta if self.eta is not None else eta,
             should_stop=lambda: state.interrupted or state.skipped,
             on_step=self._on_step,
@@ -379,8 +441,6 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
 
 
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
-    from modules import conditioning
-
     p.validate()
     p.fill_fields_from_opts()
     model = sd_models.get_sd_model()
@@ -406,37 +466,15 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.job_timestamp = state.job_timestamp
 
     output_images, infotexts = [], []
-    for n in range(p.n_iter):
-        p.iteration = n
-        if state.interrupted or state.stopping_generation:
-            break
-        state.skipped = False
-        batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
-        p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
-        p.seeds, p.subseeds = p.all_seeds[batch], p.all_subseeds[batch]
-        if not p.prompts:
-            break
-        latent_shape = (opt_C, p.height // opt_f, p.width // opt_f)
-        p.rng = rng.ImageRNG(latent_shape, p.seeds, p.subseeds, p.subseed_strength, p.seed_resize_from_h,
-                             p.seed_resize_from_w, opts.eta_noise_seed_delta)
-        p.c = conditioning.encode_prompts(model, p.prompts, p.clip_skip)
-        p.uc = conditioning.encode_prompts(model, p.negative_prompts, p.clip_skip)
-        if n == 0 and not _cmd_flag("no_prompt_history"):
-            _write_params_txt(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
-        latents = p.sample(p.c, p.uc, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
-        if state.interrupted and state.sampling_step == 0:
-            break
-        decoded = sampling.decode(model, latents)
-        for i, image in enumerate(_to_pil(decoded)):
-            p.batch_index = i
-            text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
-            if opts.samples_save and not p.do_not_save_samples:
-                images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format,
-                                  info=text, p=p)
-            image.info["parameters"] = text
-            output_images.append(image)
-            infotexts.append(text)
-        state.nextjob()
+    try:
+        for n in range(p.n_iter):
+            if state.interrupted or state.stopping_generation:
+                break
+            if not _run_batch(p, n, model, output_images, infotexts):
+                break
+    finally:
+        if not p.disable_extra_networks:
+            extra_networks.deactivate(p, p.extra_network_data)
 
     index_of_first_image = 0
     if (len(output_images) > 1 or not opts.grid_only_if_multiple) and output_images:
@@ -454,6 +492,40 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         devices.torch_gc()
     return Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "", p.all_subseeds[0],
                      index_of_first_image=index_of_first_image, infotexts=infotexts)
+
+
+def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list, infotexts: list) -> bool:
+    """Generate, save and collect batch ``n``. False when the job should stop."""
+    p.iteration = n
+    state.skipped = False
+    batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
+    p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
+    p.seeds, p.subseeds = p.all_seeds[batch], p.all_subseeds[batch]
+    if not p.prompts:
+        return False
+    latent_shape = (opt_C, p.height // opt_f, p.width // opt_f)
+    p.rng = rng.ImageRNG(latent_shape, p.seeds, p.subseeds, p.subseed_strength, p.seed_resize_from_h,
+                         p.seed_resize_from_w, opts.eta_noise_seed_delta)
+    if not p.disable_extra_networks:
+        extra_networks.activate(p, p.parse_extra_network_prompts())
+    p.setup_conds()
+    if n == 0 and not _cmd_flag("no_prompt_history"):
+        _write_params_txt(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
+    latents = p.sample(p.c, p.uc, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
+    if state.interrupted and state.sampling_step == 0:
+        return False
+    decoded = sampling.decode(model, latents)
+    for i, image in enumerate(_to_pil(decoded)):
+        p.batch_index = i
+        text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
+        if opts.samples_save and not p.do_not_save_samples:
+            images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format,
+                              info=text, p=p)
+        image.info["parameters"] = text
+        output_images.append(image)
+        infotexts.append(text)
+    state.nextjob()
+    return True
 
 
 def _cmd_flag(name: str) -> bool:

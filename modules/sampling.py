@@ -19,10 +19,12 @@ class Interrupted(Exception):
 class SamplingRun:
     model: Any
     scheduler: Any
-    cond: Any  # (B, 77, D)
-    uncond: Any  # (B, 77, D)
+    cond: Any  # conditioning.MulticondLearnedConditioning
+    uncond: Any  # list[list[conditioning.ScheduledPromptConditioning]]
     cfg_scale: float
     steps: int
+    empty_cond: Any = None  # (77, D) encoding of "", used to pad cond and uncond to one length
+    schedule_steps: int | None = None  # model calls prompt schedules count (A1111 total_steps)
     generators: list | None = None
     eta: float | None = None
     should_stop: Callable[[], bool] = lambda: False
@@ -44,29 +46,60 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
     partially denoised latents with completed=False, after at most one more model call."""
     import torch
 
-    model, scheduler = run.model, run.scheduler
-    device, dtype = model.device, model.dtype
-    scheduler.set_timesteps(run.steps, device=device)
+    scheduler = run.scheduler
+    scheduler.set_timesteps(run.steps, device=run.model.device)
     timesteps = scheduler.timesteps
-    latents = noise.to(device=device, dtype=torch.float32) * scheduler.init_noise_sigma
-    guided = run.cfg_scale != 1.0
-    context = torch.cat([run.uncond, run.cond]) if guided else run.cond
+    latents = noise.to(device=run.model.device, dtype=torch.float32) * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, run)
     total = len(timesteps)
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             if run.should_stop():
                 return latents, False
-            model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t).to(dtype)
-            prediction = model.unet(model_input, t, encoder_hidden_states=context, return_dict=False)[0].float()
-            if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + run.cfg_scale * (cond - uncond)
+            model_input = scheduler.scale_model_input(latents, t)
+            prediction = guided_prediction(run, model_input, t, i)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
             if run.on_step is not None:
                 run.on_step(i + 1, total, latents)
     return latents, True
+
+
+def guided_prediction(run: SamplingRun, x, t, call_index: int):
+    """One batched UNet call for every AND part and the negative prompt of model call ``call_index``,
+    combined as ``uncond + sum_i w_i * cfg * (cond_i - uncond)``."""
+    import torch
+
+    from modules import conditioning, script_callbacks
+
+    conds_list, cond = conditioning.reconstruct_multicond_batch(run.cond, call_index)
+    uncond = conditioning.reconstruct_cond_batch(run.uncond, call_index)
+    batch = x.shape[0]
+    plain = all(len(conds) == 1 and conds[0][1] == 1.0 for conds in conds_list)
+    guided = run.cfg_scale != 1.0 or not plain
+    x_cond = torch.cat([x[i:i + 1].expand(len(conds), *x.shape[1:]) for i, conds in enumerate(conds_list)])
+    x_in = torch.cat([x_cond, x]) if guided else x_cond
+    total = run.schedule_steps or run.steps
+    params = script_callbacks.CFGDenoiserParams(x_in, None, t, call_index, total, cond, uncond)
+    script_callbacks.cfg_denoiser_callback(params)
+    x_in, cond, uncond = params.x, params.text_cond, params.text_uncond
+    if guided and cond.shape[1] != uncond.shape[1] and run.empty_cond is not None:
+        length = max(cond.shape[1], uncond.shape[1])
+        cond = conditioning.pad_to_length(cond, length, run.empty_cond)
+        uncond = conditioning.pad_to_length(uncond, length, run.empty_cond)
+    context = torch.cat([cond, uncond]) if guided else cond
+    dtype = run.model.dtype
+    out = run.model.unet(x_in.to(dtype), t, encoder_hidden_states=context.to(dtype), return_dict=False)[0].float()
+    script_callbacks.cfg_denoised_callback(script_callbacks.CFGDenoisedParams(out, call_index, total, run.model.unet))
+    if not guided:
+        return out
+    uncond_out = out[-batch:]
+    denoised = uncond_out.clone()
+    for i, conds in enumerate(conds_list):
+        for row, weight in conds:
+            denoised[i] += (out[row] - uncond_out[i]) * (weight * run.cfg_scale)
+    after = script_callbacks.AfterCFGCallbackParams(denoised, call_index, total)
+    script_callbacks.cfg_after_cfg_callback(after)
+    return after.x
 
 
 def decode(model: Any, latents):

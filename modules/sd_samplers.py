@@ -25,6 +25,10 @@ class SamplerData:
     kwargs: dict = field(default_factory=dict)
     needs_seed: bool = False  # the scheduler draws noise from a seed of its own (Brownian tree)
 
+    def total_steps(self, steps: int) -> int:
+        """Model calls A1111 counts for prompt schedules: twice the steps for second-order samplers."""
+        return steps * 2 if self.options.get("second_order") else steps
+
     @property
     def constructor(self) -> str:  # A1111 attribute name; here the diffusers class name
         return self.scheduler_class
@@ -33,7 +37,8 @@ class SamplerData:
 samplers: list[SamplerData] = [
     SamplerData("DPM++ 2M", "DPMSolverMultistepScheduler", ("k_dpmpp_2m",), {"scheduler": "karras"},
                 {**KDIFF, "algorithm_type": "dpmsolver++", "solver_order": 2}),
-    SamplerData("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {"scheduler": "karras"}, KDIFF, needs_seed=True),
+    SamplerData("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), {"scheduler": "karras", "second_order": True},
+                KDIFF, needs_seed=True),
     SamplerData("DPM++ 2M SDE", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde",), {"scheduler": "exponential"},
                 {**KDIFF, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     SamplerData("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde_heun",), {"scheduler": "exponential"},
@@ -43,9 +48,10 @@ samplers: list[SamplerData] = [
     SamplerData("Euler a", "EulerAncestralDiscreteScheduler", ("k_euler_a", "k_euler_ancestral"), {}, KDIFF),
     SamplerData("Euler", "EulerDiscreteScheduler", ("k_euler",), {}, KDIFF),
     SamplerData("LMS", "LMSDiscreteScheduler", ("k_lms",), {}, KDIFF),
-    SamplerData("Heun", "HeunDiscreteScheduler", ("k_heun",), {}, KDIFF),
-    SamplerData("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {"scheduler": "karras"}, KDIFF),
-    SamplerData("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), {"scheduler": "karras"}, KDIFF),
+    SamplerData("Heun", "HeunDiscreteScheduler", ("k_heun",), {"second_order": True}, KDIFF),
+    SamplerData("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), {"scheduler": "karras", "second_order": True}, KDIFF),
+    SamplerData("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), {"scheduler": "karras", "second_order": True},
+                KDIFF),
     SamplerData("DDIM", "DDIMScheduler", ("ddim",), {}, {"timestep_spacing": "leading"}),
     SamplerData("PLMS", "PNDMScheduler", ("plms",), {}, {"timestep_spacing": "leading", "skip_prk_steps": True}),
     SamplerData("UniPC", "UniPCMultistepScheduler", ("unipc",), {}, KDIFF),

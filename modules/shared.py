@@ -46,7 +46,18 @@ def __getattr__(name: str) -> Any:
         return devices.device
     if name in ("models_path", "data_path", "script_path"):
         return getattr(paths, name)
+    if name == "prompt_styles":
+        return reload_styles()
     raise AttributeError(name)
+
+
+def reload_styles():
+    """(Re)create ``prompt_styles`` from ``--styles-file`` (default: styles.csv in the data dir)."""
+    from modules.styles import StyleDatabase
+
+    files = getattr(cmd_opts, "styles_file", None) or [os.path.join(paths.data_path, "styles.csv")]
+    globals()["prompt_styles"] = database = StyleDatabase(files)
+    return database
 
 
 def init(options: Any) -> None:
@@ -55,3 +66,7 @@ def init(options: Any) -> None:
     cmd_opts = options
     paths.configure(options.data_dir, options.models_dir)
     opts.load(config_filename())
+    reload_styles()
+    from modules import extra_networks
+
+    extra_networks.register_default_extra_networks()

@@ -45,6 +45,12 @@ options_templates.update(options_section(("sd", "Stable Diffusion"), {
     "sd_checkpoints_keep_in_cpu": OptionInfo(True, "Keep cached checkpoints in RAM rather than VRAM"),
     "sd_checkpoint_cache": OptionInfo(2, "Checkpoints to keep in RAM (LRU; 1 keeps only the loaded one)"),
     "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip", infotext="Clip skip"),
+    "emphasis": OptionInfo("Original", "Emphasis mode (Original, No norm, Ignore, None)", infotext="Emphasis"),
+    "comma_padding_backtrack": OptionInfo(20, "Prompt word wrap length limit (tokens moved to the next chunk after a comma)"),
+    "enable_prompt_comments": OptionInfo(True, "Enable # comments in prompts"),
+    "use_old_scheduling": OptionInfo(False, "Use old prompt editing timelines", infotext="Old prompt editing timelines"),
+    "textual_inversion_add_hashes_to_infotext": OptionInfo(True, "Add textual inversion hashes to infotext"),
+    "lora_add_hashes_to_infotext": OptionInfo(True, "Add LoRA hashes to infotext"),
     "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", infotext="ENSD"),
     "randn_source": OptionInfo("CPU", "Random number generator source", infotext="RNG"),
 }))

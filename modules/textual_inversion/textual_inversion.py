@@ -1,0 +1,196 @@
+"""Textual-inversion embeddings: discovery, the three file formats, and lookup by token sequence.
+
+Files under ``models/embeddings/`` (recursive) and ``--embeddings-dir``:
+- A1111 ``.pt``: ``{"string_to_param": {"*": tensor(n, D)}, "name", "step", "sd_checkpoint", ...}``
+- ``.safetensors``: one tensor, e.g. ``{"emb_params": tensor(n, D)}``
+- diffusers ``learned_embeds.bin`` / ``.bin``: ``{"<token>": tensor(D)}``
+An embedding is used by its file stem. The directories are rescanned when a file is added, changed
+or removed; embeddings whose width differs from the loaded text encoder are listed as skipped.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules import errors, hashes, model_files
+
+EXTENSIONS = (".pt", ".bin", ".safetensors")
+
+
+@dataclass
+class Embedding:
+    vec: Any  # float32 tensor (vectors, D) on the CPU
+    name: str
+    filename: str = ""
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    skip_reason: str | None = None
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> int:
+        return int(self.vec.shape[-1])
+
+    @property
+    def vectors(self) -> int:
+        return int(self.vec.shape[0])
+
+    @property
+    def hash(self) -> str | None:
+        if self._hash is None and self.filename:
+            self._hash = hashes.sha256(self.filename, f"textual_inversion/{self.name}")
+        return self._hash
+
+    @property
+    def shorthash(self) -> str | None:
+        return self.hash[:12] if self.hash else None
+
+
+def vectors_from_data(data: Any, filename: str):
+    """The (n, D) tensor of an embedding file's contents, whichever of the supported layouts it uses."""
+    import torch
+
+    if isinstance(data, dict) and "string_to_param" in data:
+        params = data["string_to_param"]
+        if not isinstance(params, dict) or len(params) != 1:
+            raise ValueError(f"{filename}: string_to_param must hold exactly one tensor")
+        tensor = next(iter(params.values()))
+    elif isinstance(data, dict) and "clip_l" in data and "clip_g" in data:
+        raise ValueError(f"{filename}: SDXL embedding (clip_l + clip_g); SDXL models are not supported yet")
+    elif isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), torch.Tensor):
+        tensor = next(iter(data.values()))
+    else:
+        keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{filename}: not a textual-inversion embedding (contents: {keys})")
+    if tensor.dim() == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 2 or tensor.shape[0] == 0:
+        raise ValueError(f"{filename}: embedding tensor has shape {tuple(tensor.shape)}, expected (vectors, width)")
+    return tensor.detach().to(device="cpu", dtype=torch.float32)
+
+
+def load_embedding_file(path: str) -> Embedding:
+    name = os.path.splitext(os.path.basename(path))[0]
+    fmt = model_files.detect_format(path)
+    if fmt == model_files.SAFETENSORS:
+        from safetensors.torch import load_file
+
+        data = load_file(path, device="cpu")
+    else:
+        data = model_files.load_pickle(path)
+    embedding = Embedding(vectors_from_data(data, os.path.basename(path)), name, filename=path)
+    if isinstance(data, dict):
+        step = data.get("step")
+        embedding.step = int(step) if isinstance(step, (int, float)) else None
+        for key in ("sd_checkpoint", "sd_checkpoint_name"):
+            setattr(embedding, key, data.get(key) if isinstance(data.get(key), str) else None)
+    return embedding
+
+
+class EmbeddingDatabase:
+    """All embeddings found on disk, and which of them fit the current model."""
+
+    def __init__(self) -> None:
+        self.embedding_dirs: list[str] = []
+        self.word_embeddings: dict[str, Embedding] = {}
+        self.skipped_embeddings: dict[str, Embedding] = {}
+        self.errors: dict[str, str] = {}  # file -> why it could not be read
+        self.ids_lookup: dict[int, list[tuple[list[int], Embedding]]] = {}
+        self._files_signature: tuple = ()
+        self._model_signature: tuple = ()
+        self._all: dict[str, Embedding] = {}
+        self._lock = threading.Lock()
+
+    def set_dirs(self, dirs: list[str]) -> None:
+        self.embedding_dirs = list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+    def _scan(self) -> list[tuple[str, int, float]]:
+        found = []
+        for root in self.embedding_dirs:
+            if not os.path.isdir(root):
+                continue
+            for folder, dirs, files in os.walk(root, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for file in sorted(files):
+                    if file.lower().endswith(EXTENSIONS) and not file.startswith("."):
+                        path = os.path.join(folder, file)
+                        try:
+                            stat = os.stat(path)
+                        except OSError:
+                            continue
+                        found.append((path, stat.st_size, stat.st_mtime))
+        return found
+
+    def load_textual_inversion_embeddings(self, tokenizer: Any = None, width: int | None = None,
+                                          force_reload: bool = False) -> None:
+        """Rescan the directories if any file changed, then sort embeddings into usable and skipped for
+        a text encoder of ``width`` (None: accept all, e.g. for the token counter without a model)."""
+        with self._lock:
+            files = self._scan()
+            signature = tuple(files)
+            if force_reload or signature != self._files_signature:
+                self._all, self.errors = {}, {}
+                for path, _, _ in files:
+                    try:
+                        embedding = load_embedding_file(path)
+                    except Exception as e:  # a broken file is listed, never fatal
+                        self.errors[path] = str(e)
+                        continue
+                    self._all.setdefault(embedding.name, embedding)
+                self._files_signature = signature
+                self._model_signature = ()
+            model_signature = (id(tokenizer), width)
+            if model_signature != self._model_signature or force_reload:
+                self._sort(tokenizer, width)
+                self._model_signature = model_signature
+
+    def _sort(self, tokenizer: Any, width: int | None) -> None:
+        self.word_embeddings, self.skipped_embeddings, self.ids_lookup = {}, {}, {}
+        for name, embedding in sorted(self._all.items()):
+            if width is not None and embedding.shape != width:
+                embedding.skip_reason = f"vector width {embedding.shape} does not match the model's {width}"
+                self.skipped_embeddings[name] = embedding
+                continue
+            embedding.skip_reason = None
+            self.word_embeddings[name] = embedding
+            if tokenizer is not None:
+                ids = tokenizer([name], truncation=False, add_special_tokens=False)["input_ids"][0]
+                if ids:
+                    self.ids_lookup.setdefault(ids[0], []).append((ids, embedding))
+        for candidates in self.ids_lookup.values():
+            candidates.sort(key=lambda pair: len(pair[0]), reverse=True)
+
+    def find_embedding_at_position(self, tokens: list[int], offset: int) -> tuple[Embedding | None, int]:
+        for ids, embedding in self.ids_lookup.get(tokens[offset], ()):
+            if tokens[offset:offset + len(ids)] == ids:
+                return embedding, len(ids)
+        return None, 0
+
+
+embedding_db = EmbeddingDatabase()
+
+
+def embedding_dirs() -> list[str]:
+    from modules import paths, shared
+
+    dirs = [os.path.join(paths.models_path, "embeddings")]
+    if getattr(shared.cmd_opts, "embeddings_dir", None):
+        dirs.append(shared.cmd_opts.embeddings_dir)
+    return dirs
+
+
+def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bool = False) -> EmbeddingDatabase:
+    """Bring the database up to date with the files and with ``model`` (or just a tokenizer)."""
+    embedding_db.set_dirs(embedding_dirs())
+    width = None
+    if model is not None:
+        tokenizer = model.tokenizer
+        width = int(model.text_encoder.get_input_embeddings().weight.shape[1])
+    try:
+        embedding_db.load_textual_inversion_embeddings(tokenizer, width, force_reload)
+    except OSError as e:
+        errors.report(f"Could not scan embeddings: {e}")
+    return embedding_db
