@@ -26,9 +26,12 @@ class EmphasisOriginal(Emphasis):
     description = "multiply by the weights, then restore the chunk's mean (A1111 default)"
 
     def after_transformers(self, z, multipliers):
+        if bool((multipliers == 1).all()):
+            return z  # nothing weighted: the rescale would be 1 (or 0/0 for a zero-mean chunk)
         original_mean = z.mean()
         z = z * multipliers.unsqueeze(-1)
-        return z * (original_mean / z.mean())
+        new_mean = z.mean()
+        return z * (original_mean / new_mean) if new_mean != 0 else z
 
 
 class EmphasisOriginalNoNorm(EmphasisOriginal):

@@ -90,3 +90,49 @@ def pixels(image):
     import numpy as np
 
     return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def write_embedding(path, vectors, fmt: str) -> str:
+    """Save ``vectors`` (n, D) as a textual-inversion file in one of the real layouts."""
+    import torch
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if fmt == "a1111-pt":
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": "ignored",
+                    "step": 500, "sd_checkpoint": "abcdef12", "sd_checkpoint_name": "v1-5"}, path)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({"emb_params": vectors.contiguous()}, path)
+    elif fmt == "diffusers-bin":
+        torch.save({"<concept>": vectors[0]}, path)
+    else:
+        raise ValueError(fmt)
+    return path
+
+
+def write_kohya_lora(path, model, rank: int = 4, seed: int = 0, scale: float = 0.5, peft: bool = False) -> str:
+    """A random LoRA for every attention projection of ``model``'s UNet and text encoder, saved with
+    kohya key names (or diffusers/PEFT names with ``peft=True``); the deltas are identical for one seed."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    targets = [("unet", "lora_unet_", model.unet), ("text_encoder", "lora_te_text_model_", model.text_encoder)]
+    for peft_prefix, prefix, root in targets:
+        for name, module in root.named_modules():
+            if not isinstance(module, torch.nn.Linear) or not any(t in name for t in ("to_q", "to_k", "to_v", "q_proj", "v_proj")):
+                continue
+            down = torch.randn(rank, module.in_features, generator=generator) * scale
+            up = torch.randn(module.out_features, rank, generator=generator) * scale
+            if peft:
+                key = f"{peft_prefix}.{'text_model.' if peft_prefix == 'text_encoder' and not name.startswith('text_model.') else ''}{name}"
+                tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = down, up * (2.0 / rank)
+            else:
+                key = prefix + name.replace(".", "_")
+                tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = down, up
+                tensors[f"{key}.alpha"] = torch.tensor(2.0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(tensors, path, metadata={"ss_network_dim": str(rank)})
+    return path
