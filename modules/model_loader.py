@@ -2,6 +2,7 @@
 diffusers folder, using only the configs and tokenizer bundled in ``modules/configs`` (no network)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -64,6 +65,12 @@ def load_tokenizer(folder: str | None = None):
 
     source = folder if folder and os.path.isfile(os.path.join(folder, "vocab.json")) else TOKENIZER_DIR
     return CLIPTokenizer.from_pretrained(source, local_files_only=True)
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_tokenizer():
+    """The shipped CLIP tokenizer, loaded once (the UI's token counter uses it before any model loads)."""
+    return load_tokenizer()
 
 
 def load_single_file(path: str, dtype) -> Components:

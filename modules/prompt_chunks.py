@@ -139,3 +139,25 @@ def prompt_token_count(prompt: str, steps: int, tokenize, ids: SpecialTokens, *,
 
 def get_multicond_texts(prompt: str) -> list[str]:
     return prompt_parser.get_multicond_prompt_list([prompt])[1]
+
+
+def token_counter(text: str, steps: int, is_positive: bool = True, styles: list[str] | None = None) -> tuple[int, int]:
+    """(count, limit) for a prompt box, using the loaded model's tokenizer or, before any model is
+    loaded, the bundled one; known embeddings count as their vector count."""
+    from modules import model_loader, script_callbacks, sd_models
+    from modules.shared import opts
+    from modules.textual_inversion import textual_inversion
+
+    params = script_callbacks.BeforeTokenCounterParams(text, steps, list(styles or []), is_positive)
+    script_callbacks.before_token_counter_callback(params)
+    model = sd_models.current_model()
+    tokenizer = model.tokenizer if model is not None else model_loader.bundled_tokenizer()
+    embeddings = textual_inversion.refresh_for_model(model, tokenizer)
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
+
+    return prompt_token_count(params.prompt, max(1, int(params.steps or 1)), tokenize, special_tokens(tokenizer),
+                              is_positive=params.is_positive, emphasis=opts.emphasis,
+                              comma_padding_backtrack=opts.comma_padding_backtrack,
+                              find_embedding=embeddings.find_embedding_at_position)

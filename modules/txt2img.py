@@ -8,14 +8,14 @@ from modules.processing import StableDiffusionProcessingTxt2Img
 def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: int, cfg_scale: float,
                  width: int, height: int, seed: int, subseed: int = -1, subseed_strength: float = 0.0,
                  seed_resize_from_w: int = 0, seed_resize_from_h: int = 0, batch_count: int = 1,
-                 batch_size: int = 1) -> StableDiffusionProcessingTxt2Img:
+                 batch_size: int = 1, styles: list[str] | None = None) -> StableDiffusionProcessingTxt2Img:
     """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
     p = StableDiffusionProcessingTxt2Img(
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
         steps=_int(steps), cfg_scale=float(cfg_scale), width=_int(width), height=_int(height),
         seed=_int(seed), subseed=_int(subseed), subseed_strength=float(subseed_strength or 0),
         seed_resize_from_w=_int(seed_resize_from_w) or -1, seed_resize_from_h=_int(seed_resize_from_h) or -1,
-        n_iter=_int(batch_count), batch_size=_int(batch_size),
+        n_iter=_int(batch_count), batch_size=_int(batch_size), styles=list(styles or []),
     )
     p.validate()
     return p

@@ -83,6 +83,11 @@ def test_generate_in_browser_shows_saved_png_with_metadata(server):
         page.wait_for_selector("#txt2img_generate")
         assert "Demo model" in page.locator("#model_notice").inner_text()
         page.fill("#txt2img_prompt textarea", "a lighthouse, at dusk")
+        page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '5/75'", timeout=30_000)
+        page.fill("#txt2img_neg_prompt textarea", "word " * 80)
+        page.wait_for_function("document.querySelector('#txt2img_negative_token_counter').innerText.trim() === '80/150'",
+                               timeout=30_000)
+        page.fill("#txt2img_neg_prompt textarea", "")
         _set_number(page, "txt2img_width", 64)
         _set_number(page, "txt2img_height", 64)
         _set_number(page, "txt2img_steps", 4)

@@ -8,7 +8,7 @@ import time
 
 import gradio as gr
 
-from modules import job_queue, model_download, sd_models, sd_samplers, sd_schedulers, txt2img
+from modules import job_queue, model_download, prompt_chunks, sd_models, sd_samplers, sd_schedulers, shared, txt2img
 from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts, state
@@ -51,12 +51,18 @@ def _infotext_html(text: str) -> str:
     return f"<pre class='infotext' style='white-space:pre-wrap'>{html.escape(text or '')}</pre>"
 
 
+def _comments_html(comments: str) -> str:
+    """Warnings of the job (unknown LoRA or styles, layers that did not fit ...)."""
+    lines = [line for line in (comments or "").splitlines() if line.strip()]
+    return "".join(f"<div class='comments' style='color:#b80'>{html.escape(line)}</div>" for line in lines)
+
+
 def _error_html(message: str) -> str:
     return f"<div class='error' style='color:#d33'>Error: {html.escape(message)}</div>"
 
 
 def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, use_variation,
-             subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size):
+             subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size, styles=None):
     """Submit a txt2img job and stream its progress and live preview until it finishes.
 
     The job runs in the queue worker: closing the tab stops this stream, not the job."""
@@ -64,7 +70,7 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
         p = txt2img.make_txt2img(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
                                  subseed if use_variation else -1, subseed_strength if use_variation else 0,
                                  seed_resize_from_w if use_variation else 0, seed_resize_from_h if use_variation else 0,
-                                 batch_count, batch_size)
+                                 batch_count, batch_size, styles)
     except UserInputError as e:
         yield gr.skip(), _error_html(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return
@@ -83,7 +89,8 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
         yield gr.skip(), _error_html(job.error or job.status), gr.update(visible=False), gr.skip(), gr.skip(), job.id
         return
     processed = job.result
-    yield (_gallery_items(processed), "", gr.update(visible=False), _infotext_html(processed.infotexts[0] if processed.infotexts else ""),
+    first_info = _infotext_html(processed.infotexts[0] if processed.infotexts else "") + _comments_html(processed.comments)
+    yield (_gallery_items(processed), "", gr.update(visible=False), first_info,
            {"seed": processed.seed, "subseed": processed.subseed, "infotexts": processed.infotexts}, job.id)
 
 
@@ -91,6 +98,73 @@ def select_image(result: dict | None, evt: gr.SelectData):
     if not result or evt.index is None or evt.index >= len(result.get("infotexts", [])):
         return gr.skip()
     return _infotext_html(result["infotexts"][evt.index])
+
+
+def update_token_counter(text: str, steps, is_positive: bool = True) -> str:
+    try:
+        count, limit = prompt_chunks.token_counter(text or "", int(steps or 20), is_positive)
+    except Exception as e:  # the counter must never break typing
+        return f"<span class='token-counter error' title='{html.escape(str(e))}'>?/75</span>"
+    return f"<span class='token-counter'>{count}/{limit}</span>"
+
+
+def _style_names() -> list[str]:
+    return list(shared.prompt_styles.styles)
+
+
+def apply_styles(prompt: str, negative: str, selected: list[str] | None):
+    """Move the selected styles' text into the prompt boxes and clear the selection."""
+    selected = selected or []
+    return (shared.prompt_styles.apply_styles_to_prompt(prompt or "", selected),
+            shared.prompt_styles.apply_negative_styles_to_prompt(negative or "", selected), gr.update(value=[]))
+
+
+def save_style(name: str, prompt: str, negative: str):
+    from modules.styles import PromptStyle
+
+    try:
+        shared.prompt_styles.save_style(PromptStyle(name or "", prompt or "", negative or ""))
+    except (UserInputError, OSError) as e:
+        return gr.skip(), _error_html(str(e))
+    return gr.update(choices=_style_names()), f"Saved style {html.escape(name.strip())!s}."
+
+
+def refresh_styles():
+    shared.prompt_styles.reload()
+    return gr.update(choices=_style_names())
+
+
+def _lora_samples() -> list[list[str]]:
+    from modules import lora
+
+    return [[name] for name in sorted(lora.list_available_networks(force=True))]
+
+
+def _embedding_samples() -> tuple[list[list[str]], str]:
+    from modules.textual_inversion import textual_inversion
+
+    db = textual_inversion.refresh_for_model(sd_models.current_model(), force_reload=True)
+    problems = [f"{html.escape(name)}: skipped, {html.escape(e.skip_reason or '')}" for name, e in db.skipped_embeddings.items()]
+    problems += [f"{html.escape(os.path.basename(path))}: {html.escape(message)}" for path, message in db.errors.items()]
+    return [[name] for name in db.word_embeddings], "".join(f"<div class='skipped'>{p}</div>" for p in problems)
+
+
+def refresh_extra_networks():
+    embeddings, skipped = _embedding_samples()
+    return gr.Dataset(samples=_lora_samples()), gr.Dataset(samples=embeddings), skipped
+
+
+def add_lora_to_prompt(sample: list | None, prompt: str) -> str:
+    return _append(prompt, f"<lora:{sample[0]}:1>") if sample else gr.skip()
+
+
+def add_embedding_to_prompt(sample: list | None, prompt: str) -> str:
+    return _append(prompt, sample[0]) if sample else gr.skip()
+
+
+def _append(prompt: str, text: str) -> str:
+    prompt = (prompt or "").rstrip()
+    return f"{prompt}, {text}" if prompt and not prompt.endswith(",") else f"{prompt} {text}".strip()
 
 
 def change_checkpoint(title: str):
@@ -150,9 +224,23 @@ def create_ui() -> gr.Blocks:
         with gr.Tab("txt2img", elem_id="tab_txt2img"):
             with gr.Row():
                 with gr.Column(scale=4):
-                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
-                                        placeholder="Prompt (press Ctrl+Enter to generate)")
-                    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+                    with gr.Row():
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
+                                            placeholder="Prompt (press Ctrl+Enter to generate)")
+                        token_counter = gr.HTML(update_token_counter("", 20), elem_id="txt2img_token_counter",
+                                                scale=0, min_width=70)
+                    with gr.Row():
+                        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
+                        negative_token_counter = gr.HTML(update_token_counter("", 20, False), scale=0, min_width=70,
+                                                         elem_id="txt2img_negative_token_counter")
+                    with gr.Row():
+                        styles = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
+                                             elem_id="txt2img_styles", scale=6)
+                        styles_apply = gr.Button("📋", elem_id="txt2img_style_apply", scale=0, min_width=40)
+                        styles_refresh = gr.Button("🔄", elem_id="txt2img_styles_refresh", scale=0, min_width=40)
+                        style_name = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=3)
+                        style_save = gr.Button("💾 Save as style", elem_id="txt2img_style_create", scale=1)
+                    style_status = gr.HTML("", elem_id="txt2img_style_status")
                 with gr.Column(scale=1, min_width=200):
                     generate_button = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
                     with gr.Row():
@@ -194,11 +282,22 @@ def create_ui() -> gr.Blocks:
                     gallery = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
                                          interactive=False, format="png")
                     info = gr.HTML("", elem_id="html_info_txt2img")
+            with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
+                embedding_samples, skipped_embeddings = _embedding_samples()
+                with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
+                    lora_cards = gr.Dataset(components=["text"], samples=_lora_samples(), samples_per_page=50,
+                                            label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
+                with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
+                    embedding_cards = gr.Dataset(components=["text"], samples=embedding_samples, samples_per_page=50,
+                                                 label="Click an embedding to add it to the prompt",
+                                                 elem_id="txt2img_textual_inversion_cards")
+                    skipped = gr.HTML(skipped_embeddings, elem_id="txt2img_embeddings_skipped")
+                extra_refresh = gr.Button("🔄 Refresh", elem_id="txt2img_extra_refresh")
             result = gr.State(None)
             job_id = gr.State(None)
 
         inputs = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation, subseed,
-                  subseed_strength, resize_w, resize_h, batch_count, batch_size]
+                  subseed_strength, resize_w, resize_h, batch_count, batch_size, styles]
         outputs = [gallery, progress, preview, info, result, job_id]
         generate_button.click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
         prompt.submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
@@ -208,6 +307,16 @@ def create_ui() -> gr.Blocks:
         reuse_seed.click(lambda r: r["seed"] if r else -1, [result], seed, queue=False)
         use_variation.change(lambda v: gr.update(visible=v), [use_variation], [variation_group], queue=False)
         gallery.select(select_image, [result], [info], queue=False)
+        counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
+        prompt.change(update_token_counter, [prompt, steps], [token_counter], **counter_events)
+        negative.change(lambda text, n: update_token_counter(text, n, False), [negative, steps], [negative_token_counter],
+                        **counter_events)
+        styles_apply.click(apply_styles, [prompt, negative, styles], [prompt, negative, styles], queue=False)
+        style_save.click(save_style, [style_name, prompt, negative], [styles, style_status], queue=False)
+        styles_refresh.click(refresh_styles, None, [styles], queue=False)
+        extra_refresh.click(refresh_extra_networks, None, [lora_cards, embedding_cards, skipped], queue=False)
+        lora_cards.click(add_lora_to_prompt, [lora_cards, prompt], [prompt], queue=False)
+        embedding_cards.click(add_embedding_to_prompt, [embedding_cards, prompt], [prompt], queue=False)
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)
