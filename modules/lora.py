@@ -231,17 +231,6 @@ class AppliedNetworks:
         self.model: Any = None
         self.loaded: list[LoadedNetwork] = []
         self._backup: dict[Any, Any] = {}
-        self._weights_cache: dict[str, tuple[float, dict]] = {}
-
-    def _weights(self, network: NetworkOnDisk) -> dict:
-        mtime = os.path.getmtime(network.filename)
-        cached = self._weights_cache.get(network.filename)
-        if cached is None or cached[0] != mtime:
-            self._weights_cache = {network.filename: (mtime, load_network_weights(network.filename)),
-                                   **{k: v for k, v in self._weights_cache.items() if k != network.filename}}
-            while len(self._weights_cache) > 8:  # keep recent files' weights, bounded
-                self._weights_cache.pop(next(iter(self._weights_cache)))
-        return self._weights_cache[network.filename][1]
 
     def apply(self, model: Any, networks: list[LoadedNetwork]) -> list[str]:
         """Restore, then merge ``networks`` into ``model``. Returns warnings (layers that did not fit)."""
@@ -256,7 +245,7 @@ class AppliedNetworks:
         with torch.no_grad():
             for loaded in networks:
                 unmatched, failed = 0, []
-                for key, parts in self._weights(loaded.network).items():
+                for key, parts in load_network_weights(loaded.network.filename).items():
                     module = lookup.get(key)
                     if module is None:
                         unmatched += 1

@@ -187,7 +187,7 @@ class StableDiffusionProcessing:
         model = self.model
         total_steps = sd_samplers.all_samplers_map[self.sampler_name].total_steps(self.steps)
         self.step_multiplier = total_steps // self.steps
-        embeddings = textual_inversion.refresh_for_model(model) if not self.do_not_reload_embeddings else textual_inversion.embedding_db
+        embeddings = textual_inversion.refresh_for_model(model, rescan=not self.do_not_reload_embeddings)
         encoder = conditioning.PromptEncoder(model, clip_skip=self.clip_skip, emphasis=opts.emphasis,
                                              comma_padding_backtrack=opts.comma_padding_backtrack, embeddings=embeddings)
         old = bool(opts.use_old_scheduling)
@@ -197,7 +197,7 @@ class StableDiffusionProcessing:
                     != prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, False)):
                 self.extra_generation_params["Old prompt editing timelines"] = True
         state_key = (id(model), total_steps, old, opts.emphasis, self.clip_skip, opts.comma_padding_backtrack,
-                     embeddings._files_signature, tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
+                     textual_inversion.embedding_db.files_signature, tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
         key = (tuple(self.prompts), state_key)
         if self.cached_c.get("key") != key:
             self.cached_c = {"key": key, "value": conditioning.get_multicond_learned_conditioning(encoder, self.prompts, total_steps, None, old)}

@@ -152,7 +152,7 @@ def token_counter(text: str, steps: int, is_positive: bool = True, styles: list[
     script_callbacks.before_token_counter_callback(params)
     model = sd_models.current_model()
     tokenizer = model.tokenizer if model is not None else model_loader.bundled_tokenizer()
-    embeddings = textual_inversion.refresh_for_model(model, tokenizer)
+    embeddings = textual_inversion.refresh_for_model(model, None if model is not None else tokenizer)
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]

@@ -47,8 +47,9 @@ def test_embedding_formats_widths_and_reload(tiny_model, embeddings_dir):
     db = textual_inversion.refresh_for_model(tiny_model)
     assert {n: e.vectors for n, e in db.word_embeddings.items()} == {"style-a": 2, "style-b": 3, "concept": 1}
     assert db.word_embeddings["style-a"].step == 500
-    assert "does not match" in db.skipped_embeddings["wide"].skip_reason
-    assert any("broken.pt" in path for path in db.errors)
+    assert db.skip_reasons["wide"] == f"vector width {width * 2} does not match the model's {width}"
+    assert any("broken.pt" in path for path in textual_inversion.embedding_db.errors)
+    assert "wide" in textual_inversion.refresh_for_model(None, tiny_model.tokenizer).word_embeddings  # counting only
 
     write_embedding(os.path.join(embeddings_dir, "late.safetensors"), torch.randn(1, width), "safetensors")
     os.remove(os.path.join(embeddings_dir, "concept.bin"))

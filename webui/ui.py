@@ -143,10 +143,11 @@ def _lora_samples() -> list[list[str]]:
 def _embedding_samples() -> tuple[list[list[str]], str]:
     from modules.textual_inversion import textual_inversion
 
-    db = textual_inversion.refresh_for_model(sd_models.current_model(), force_reload=True)
-    problems = [f"{html.escape(name)}: skipped, {html.escape(e.skip_reason or '')}" for name, e in db.skipped_embeddings.items()]
-    problems += [f"{html.escape(os.path.basename(path))}: {html.escape(message)}" for path, message in db.errors.items()]
-    return [[name] for name in db.word_embeddings], "".join(f"<div class='skipped'>{p}</div>" for p in problems)
+    usable = textual_inversion.refresh_for_model(sd_models.current_model(), force_reload=True)
+    problems = [f"{html.escape(name)}: skipped, {html.escape(reason)}" for name, reason in usable.skip_reasons.items()]
+    problems += [f"{html.escape(os.path.basename(path))}: {html.escape(message)}"
+                 for path, message in textual_inversion.embedding_db.errors.items()]
+    return [[name] for name in usable.word_embeddings], "".join(f"<div class='skipped'>{p}</div>" for p in problems)
 
 
 def refresh_extra_networks():

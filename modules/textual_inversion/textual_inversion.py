@@ -27,7 +27,6 @@ class Embedding:
     step: int | None = None
     sd_checkpoint: str | None = None
     sd_checkpoint_name: str | None = None
-    skip_reason: str | None = None
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -90,18 +89,45 @@ def load_embedding_file(path: str) -> Embedding:
     return embedding
 
 
+class EmbeddingLookup:
+    """The embeddings usable with one tokenizer and text-encoder width, and the token-sequence index.
+    Each model gets its own lookup, so the UI's token counter never disturbs a running job."""
+
+    def __init__(self, embeddings: dict[str, Embedding], tokenizer: Any = None, width: int | None = None):
+        self.tokenizer = tokenizer  # held so the id() keying this lookup cannot be reused by another tokenizer
+        self.word_embeddings: dict[str, Embedding] = {}
+        self.skipped_embeddings: dict[str, Embedding] = {}
+        self.skip_reasons: dict[str, str] = {}
+        self.ids_lookup: dict[int, list[tuple[list[int], Embedding]]] = {}
+        for name, embedding in sorted(embeddings.items()):
+            if width is not None and embedding.shape != width:
+                self.skipped_embeddings[name] = embedding
+                self.skip_reasons[name] = f"vector width {embedding.shape} does not match the model's {width}"
+                continue
+            self.word_embeddings[name] = embedding
+            if tokenizer is not None:
+                ids = tokenizer([name], truncation=False, add_special_tokens=False)["input_ids"][0]
+                if ids:
+                    self.ids_lookup.setdefault(ids[0], []).append((ids, embedding))
+        for candidates in self.ids_lookup.values():
+            candidates.sort(key=lambda pair: len(pair[0]), reverse=True)
+
+    def find_embedding_at_position(self, tokens: list[int], offset: int) -> tuple[Embedding | None, int]:
+        for ids, embedding in self.ids_lookup.get(tokens[offset], ()):
+            if tokens[offset:offset + len(ids)] == ids:
+                return embedding, len(ids)
+        return None, 0
+
+
 class EmbeddingDatabase:
-    """All embeddings found on disk, and which of them fit the current model."""
+    """All embedding files found on disk (rescanned when any file changes), with a lookup per model."""
 
     def __init__(self) -> None:
         self.embedding_dirs: list[str] = []
-        self.word_embeddings: dict[str, Embedding] = {}
-        self.skipped_embeddings: dict[str, Embedding] = {}
+        self.embeddings: dict[str, Embedding] = {}
         self.errors: dict[str, str] = {}  # file -> why it could not be read
-        self.ids_lookup: dict[int, list[tuple[list[int], Embedding]]] = {}
-        self._files_signature: tuple = ()
-        self._model_signature: tuple = ()
-        self._all: dict[str, Embedding] = {}
+        self.files_signature: tuple = ()
+        self._lookups: dict[tuple, EmbeddingLookup] = {}
         self._lock = threading.Lock()
 
     def set_dirs(self, dirs: list[str]) -> None:
@@ -124,50 +150,29 @@ class EmbeddingDatabase:
                         found.append((path, stat.st_size, stat.st_mtime))
         return found
 
-    def load_textual_inversion_embeddings(self, tokenizer: Any = None, width: int | None = None,
-                                          force_reload: bool = False) -> None:
-        """Rescan the directories if any file changed, then sort embeddings into usable and skipped for
-        a text encoder of ``width`` (None: accept all, e.g. for the token counter without a model)."""
+    def load_textual_inversion_embeddings(self, force_reload: bool = False) -> None:
+        """Reread the files if any was added, changed or removed."""
         with self._lock:
-            files = self._scan()
-            signature = tuple(files)
-            if force_reload or signature != self._files_signature:
-                self._all, self.errors = {}, {}
-                for path, _, _ in files:
-                    try:
-                        embedding = load_embedding_file(path)
-                    except Exception as e:  # a broken file is listed, never fatal
-                        self.errors[path] = str(e)
-                        continue
-                    self._all.setdefault(embedding.name, embedding)
-                self._files_signature = signature
-                self._model_signature = ()
-            model_signature = (id(tokenizer), width)
-            if model_signature != self._model_signature or force_reload:
-                self._sort(tokenizer, width)
-                self._model_signature = model_signature
+            files = tuple(self._scan())
+            if not force_reload and files == self.files_signature:
+                return
+            embeddings, problems = {}, {}
+            for path, _, _ in files:
+                try:
+                    embedding = load_embedding_file(path)
+                except Exception as e:  # a broken file is listed, never fatal
+                    problems[path] = str(e)
+                    continue
+                embeddings.setdefault(embedding.name, embedding)
+            self.embeddings, self.errors, self.files_signature, self._lookups = embeddings, problems, files, {}
 
-    def _sort(self, tokenizer: Any, width: int | None) -> None:
-        self.word_embeddings, self.skipped_embeddings, self.ids_lookup = {}, {}, {}
-        for name, embedding in sorted(self._all.items()):
-            if width is not None and embedding.shape != width:
-                embedding.skip_reason = f"vector width {embedding.shape} does not match the model's {width}"
-                self.skipped_embeddings[name] = embedding
-                continue
-            embedding.skip_reason = None
-            self.word_embeddings[name] = embedding
-            if tokenizer is not None:
-                ids = tokenizer([name], truncation=False, add_special_tokens=False)["input_ids"][0]
-                if ids:
-                    self.ids_lookup.setdefault(ids[0], []).append((ids, embedding))
-        for candidates in self.ids_lookup.values():
-            candidates.sort(key=lambda pair: len(pair[0]), reverse=True)
-
-    def find_embedding_at_position(self, tokens: list[int], offset: int) -> tuple[Embedding | None, int]:
-        for ids, embedding in self.ids_lookup.get(tokens[offset], ()):
-            if tokens[offset:offset + len(ids)] == ids:
-                return embedding, len(ids)
-        return None, 0
+    def lookup(self, tokenizer: Any = None, width: int | None = None) -> EmbeddingLookup:
+        """The embeddings for a text encoder of ``width`` (None: all of them, e.g. for counting tokens)."""
+        key = (id(tokenizer), width)
+        with self._lock:
+            if key not in self._lookups:
+                self._lookups[key] = EmbeddingLookup(self.embeddings, tokenizer, width)
+            return self._lookups[key]
 
 
 embedding_db = EmbeddingDatabase()
@@ -182,15 +187,16 @@ def embedding_dirs() -> list[str]:
     return dirs
 
 
-def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bool = False) -> EmbeddingDatabase:
-    """Bring the database up to date with the files and with ``model`` (or just a tokenizer)."""
+def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bool = False,
+                      rescan: bool = True) -> EmbeddingLookup:
+    """The embeddings usable with ``model`` (or, without a model, all of them for ``tokenizer``), after
+    rereading the folders if files changed (``rescan=False`` skips that, as ``do_not_reload_embeddings``)."""
     embedding_db.set_dirs(embedding_dirs())
-    width = None
-    if model is not None:
-        tokenizer = model.tokenizer
-        width = int(model.text_encoder.get_input_embeddings().weight.shape[1])
-    try:
-        embedding_db.load_textual_inversion_embeddings(tokenizer, width, force_reload)
-    except OSError as e:
-        errors.report(f"Could not scan embeddings: {e}")
-    return embedding_db
+    if rescan or not embedding_db.files_signature:
+        try:
+            embedding_db.load_textual_inversion_embeddings(force_reload)
+        except OSError as e:
+            errors.report(f"Could not scan embeddings: {e}")
+    if model is None:
+        return embedding_db.lookup(tokenizer)
+    return embedding_db.lookup(model.tokenizer, int(model.text_encoder.get_input_embeddings().weight.shape[1]))
