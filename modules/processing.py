@@ -125,6 +125,7 @@ class StableDiffusionProcessing:
         self.cached_uc: dict = {}
         self.cached_c: dict = {}
         self.empty_cond = None
+        self.used_embedding_hashes: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, seed={self.seed}, size={self.width}x{self.height})"
@@ -173,8 +174,6 @@ class StableDiffusionProcessing:
 
     def parse_extra_network_prompts(self) -> dict:
         """Remove ``<kind:...>`` tags from this batch's prompts; the first prompt's networks are the batch's."""
-        from modules import extra_networks
-
         self.prompts, self.extra_network_data = extra_networks.parse_prompts(self.prompts)
         return self.extra_network_data
 
@@ -193,31 +192,29 @@ class StableDiffusionProcessing:
         old = bool(opts.use_old_scheduling)
         if old:
             texts = self.prompts + self.negative_prompts
-            if (prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, True)
-                    != prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, False)):
+            schedules = [prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, flag)
+                         for flag in (True, False)]
+            if schedules[0] != schedules[1]:
                 self.extra_generation_params["Old prompt editing timelines"] = True
-        state_key = (id(model), total_steps, old, opts.emphasis, self.clip_skip, opts.comma_padding_backtrack,
-                     textual_inversion.embedding_db.files_signature, tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
-        key = (tuple(self.prompts), state_key)
+        text_encoder_state = (id(model), total_steps, old, opts.emphasis, self.clip_skip, opts.comma_padding_backtrack,
+                              textual_inversion.embedding_db.files_signature,
+                              tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
+        key = (tuple(self.prompts), text_encoder_state)
         if self.cached_c.get("key") != key:
-            self.cached_c = {"key": key, "value": conditioning.get_multicond_learned_conditioning(encoder, self.prompts, total_steps, None, old)}
-        uncond_key = (tuple(self.negative_prompts), state_key)
-        if self.cached_uc.get("key") != uncond_key:
-            self.cached_uc = {"key": uncond_key, "value": conditioning.get_learned_conditioning(encoder, self.negative_prompts, total_steps, None, old),
-                              "empty": encoder.encode([""])[0]}
+            value = conditioning.get_multicond_learned_conditioning(encoder, self.prompts, total_steps, None, old)
+            self.cached_c = {"key": key, "value": value}
+        key = (tuple(self.negative_prompts), text_encoder_state)
+        if self.cached_uc.get("key") != key:
+            value = conditioning.get_learned_conditioning(encoder, self.negative_prompts, total_steps, None, old)
+            self.cached_uc = {"key": key, "value": value, "empty": encoder.encode([""])[0]}
         self.c, self.uc, self.empty_cond = self.cached_c["value"], self.cached_uc["value"], self.cached_uc["empty"]
-        self._record_used_embeddings(encoder.used_embeddings)
+        if opts.textual_inversion_add_hashes_to_infotext:
+            for name, embedding in encoder.used_embeddings.items():
+                self.used_embedding_hashes[name.replace(":", "").replace(",", "")] = embedding.shorthash
+        if self.used_embedding_hashes:
+            self.extra_generation_params["TI hashes"] = ", ".join(f"{k}: {v}" for k, v in self.used_embedding_hashes.items())
         if opts.emphasis != "Original":
             self.extra_generation_params["Emphasis"] = opts.emphasis
-
-    def _record_used_embeddings(self, used: dict) -> None:
-        if not used or not opts.textual_inversion_add_hashes_to_infotext:
-            return
-        known = dict(item.split(": ", 1) for item in filter(None, self.extra_generation_params.get("TI hashes", "").split(", ")))
-        for name, embedding in used.items():
-            if embedding.shorthash:
-                known[name.replace(":", "").replace(",", "")] = embedding.shorthash
-        self.extra_generation_params["TI hashes"] = ", ".join(f"{name}: {value}" for name, value in known.items())
 
     def init(self, all_prompts, all_seeds, all_subseeds) -> None:
         pass

@@ -1,8 +1,8 @@
 """The denoising loop over a diffusers UNet and scheduler.
 
 We own this loop (rather than calling a diffusers pipeline) because A1111 semantics need hooks inside
-it: per-step progress, interrupt and skip within one step, live previews, and later per-step prompt
-schedules, AND, inpaint blending and CFG callbacks.
+it: per-step progress, interrupt and skip within one step, live previews, per-model-call prompt
+schedules, composable AND, the A1111 CFG callbacks, and later inpaint blending.
 """
 from __future__ import annotations
 
