@@ -11,10 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
-class Interrupted(Exception):
-    """Sampling stopped because the user pressed Interrupt or Skip."""
-
-
 @dataclass
 class SamplingRun:
     model: Any
