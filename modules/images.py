@@ -247,6 +247,24 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
     return fullfn, txt_fullfn
 
 
+MAX_IMAGE_PIXELS = 200_000_000  # A1111's img_max_size_mp default: 200 megapixels
+
+
+def read(fp) -> Image.Image:
+    """Open an image a user supplied: the format is checked by PIL, the size against a pixel limit
+    before decoding (a clear error instead of a decompression bomb)."""
+    from modules.errors import UserInputError
+
+    try:
+        image = Image.open(fp)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"image: not a readable image ({e})") from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise UserInputError(f"image: {image.width}x{image.height} is larger than {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+    image.load()
+    return image
+
+
 def read_info_from_image(image: Image.Image) -> tuple[str | None, dict]:
     """The infotext stored in an image (PNG chunk, EXIF UserComment or GIF comment) and its other info items."""
     items = dict(image.info or {})

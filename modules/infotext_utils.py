@@ -132,3 +132,31 @@ registered_param_bindings: list[ParamBinding] = []
 
 def register_paste_params_button(binding: ParamBinding) -> None:
     registered_param_bindings.append(binding)
+
+
+def txt2img_fields_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Values for the txt2img fields (``make_txt2img`` names) found in parsed infotext ``params``;
+    fields the infotext does not mention, or whose values do not convert, are left out."""
+    def number(key: str, kind: type):
+        try:
+            return kind(float(params[key])) if kind is int else kind(params[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    fields = {
+        "prompt": params.get("Prompt"), "negative_prompt": params.get("Negative prompt"),
+        "steps": number("Steps", int), "cfg_scale": number("CFG scale", float),
+        "width": number("Size-1", int), "height": number("Size-2", int), "seed": number("Seed", int),
+        "subseed": number("Variation seed", int), "subseed_strength": number("Variation seed strength", float),
+        "seed_resize_from_w": number("Seed resize from-1", int), "seed_resize_from_h": number("Seed resize from-2", int),
+        "batch_size": number("Batch size", int),
+    }
+    from modules import sd_samplers, sd_schedulers
+
+    if sd_samplers.find_sampler(params.get("Sampler") or "") is not None:
+        fields["sampler_name"] = sd_samplers.find_sampler(params["Sampler"]).name
+    schedule = next((s.label for s in sd_schedulers.schedulers
+                     if params.get("Schedule type") in (s.label, s.name) and not s.unsupported), None)
+    fields["scheduler"] = schedule
+    fields["use_variation"] = bool(fields["subseed_strength"] or fields["seed_resize_from_w"])
+    return {k: v for k, v in fields.items() if v is not None}

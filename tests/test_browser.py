@@ -98,6 +98,12 @@ def test_generate_in_browser_shows_saved_png_with_metadata(server):
         info = page.locator("#html_info_txt2img").inner_text()
         src = page.locator("#txt2img_gallery img").first.get_attribute("src")
         body = page.request.get(src).body()
+        page.fill("#txt2img_prompt textarea", "")  # paste with an empty box restores the last generation
+        page.locator("#txt2img_seed input").fill("1")
+        page.click("#txt2img_paste")
+        page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a lighthouse, at dusk'",
+                               timeout=30_000)
+        page.wait_for_function("document.querySelector('#txt2img_seed input').value === '31337'", timeout=30_000)
         browser.close()
     assert "a lighthouse, at dusk" in info and "Size: 64x64" in info and "Steps: 4" in info
     assert re.search(r"/00000-31337\.png$", src)

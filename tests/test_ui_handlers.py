@@ -61,3 +61,50 @@ def test_extra_network_cards_insert_into_the_prompt(tiny_model):
 def test_job_warnings_are_shown(tiny_model):
     updates = list(ui.generate(*_args(prompt="a cat <lora:missing:1>")))
     assert "Networks not found: missing" in updates[-1][3]
+
+
+A1111_INFOTEXT = """masterpiece, a lighthouse at dusk, (dramatic lighting:1.2) <lora:add_detail:0.5>
+Negative prompt: blurry, lowres
+Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 3141592653, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Variation seed: 42, Variation seed strength: 0.3, Seed resize from: 448x640, Lora hashes: "add_detail: 7c6bad76eb54", Version: v1.10.1"""
+
+
+def test_paste_fills_every_field_from_an_a1111_infotext(tiny_model):
+    updates = dict(zip(ui.PASTE_FIELDS, ui.paste_parameters(A1111_INFOTEXT)))
+    values = {name: update["value"] for name, update in updates.items() if "value" in update}
+    assert values == {
+        "prompt": "masterpiece, a lighthouse at dusk, (dramatic lighting:1.2) <lora:add_detail:0.5>",
+        "negative_prompt": "blurry, lowres", "sampler_name": "DPM++ 2M", "scheduler": "Karras", "steps": 28,
+        "cfg_scale": 6.5, "width": 512, "height": 768, "seed": 3141592653, "use_variation": True, "subseed": 42,
+        "subseed_strength": 0.3, "seed_resize_from_w": 448, "seed_resize_from_h": 640,
+    }
+    # legacy combined sampler names and missing keys
+    legacy = dict(zip(ui.PASTE_FIELDS, ui.paste_parameters("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5")))
+    assert legacy["sampler_name"]["value"] == "Euler a" and "value" not in legacy["width"]
+
+
+def test_paste_with_an_empty_box_uses_the_last_generation(tiny_model):
+    from tests.conftest import txt2img
+
+    txt2img(prompt="from params", seed=777)
+    updates = dict(zip(ui.PASTE_FIELDS, ui.paste_parameters("")))
+    assert updates["prompt"]["value"] == "from params" and updates["seed"]["value"] == 777
+
+
+def test_png_info_reads_our_images_and_sends_them_to_txt2img(tiny_model, tmp_path):
+    from modules import images
+    from tests.conftest import txt2img
+
+    processed = txt2img(prompt="png info cat", seed=4242)
+    path = str(tmp_path / "x.png")
+    images.save_image_with_geninfo(processed.images[0], processed.infotexts[0], path)
+    shown, text = ui.read_png_info(path)
+    assert "png info cat" in shown and "Seed: 4242" in text
+    tab, *fields = ui.send_to_txt2img(text)
+    assert tab.selected == "txt2img" and dict(zip(ui.PASTE_FIELDS, fields))["seed"]["value"] == 4242
+
+    (tmp_path / "plain.png").write_bytes((tmp_path / "x.png").read_bytes())
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "bare.png")
+    assert "No generation parameters" in ui.read_png_info(str(tmp_path / "bare.png"))[0]
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert "Error: image: not a readable image" in ui.read_png_info(str(tmp_path / "junk.png"))[0]

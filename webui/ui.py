@@ -168,6 +168,50 @@ def _append(prompt: str, text: str) -> str:
     return f"{prompt}, {text}" if prompt and not prompt.endswith(",") else f"{prompt} {text}".strip()
 
 
+PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
+                "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+                "batch_size"]
+
+
+def paste_parameters(text: str) -> list:
+    """Fill the txt2img fields from an infotext (the prompt box's text, or params.txt when it is empty);
+    one update per name in ``PASTE_FIELDS``, skipping fields the infotext does not carry."""
+    from modules import infotext_utils, paths, script_callbacks
+
+    if not (text or "").strip():
+        try:
+            with open(os.path.join(paths.data_path, "params.txt"), encoding="utf8") as f:
+                text = f.read()
+        except OSError:
+            return [gr.skip()] * len(PASTE_FIELDS)
+    params = infotext_utils.parse_generation_parameters(text)
+    script_callbacks.infotext_pasted_callback(text, params)
+    values = infotext_utils.txt2img_fields_from_infotext(params)
+    return [gr.update(value=values[name]) if name in values else gr.skip() for name in PASTE_FIELDS]
+
+
+def read_png_info(path: str | None):
+    """The PNG Info tab: show the infotext and other text chunks of a dropped image."""
+    from modules import images
+
+    if not path:
+        return "", ""
+    try:
+        with images.read(path) as image:
+            geninfo, items = images.read_info_from_image(image)
+    except UserInputError as e:
+        return _error_html(str(e)), ""
+    extra = "".join(f"<div><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</div>"
+                    for k, v in items.items() if isinstance(v, (str, int, float)))
+    if not geninfo:
+        return "<div>No generation parameters found in this image.</div>" + extra, ""
+    return _infotext_html(geninfo) + extra, geninfo
+
+
+def send_to_txt2img(text: str) -> list:
+    return [gr.Tabs(selected="txt2img"), *paste_parameters(text or "")] if text else [gr.skip()] * (1 + len(PASTE_FIELDS))
+
+
 def change_checkpoint(title: str):
     info = sd_models.get_closet_checkpoint_match(title)
     if info is None:
@@ -222,80 +266,91 @@ def create_ui() -> gr.Blocks:
             download = gr.Button("Download SD 1.5", elem_id="download_sd15", scale=1)
         notice = gr.Markdown(_model_notice(), elem_id="model_notice")
         model_status = gr.HTML("", elem_id="model_status")
-        with gr.Tab("txt2img", elem_id="tab_txt2img"):
-            with gr.Row():
-                with gr.Column(scale=4):
-                    with gr.Row():
-                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
-                                            placeholder="Prompt (press Ctrl+Enter to generate)")
-                        token_counter = gr.HTML(update_token_counter("", 20), elem_id="txt2img_token_counter",
-                                                scale=0, min_width=70)
-                    with gr.Row():
-                        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
-                        negative_token_counter = gr.HTML(update_token_counter("", 20, False), scale=0, min_width=70,
-                                                         elem_id="txt2img_negative_token_counter")
-                    with gr.Row():
-                        styles = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
-                                             elem_id="txt2img_styles", scale=6)
-                        styles_apply = gr.Button("📋", elem_id="txt2img_style_apply", scale=0, min_width=40)
-                        styles_refresh = gr.Button("🔄", elem_id="txt2img_styles_refresh", scale=0, min_width=40)
-                        style_name = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=3)
-                        style_save = gr.Button("💾 Save as style", elem_id="txt2img_style_create", scale=1)
-                    style_status = gr.HTML("", elem_id="txt2img_style_status")
-                with gr.Column(scale=1, min_width=200):
-                    generate_button = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-                    with gr.Row():
-                        interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
-                        skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
-            with gr.Row():
-                with gr.Column(scale=1):
-                    with gr.Row():
-                        sampler = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
-                                              elem_id="txt2img_sampling")
-                        schedule = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
-                                               elem_id="txt2img_scheduler")
-                    steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-                    with gr.Row():
-                        width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                        height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                    with gr.Row():
-                        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-                    cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-                    with gr.Row():
-                        seed = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
-                        random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                        reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
-                        use_variation = gr.Checkbox(False, label="Extra", elem_id="txt2img_subseed_show", scale=1)
-                    with gr.Group(visible=False) as variation_group:
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                with gr.Row():
+                    with gr.Column(scale=4):
                         with gr.Row():
-                            subseed = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
-                            subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
-                                                         elem_id="txt2img_subseed_strength")
+                            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
+                                                placeholder="Prompt (press Ctrl+Enter to generate)")
+                            token_counter = gr.HTML(update_token_counter("", 20), elem_id="txt2img_token_counter",
+                                                    scale=0, min_width=70)
                         with gr.Row():
-                            resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                                 elem_id="txt2img_seed_resize_from_w")
-                            resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                                 elem_id="txt2img_seed_resize_from_h")
-                with gr.Column(scale=1):
-                    progress = gr.HTML("", elem_id="txt2img_progress")
-                    preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
-                    gallery = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
-                                         interactive=False, format="png")
-                    info = gr.HTML("", elem_id="html_info_txt2img")
-            with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
-                embedding_samples, skipped_embeddings = _embedding_samples()
-                with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
-                    lora_cards = gr.Dataset(components=["text"], samples=_lora_samples(), samples_per_page=50,
-                                            label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
-                with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
-                    embedding_cards = gr.Dataset(components=["text"], samples=embedding_samples, samples_per_page=50,
-                                                 label="Click an embedding to add it to the prompt",
-                                                 elem_id="txt2img_textual_inversion_cards")
-                    skipped = gr.HTML(skipped_embeddings, elem_id="txt2img_embeddings_skipped")
-                extra_refresh = gr.Button("🔄 Refresh", elem_id="txt2img_extra_refresh")
-            result = gr.State(None)
-            job_id = gr.State(None)
+                            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
+                            negative_token_counter = gr.HTML(update_token_counter("", 20, False), scale=0, min_width=70,
+                                                             elem_id="txt2img_negative_token_counter")
+                        with gr.Row():
+                            styles = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
+                                                 elem_id="txt2img_styles", scale=6)
+                            styles_apply = gr.Button("📋", elem_id="txt2img_style_apply", scale=0, min_width=40)
+                            styles_refresh = gr.Button("🔄", elem_id="txt2img_styles_refresh", scale=0, min_width=40)
+                            style_name = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=3)
+                            style_save = gr.Button("💾 Save as style", elem_id="txt2img_style_create", scale=1)
+                        style_status = gr.HTML("", elem_id="txt2img_style_status")
+                    with gr.Column(scale=1, min_width=200):
+                        generate_button = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                        paste = gr.Button("↙️", elem_id="txt2img_paste", min_width=40)
+                        with gr.Row():
+                            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
+                            skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        with gr.Row():
+                            sampler = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
+                                                  elem_id="txt2img_sampling")
+                            schedule = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
+                                                   elem_id="txt2img_scheduler")
+                        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+                        with gr.Row():
+                            width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                            height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                        with gr.Row():
+                            batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                            batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+                        cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+                        with gr.Row():
+                            seed = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
+                            random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
+                            reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
+                            use_variation = gr.Checkbox(False, label="Extra", elem_id="txt2img_subseed_show", scale=1)
+                        with gr.Group(visible=False) as variation_group:
+                            with gr.Row():
+                                subseed = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
+                                subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                             elem_id="txt2img_subseed_strength")
+                            with gr.Row():
+                                resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                     elem_id="txt2img_seed_resize_from_w")
+                                resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                     elem_id="txt2img_seed_resize_from_h")
+                    with gr.Column(scale=1):
+                        progress = gr.HTML("", elem_id="txt2img_progress")
+                        preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
+                        gallery = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
+                                             interactive=False, format="png")
+                        info = gr.HTML("", elem_id="html_info_txt2img")
+                with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
+                    embedding_samples, skipped_embeddings = _embedding_samples()
+                    with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
+                        lora_cards = gr.Dataset(components=["text"], samples=_lora_samples(), samples_per_page=50,
+                                                label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
+                    with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
+                        embedding_cards = gr.Dataset(components=["text"], samples=embedding_samples, samples_per_page=50,
+                                                     label="Click an embedding to add it to the prompt",
+                                                     elem_id="txt2img_textual_inversion_cards")
+                        skipped = gr.HTML(skipped_embeddings, elem_id="txt2img_embeddings_skipped")
+                    extra_refresh = gr.Button("🔄 Refresh", elem_id="txt2img_extra_refresh")
+                result = gr.State(None)
+                job_id = gr.State(None)
+
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                with gr.Row():
+                    png_image = gr.Image(type="filepath", label="Source", sources=["upload", "clipboard"],
+                                         elem_id="pnginfo_image")
+                    with gr.Column():
+                        png_info = gr.HTML("", elem_id="pnginfo_html")
+                        png_text = gr.State("")
+                        png_send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
 
         inputs = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation, subseed,
                   subseed_strength, resize_w, resize_h, batch_count, batch_size, styles]
@@ -318,6 +373,15 @@ def create_ui() -> gr.Blocks:
         extra_refresh.click(refresh_extra_networks, None, [lora_cards, embedding_cards, skipped], queue=False)
         lora_cards.click(add_lora_to_prompt, [lora_cards, prompt], [prompt], queue=False)
         embedding_cards.click(add_embedding_to_prompt, [embedding_cards, prompt], [prompt], queue=False)
+        paste_targets = dict(zip(["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width",
+                                  "height", "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w",
+                                  "seed_resize_from_h", "batch_size"],
+                                 [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation,
+                                  subseed, subseed_strength, resize_w, resize_h, batch_size]))
+        paste_outputs = [paste_targets[name] for name in PASTE_FIELDS]
+        paste.click(paste_parameters, [prompt], paste_outputs, queue=False)
+        png_image.change(read_png_info, [png_image], [png_info, png_text], queue=False)
+        png_send_txt2img.click(send_to_txt2img, [png_text], [tabs, *paste_outputs], queue=False)
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)
