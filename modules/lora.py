@@ -84,26 +84,19 @@ class NetworkRegistry:
 
     def refresh(self, dirs: list[str], force: bool = False) -> None:
         with self._lock:
-            files = []
-            for root in dirs:
-                for folder, subdirs, names in os.walk(root, followlinks=True) if os.path.isdir(root) else ():
-                    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-                    for file in sorted(names):
-                        if file.lower().endswith(EXTENSIONS) and not file.startswith("."):
-                            path = os.path.join(folder, file)
-                            stat = os.stat(path)
-                            files.append((path, stat.st_size, stat.st_mtime))
-            if not force and tuple(files) == self._signature and dirs == self.dirs:
+            files = model_files.list_files(dirs, EXTENSIONS)
+            if not force and files == self._signature and dirs == self.dirs:
                 return
-            self.dirs, self._signature = list(dirs), tuple(files)
-            self.available, self.aliases = {}, {}
+            available: dict[str, NetworkOnDisk] = {}
+            aliases: dict[str, NetworkOnDisk] = {}
             for path, _, _ in files:
                 name = os.path.splitext(os.path.basename(path))[0]
-                if name in self.available:
+                if name in available:
                     continue  # the first file of a name wins, as for checkpoints
-                network = NetworkOnDisk(name, path, _read_metadata(path))
-                self.available[name] = network
-                self.aliases.setdefault(network.alias, network)
+                network = available[name] = NetworkOnDisk(name, path, _read_metadata(path))
+                aliases.setdefault(network.alias, network)
+            # swapped in whole, so a job looking a name up meanwhile never sees a half-filled table
+            self.dirs, self._signature, self.available, self.aliases = list(dirs), files, available, aliases
 
     def find(self, name: str) -> NetworkOnDisk | None:
         return self.available.get(name) or self.aliases.get(name)

@@ -39,6 +39,24 @@ def detect_format(path: str) -> str:
         f"{os.path.basename(path)}: not a safetensors, PyTorch or diffusers model (file starts with {head[:8]!r})")
 
 
+def list_files(roots: list[str], extensions: tuple[str, ...]) -> tuple[tuple[str, int, float], ...]:
+    """(path, size, mtime) of every file with one of ``extensions`` under ``roots`` (recursive, hidden
+    entries skipped, sorted). Compare two results to see whether anything was added, changed or removed."""
+    found = []
+    for root in roots:
+        for folder, dirs, files in os.walk(root, followlinks=True) if os.path.isdir(root) else ():
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for file in sorted(files):
+                if file.lower().endswith(extensions) and not file.startswith("."):
+                    path = os.path.join(folder, file)
+                    try:
+                        stat = os.stat(path)
+                    except OSError:  # removed while we looked
+                        continue
+                    found.append((path, stat.st_size, stat.st_mtime))
+    return tuple(found)
+
+
 def read_safetensors_header(path: str) -> dict[str, Any]:
     """The JSON header of a safetensors file: key -> {dtype, shape, data_offsets} (plus ``__metadata__``)."""
     with open(path, "rb") as f:

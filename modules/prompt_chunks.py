@@ -128,17 +128,13 @@ def prompt_token_count(prompt: str, steps: int, tokenize, ids: SpecialTokens, *,
     from modules import extra_networks
 
     text, _ = extra_networks.parse_prompt(prompt_parser.strip_comments(prompt))
-    texts = get_multicond_texts(text) if is_positive else [text]
+    texts = prompt_parser.get_multicond_prompt_list([text])[1] if is_positive else [text]
     schedules = prompt_parser.get_learned_conditioning_prompt_schedules(texts, steps)
     counts = [tokenize_line(scheduled, tokenize, ids, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack,
                             find_embedding=find_embedding)[1]
               for schedule in schedules for _, scheduled in schedule]
     count = max(counts)
     return count, target_token_count(count)
-
-
-def get_multicond_texts(prompt: str) -> list[str]:
-    return prompt_parser.get_multicond_prompt_list([prompt])[1]
 
 
 def token_counter(text: str, steps: int, is_positive: bool = True, styles: list[str] | None = None) -> tuple[int, int]:
@@ -152,7 +148,7 @@ def token_counter(text: str, steps: int, is_positive: bool = True, styles: list[
     script_callbacks.before_token_counter_callback(params)
     model = sd_models.current_model()
     tokenizer = model.tokenizer if model is not None else model_loader.bundled_tokenizer()
-    embeddings = textual_inversion.refresh_for_model(model, None if model is not None else tokenizer)
+    embeddings = textual_inversion.refresh_for_model(model, tokenizer, rescan=False)  # no folder walk per keystroke
 
     def tokenize(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]

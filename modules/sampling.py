@@ -10,6 +10,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from modules import conditioning, script_callbacks
+
 
 @dataclass
 class SamplingRun:
@@ -64,8 +66,6 @@ def guided_prediction(run: SamplingRun, x, t, call_index: int):
     """One batched UNet call for every AND part and the negative prompt of model call ``call_index``,
     combined as ``uncond + sum_i w_i * cfg * (cond_i - uncond)``."""
     import torch
-
-    from modules import conditioning, script_callbacks
 
     conds_list, cond = conditioning.reconstruct_multicond_batch(run.cond, call_index)
     uncond = conditioning.reconstruct_cond_batch(run.uncond, call_index)

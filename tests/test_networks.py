@@ -13,22 +13,23 @@ from modules.textual_inversion import textual_inversion
 from tests.conftest import pixels, txt2img, write_embedding, write_kohya_lora
 
 
-@pytest.fixture()
-def embeddings_dir(tiny_model):
-    folder = os.path.join(paths.models_path, "embeddings")
+def _empty_models_subdir(name: str):
+    folder = os.path.join(paths.models_path, name)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+@pytest.fixture()
+def embeddings_dir(tiny_model):
+    yield _empty_models_subdir("embeddings")
+    shutil.rmtree(os.path.join(paths.models_path, "embeddings"), ignore_errors=True)
 
 
 @pytest.fixture()
 def lora_dir(tiny_model):
-    folder = os.path.join(paths.models_path, "Lora")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    yield _empty_models_subdir("Lora")
+    shutil.rmtree(os.path.join(paths.models_path, "Lora"), ignore_errors=True)
     lora.applied.restore()
 
 

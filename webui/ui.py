@@ -100,6 +100,9 @@ def select_image(result: dict | None, evt: gr.SelectData):
     return _infotext_html(result["infotexts"][evt.index])
 
 
+EMPTY_COUNTER = "<span class='token-counter'>0/75</span>"
+
+
 def update_token_counter(text: str, steps, is_positive: bool = True) -> str:
     try:
         count, limit = prompt_chunks.token_counter(text or "", int(steps or 20), is_positive)
@@ -134,25 +137,26 @@ def refresh_styles():
     return gr.update(choices=_style_names())
 
 
-def _lora_samples() -> list[list[str]]:
+def _lora_samples(force: bool) -> list[list[str]]:
     from modules import lora
 
-    return [[name] for name in sorted(lora.list_available_networks(force=True))]
+    return [[name] for name in sorted(lora.list_available_networks(force=force))]
 
 
-def _embedding_samples() -> tuple[list[list[str]], str]:
+def _embedding_samples(force: bool) -> tuple[list[list[str]], str]:
     from modules.textual_inversion import textual_inversion
 
-    usable = textual_inversion.refresh_for_model(sd_models.current_model(), force_reload=True)
+    usable = textual_inversion.refresh_for_model(sd_models.current_model(), force_reload=force)
     problems = [f"{html.escape(name)}: skipped, {html.escape(reason)}" for name, reason in usable.skip_reasons.items()]
     problems += [f"{html.escape(os.path.basename(path))}: {html.escape(message)}"
                  for path, message in textual_inversion.embedding_db.errors.items()]
     return [[name] for name in usable.word_embeddings], "".join(f"<div class='skipped'>{p}</div>" for p in problems)
 
 
-def refresh_extra_networks():
-    embeddings, skipped = _embedding_samples()
-    return gr.Dataset(samples=_lora_samples()), gr.Dataset(samples=embeddings), skipped
+def refresh_extra_networks(force: bool = True):
+    """The LoRA and embedding lists: rereading every file for the refresh button, only changed ones on page load."""
+    embeddings, skipped = _embedding_samples(force)
+    return gr.Dataset(samples=_lora_samples(force)), gr.Dataset(samples=embeddings), skipped
 
 
 def add_lora_to_prompt(sample: list | None, prompt: str) -> str:
@@ -273,11 +277,11 @@ def create_ui() -> gr.Blocks:
                         with gr.Row():
                             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
                                                 placeholder="Prompt (press Ctrl+Enter to generate)")
-                            token_counter = gr.HTML(update_token_counter("", 20), elem_id="txt2img_token_counter",
+                            token_counter = gr.HTML(EMPTY_COUNTER, elem_id="txt2img_token_counter",
                                                     scale=0, min_width=70)
                         with gr.Row():
                             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
-                            negative_token_counter = gr.HTML(update_token_counter("", 20, False), scale=0, min_width=70,
+                            negative_token_counter = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70,
                                                              elem_id="txt2img_negative_token_counter")
                         with gr.Row():
                             styles = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
@@ -330,15 +334,14 @@ def create_ui() -> gr.Blocks:
                                              interactive=False, format="png")
                         info = gr.HTML("", elem_id="html_info_txt2img")
                 with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
-                    embedding_samples, skipped_embeddings = _embedding_samples()
                     with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
-                        lora_cards = gr.Dataset(components=["text"], samples=_lora_samples(), samples_per_page=50,
+                        lora_cards = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
                                                 label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
                     with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
-                        embedding_cards = gr.Dataset(components=["text"], samples=embedding_samples, samples_per_page=50,
+                        embedding_cards = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
                                                      label="Click an embedding to add it to the prompt",
                                                      elem_id="txt2img_textual_inversion_cards")
-                        skipped = gr.HTML(skipped_embeddings, elem_id="txt2img_embeddings_skipped")
+                        skipped = gr.HTML("", elem_id="txt2img_embeddings_skipped")
                     extra_refresh = gr.Button("🔄 Refresh", elem_id="txt2img_extra_refresh")
                 result = gr.State(None)
                 job_id = gr.State(None)
@@ -370,15 +373,13 @@ def create_ui() -> gr.Blocks:
         styles_apply.click(apply_styles, [prompt, negative, styles], [prompt, negative, styles], queue=False)
         style_save.click(save_style, [style_name, prompt, negative], [styles, style_status], queue=False)
         styles_refresh.click(refresh_styles, None, [styles], queue=False)
-        extra_refresh.click(refresh_extra_networks, None, [lora_cards, embedding_cards, skipped], queue=False)
+        extra_networks_lists = [lora_cards, embedding_cards, skipped]
+        extra_refresh.click(refresh_extra_networks, None, extra_networks_lists, queue=False)
+        demo.load(lambda: refresh_extra_networks(force=False), None, extra_networks_lists, queue=False)
         lora_cards.click(add_lora_to_prompt, [lora_cards, prompt], [prompt], queue=False)
         embedding_cards.click(add_embedding_to_prompt, [embedding_cards, prompt], [prompt], queue=False)
-        paste_targets = dict(zip(["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width",
-                                  "height", "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w",
-                                  "seed_resize_from_h", "batch_size"],
-                                 [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation,
-                                  subseed, subseed_strength, resize_w, resize_h, batch_size]))
-        paste_outputs = [paste_targets[name] for name in PASTE_FIELDS]
+        paste_outputs = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation,
+                         subseed, subseed_strength, resize_w, resize_h, batch_size]  # in PASTE_FIELDS order
         paste.click(paste_parameters, [prompt], paste_outputs, queue=False)
         png_image.change(read_png_info, [png_image], [png_info, png_text], queue=False)
         png_send_txt2img.click(send_to_txt2img, [png_text], [tabs, *paste_outputs], queue=False)

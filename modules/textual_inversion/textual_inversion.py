@@ -127,34 +127,18 @@ class EmbeddingDatabase:
         self.embeddings: dict[str, Embedding] = {}
         self.errors: dict[str, str] = {}  # file -> why it could not be read
         self.files_signature: tuple = ()
+        self.scanned = False
         self._lookups: dict[tuple, EmbeddingLookup] = {}
         self._lock = threading.Lock()
 
     def set_dirs(self, dirs: list[str]) -> None:
         self.embedding_dirs = list(dict.fromkeys(os.path.abspath(d) for d in dirs))
 
-    def _scan(self) -> list[tuple[str, int, float]]:
-        found = []
-        for root in self.embedding_dirs:
-            if not os.path.isdir(root):
-                continue
-            for folder, dirs, files in os.walk(root, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for file in sorted(files):
-                    if file.lower().endswith(EXTENSIONS) and not file.startswith("."):
-                        path = os.path.join(folder, file)
-                        try:
-                            stat = os.stat(path)
-                        except OSError:
-                            continue
-                        found.append((path, stat.st_size, stat.st_mtime))
-        return found
-
     def load_textual_inversion_embeddings(self, force_reload: bool = False) -> None:
         """Reread the files if any was added, changed or removed."""
         with self._lock:
-            files = tuple(self._scan())
-            if not force_reload and files == self.files_signature:
+            files = model_files.list_files(self.embedding_dirs, EXTENSIONS)
+            if self.scanned and not force_reload and files == self.files_signature:
                 return
             embeddings, problems = {}, {}
             for path, _, _ in files:
@@ -165,6 +149,7 @@ class EmbeddingDatabase:
                     continue
                 embeddings.setdefault(embedding.name, embedding)
             self.embeddings, self.errors, self.files_signature, self._lookups = embeddings, problems, files, {}
+            self.scanned = True
 
     def lookup(self, tokenizer: Any = None, width: int | None = None) -> EmbeddingLookup:
         """The embeddings for a text encoder of ``width`` (None: all of them, e.g. for counting tokens)."""
@@ -192,7 +177,7 @@ def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bo
     """The embeddings usable with ``model`` (or, without a model, all of them for ``tokenizer``), after
     rereading the folders if files changed (``rescan=False`` skips that, as ``do_not_reload_embeddings``)."""
     embedding_db.set_dirs(embedding_dirs())
-    if rescan or not embedding_db.files_signature:
+    if rescan or not embedding_db.scanned:
         try:
             embedding_db.load_textual_inversion_embeddings(force_reload)
         except OSError as e:
