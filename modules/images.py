@@ -320,3 +320,54 @@ def image_grid(imgs: list[Image.Image], batch_size: int = 1, rows: int | None = 
 
 
 Grid = namedtuple("Grid", ["tiles", "tile_w", "tile_h", "image_w", "image_h", "overlap"])
+
+
+RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
+
+
+def resize_image(resize_mode: int, im: Image.Image, width: int, height: int, upscaler_name: str | None = None) -> Image.Image:
+    """Fit ``im`` to width x height. 0 stretches; 1 scales to cover and crops the centre; 2 scales to fit and
+    fills the borders by stretching the image's edge rows or columns; 3 (latent upscale) resizes like 0 here.
+
+    Enlarging goes through ``upscaler_name`` (a pixel upscaler such as Lanczos); masks and shrinking use Lanczos.
+    """
+    from modules import upscaler
+
+    def resize(image: Image.Image, w: int, h: int) -> Image.Image:
+        if not upscaler_name or upscaler_name == "None" or image.mode == "L":
+            return image.resize((w, h), resample=Image.LANCZOS)
+        if max(w / image.width, h / image.height) > 1.0:
+            image = upscaler.find(upscaler_name).scaler.upscale(image, max(w / image.width, h / image.height))
+        return image if image.size == (w, h) else image.resize((w, h), resample=Image.LANCZOS)
+
+    if resize_mode not in (1, 2):
+        return resize(im, width, height)
+    ratio, src_ratio = width / height, im.width / im.height
+    cover = (ratio > src_ratio) if resize_mode == 1 else (ratio < src_ratio)
+    src_w, src_h = (width, im.height * width // im.width) if cover else (im.width * height // im.height, height)
+    resized = resize(im, src_w, src_h)
+    result = Image.new(im.mode if im.mode in ("L", "RGBA") else "RGB", (width, height))
+    left, top = width // 2 - src_w // 2, height // 2 - src_h // 2
+    result.paste(resized, box=(left, top))
+    if resize_mode == 2:
+        if top > 0:  # stretch the first and last rows over the empty bands
+            result.paste(resized.resize((width, top), box=(0, 0, width, 0)), box=(0, 0))
+            bottom = height - (top + src_h)
+            if bottom > 0:
+                result.paste(resized.resize((width, bottom), box=(0, src_h, width, src_h)), box=(0, top + src_h))
+        if left > 0:
+            result.paste(resized.resize((left, height), box=(0, 0, 0, height)), box=(0, 0))
+            right = width - (left + src_w)
+            if right > 0:
+                result.paste(resized.resize((right, height), box=(src_w, 0, src_w, height)), box=(left + src_w, 0))
+    return result
+
+
+def flatten(img: Image.Image, bgcolor: str) -> Image.Image:
+    """Composite an image with transparency over ``bgcolor``; opaque images are returned as RGB."""
+    if img.mode == "RGBA" or (img.mode in ("LA", "P") and "transparency" in img.info) or img.mode == "LA":
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, bgcolor)
+        background.paste(img, mask=img)
+        img = background
+    return img.convert("RGB")

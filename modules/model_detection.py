@@ -18,8 +18,7 @@ class Family:
 
 
 SD1 = Family("sd1", "SD 1.x", True)
-SD1_INPAINT = Family("sd1-inpaint", "SD 1.x inpainting (9-channel UNet)", False,
-                     "inpainting checkpoints are recognised; loading them comes with img2img/inpainting support")
+SD1_INPAINT = Family("sd1-inpaint", "SD 1.x inpainting (9-channel UNet)", True)
 SD1_PIX2PIX = Family("sd1-pix2pix", "SD 1.x InstructPix2Pix (8-channel UNet)", False, "support is coming")
 SD2 = Family("sd2", "SD 2.x (eps or v-prediction)", False, "SD 2.x support is coming")
 SD2_INPAINT = Family("sd2-inpaint", "SD 2.x inpainting", False, "SD 2.x support is coming")

@@ -73,7 +73,7 @@ def bundled_tokenizer():
     return load_tokenizer()
 
 
-def load_single_file(path: str, dtype) -> Components:
+def load_single_file(path: str, dtype, family: Family | None = None) -> Components:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
@@ -94,7 +94,7 @@ def load_single_file(path: str, dtype) -> Components:
     text_encoder = _build(lambda: CLIPTextModel(text_config), convert_ldm_clip_checkpoint(state), dtype)
     from modules.model_detection import SD1
 
-    return Components(unet, vae, text_encoder, load_tokenizer(), dict(SD1_SCHEDULER_CONFIG), SD1, {"arch": arch})
+    return Components(unet, vae, text_encoder, load_tokenizer(), dict(SD1_SCHEDULER_CONFIG), family or SD1, {"arch": arch})
 
 
 def load_diffusers_folder(path: str, dtype, family: Family) -> Components:
@@ -120,4 +120,4 @@ def load_components(path: str, dtype) -> Components:
         raise ModelNotSupported(f"{os.path.basename(path)} is a {family.label} checkpoint: {family.note}")
     if model_files.detect_format(path) == model_files.DIFFUSERS_FOLDER:
         return load_diffusers_folder(path, dtype, family)
-    return load_single_file(path, dtype)
+    return load_single_file(path, dtype, family)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling
+from modules import devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling, shared, upscaler
 from modules.errors import UserInputError
 from modules.shared import opts, state
 from modules.version import infotext_version
@@ -14,6 +14,7 @@ from modules.version import infotext_version
 opt_C = 4
 opt_f = 8
 MAX_SIDE = 2048
+MAX_HIRES_SIDE = 4096
 MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
@@ -180,34 +181,40 @@ class StableDiffusionProcessing:
     def setup_conds(self) -> None:
         """Encode this batch's prompts (``p.c``: AND parts with schedules; ``p.uc``: negative prompts),
         reusing the previous batch's result when nothing that affects it changed."""
+        total_steps = sd_samplers.all_samplers_map[self.sampler_name].total_steps(self.steps)
+        self.step_multiplier = total_steps // self.steps
+        self.c, self.uc, self.empty_cond = self.get_conds(self.prompts, self.negative_prompts, total_steps, None,
+                                                          self.cached_c, self.cached_uc)
+
+    def get_conds(self, prompts: list[str], negative_prompts: list[str], total_steps: int, hires_steps: int | None,
+                  cache_c: dict, cache_uc: dict) -> tuple:
+        """(multicond, uncond, empty-prompt encoding) for a batch, taken from the caches when the prompts and
+        everything else that changes the text encoder's output are unchanged."""
         from modules import conditioning, lora, prompt_parser
         from modules.textual_inversion import textual_inversion
 
         model = self.model
-        total_steps = sd_samplers.all_samplers_map[self.sampler_name].total_steps(self.steps)
-        self.step_multiplier = total_steps // self.steps
         embeddings = textual_inversion.refresh_for_model(model, rescan=not self.do_not_reload_embeddings)
         encoder = conditioning.PromptEncoder(model, clip_skip=self.clip_skip, emphasis=opts.emphasis,
                                              comma_padding_backtrack=opts.comma_padding_backtrack, embeddings=embeddings)
         old = bool(opts.use_old_scheduling)
         if old:
-            texts = self.prompts + self.negative_prompts
-            schedules = [prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, None, flag)
+            texts = prompts + negative_prompts
+            schedules = [prompt_parser.get_learned_conditioning_prompt_schedules(texts, total_steps, hires_steps, flag)
                          for flag in (True, False)]
             if schedules[0] != schedules[1]:
                 self.extra_generation_params["Old prompt editing timelines"] = True
-        text_encoder_state = (id(model), total_steps, old, opts.emphasis, self.clip_skip, opts.comma_padding_backtrack,
-                              textual_inversion.embedding_db.files_signature,
+        text_encoder_state = (id(model), total_steps, hires_steps, old, opts.emphasis, self.clip_skip,
+                              opts.comma_padding_backtrack, textual_inversion.embedding_db.files_signature,
                               tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
-        key = (tuple(self.prompts), text_encoder_state)
-        if self.cached_c.get("key") != key:
-            value = conditioning.get_multicond_learned_conditioning(encoder, self.prompts, total_steps, None, old)
-            self.cached_c = {"key": key, "value": value}
-        key = (tuple(self.negative_prompts), text_encoder_state)
-        if self.cached_uc.get("key") != key:
-            value = conditioning.get_learned_conditioning(encoder, self.negative_prompts, total_steps, None, old)
-            self.cached_uc = {"key": key, "value": value, "empty": encoder.encode([""])[0]}
-        self.c, self.uc, self.empty_cond = self.cached_c["value"], self.cached_uc["value"], self.cached_uc["empty"]
+        key = (tuple(prompts), text_encoder_state)
+        if cache_c.get("key") != key:
+            value = conditioning.get_multicond_learned_conditioning(encoder, prompts, total_steps, hires_steps, old)
+            cache_c.update(key=key, value=value)
+        key = (tuple(negative_prompts), text_encoder_state)
+        if cache_uc.get("key") != key:
+            value = conditioning.get_learned_conditioning(encoder, negative_prompts, total_steps, hires_steps, old)
+            cache_uc.update(key=key, value=value, empty=encoder.encode([""])[0])
         if opts.textual_inversion_add_hashes_to_infotext:
             for name, embedding in encoder.used_embeddings.items():
                 self.used_embedding_hashes[name.replace(":", "").replace(",", "")] = embedding.shorthash
@@ -215,6 +222,39 @@ class StableDiffusionProcessing:
             self.extra_generation_params["TI hashes"] = ", ".join(f"{k}: {v}" for k, v in self.used_embedding_hashes.items())
         if opts.emphasis != "Original":
             self.extra_generation_params["Emphasis"] = opts.emphasis
+        return cache_c["value"], cache_uc["value"], cache_uc["empty"]
+
+    def sampling_run(self, cond, uncond, sampler_name: str, scheduler_label: str, steps: int, progress_steps: int,
+                     **img2img) -> sampling.SamplingRun:
+        """The denoising loop's inputs for one pass of this batch; ``img2img`` holds the SamplingRun fields of
+        img2img and inpainting (init_latent, denoise_steps, mask, nmask, image_conditioning)."""
+        model = self.model
+        scheduler = sd_samplers.create_scheduler(model.scheduler_config, sampler_name, scheduler_label, seed=self.seeds[0])
+        total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(steps)
+        eta = self.eta if self.eta is not None else (opts.eta_ddim if sampler_name == "DDIM" else None)
+
+        def on_step(step: int, total: int, latents) -> None:
+            state.sampling_steps = progress_steps
+            state.sampling_step = min(progress_steps, round(step * progress_steps / total))
+            every = opts.show_progress_every_n_steps
+            if opts.live_previews_enable and every > 0 and (state.sampling_step % every == 0 or step == total):
+                state.current_latent = latents[0]
+                state.id_live_preview += 1
+
+        return sampling.SamplingRun(
+            model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=float(self.cfg_scale), steps=steps,
+            empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
+            should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, **img2img)
+
+    def txt2img_image_conditioning(self, x, width: int | None = None, height: int | None = None):
+        """The extra UNet input of a 9-channel inpainting model when there is no init image (all masked,
+        grey masked image); None for ordinary models."""
+        import torch
+
+        if not is_inpainting_model(self.model):
+            return None
+        grey = torch.full((x.shape[0], 3, height or self.height, width or self.width), 0.5)
+        return inpainting_conditioning(self.model, grey, torch.ones(x.shape[0], 1, *grey.shape[-2:]))
 
     def init(self, all_prompts, all_seeds, all_subseeds) -> None:
         pass
@@ -263,34 +303,165 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if self.enable_hr:
             raise UserInputError("enable_hr: hires fix is not available yet")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hr_upscale_to_x = self.hr_upscale_to_y = 0
+        self.truncate_x = self.truncate_y = 0
+        self.all_hr_prompts: list[str] = []
+        self.all_hr_negative_prompts: list[str] = []
+        self.hr_c = self.hr_uc = None
+        self.cached_hr_c: dict = {}
+        self.cached_hr_uc: dict = {}
+        self.hr_extra_network_data: dict = {}
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.enable_hr:
+            return
+        names = list(shared.latent_upscale_modes) + [u.name for u in upscaler.all_upscalers()]
+        self.hr_upscaler = self.hr_upscaler or shared.latent_upscale_default_mode
+        if self.hr_upscaler not in names:
+            raise UserInputError(f"hr_upscaler: unknown upscaler {self.hr_upscaler!r}; choose one of: {', '.join(names)}")
+        if not 0 <= float(self.denoising_strength) <= 1:
+            raise UserInputError(f"denoising_strength must be between 0 and 1, got {self.denoising_strength!r}")
+        if not isinstance(self.hr_second_pass_steps, int) or not 0 <= self.hr_second_pass_steps <= MAX_STEPS:
+            raise UserInputError(f"hr_second_pass_steps must be an integer between 0 and {MAX_STEPS}, got {self.hr_second_pass_steps!r}")
+        if self.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+            raise UserInputError("hr_checkpoint_name: a separate checkpoint for the hires pass is not supported yet")
+        if self.hr_sampler_name in (None, "", "Use same sampler"):
+            self.hr_sampler_name = None
+        if self.hr_scheduler in (None, "", "Use same scheduler"):
+            self.hr_scheduler = None
+        sd_samplers.get_sampler_and_scheduler(self.hr_sampler_name or self.sampler_name, self.hr_scheduler or self.scheduler)
+        self.calculate_target_resolution()
+        for name, value in (("hires width", self.hr_upscale_to_x), ("hires height", self.hr_upscale_to_y)):
+            if not 64 <= value <= MAX_HIRES_SIDE:
+                raise UserInputError(f"{name} must be between 64 and {MAX_HIRES_SIDE}, got {value} "
+                                     f"(from hr_scale {self.hr_scale}, hr_resize {self.hr_resize_x}x{self.hr_resize_y})")
+
+    def calculate_target_resolution(self) -> None:
+        """The hires size: width/height x hr_scale, or hr_resize_x/y (one zero keeps the aspect ratio; both set
+        covers the box, then the latents are cropped to it)."""
+        self.truncate_x = self.truncate_y = 0
+        if not self.hr_resize_x and not self.hr_resize_y:
+            self.hr_upscale_to_x = int(self.width * float(self.hr_scale))
+            self.hr_upscale_to_y = int(self.height * float(self.hr_scale))
+            return
+        if not self.hr_resize_y:
+            self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_x, self.hr_resize_x * self.height // self.width
+        elif not self.hr_resize_x:
+            self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_y * self.width // self.height, self.hr_resize_y
+        else:
+            if self.width / self.height < self.hr_resize_x / self.hr_resize_y:
+                self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_x, self.hr_resize_x * self.height // self.width
+            else:
+                self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_y * self.width // self.height, self.hr_resize_y
+            self.truncate_x = (self.hr_upscale_to_x - self.hr_resize_x) // opt_f
+            self.truncate_y = (self.hr_upscale_to_y - self.hr_resize_y) // opt_f
+
+    def init(self, all_prompts, all_seeds, all_subseeds) -> None:
+        if not self.enable_hr:
+            return
+        params = self.extra_generation_params
+        if not self.hr_resize_x and not self.hr_resize_y:
+            params["Hires upscale"] = _whole(float(self.hr_scale))
+        else:
+            params["Hires resize"] = f"{self.hr_resize_x}x{self.hr_resize_y}"
+        if self.hr_second_pass_steps:
+            params["Hires steps"] = self.hr_second_pass_steps
+        params["Hires upscaler"] = self.hr_upscaler
+        if self.hr_sampler_name and self.hr_sampler_name != self.sampler_name:
+            params["Hires sampler"] = self.hr_sampler_name
+        if self.hr_scheduler and self.hr_scheduler != self.scheduler:
+            params["Hires schedule type"] = self.hr_scheduler
+        self.all_hr_prompts = self._hr_prompts(self.hr_prompt, all_prompts)
+        self.all_hr_negative_prompts = self._hr_prompts(self.hr_negative_prompt, self.all_negative_prompts)
+        if self.hr_prompt and self.all_hr_prompts != all_prompts:
+            params["Hires prompt"] = self.hr_prompt
+        if self.hr_negative_prompt and self.all_hr_negative_prompts != self.all_negative_prompts:
+            params["Hires negative prompt"] = self.hr_negative_prompt
+        if state.job_count == -1 or state.job_count == self.n_iter:
+            state.job_count = self.n_iter * 2
+
+    def _hr_prompts(self, text, first_pass: list[str]) -> list[str]:
+        """The second pass's prompts: the first pass's when empty, else styled like them."""
+        from modules import prompt_parser
+
+        if not text:
+            return list(first_pass)
+        texts = list(text) if isinstance(text, list) else [text] * len(first_pass)
+        styled = [shared.prompt_styles.apply_styles_to_prompt(t, self.styles) for t in texts]
+        return [prompt_parser.strip_comments(t) for t in styled] if opts.enable_prompt_comments else styled
+
+    def close(self) -> None:
+        super().close()
+        self.hr_c = self.hr_uc = None
+        self.cached_hr_c.clear()
+        self.cached_hr_uc.clear()
+
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
-        model = self.model
         noise = self.rng.first()
-        scheduler = sd_samplers.create_scheduler(model.scheduler_config, self.sampler_name, self.scheduler, seed=seeds[0])
-        eta = opts.eta_ddim if self.sampler_name == "DDIM" else None
-        run = sampling.SamplingRun(
-            model=model, scheduler=scheduler, cond=conditioning, uncond=unconditional_conditioning,
-            cfg_scale=float(self.cfg_scale), steps=self.steps, empty_cond=self.empty_cond,
-            schedule_steps=self.steps * self.step_multiplier, generators=self.rng.generators,
-            eta=self.eta if self.eta is not None else eta,
-            should_stop=lambda: state.interrupted or state.skipped,
-            on_step=self._on_step,
-        )
-        latents, _completed = sampling.sample(run, noise)
+        run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, self.steps,
+                                self.steps, image_conditioning=self.txt2img_image_conditioning(noise))
+        latents, completed = sampling.sample(run, noise)
+        if not self.enable_hr or not completed or state.interrupted or state.skipped:
+            return latents
+        state.nextjob()
+        return self.sample_hr_pass(latents, seeds, subseeds, subseed_strength, prompts)
+
+    def sample_hr_pass(self, samples, seeds, subseeds, subseed_strength, prompts):
+        """Upscale the first pass (latent interpolation or decode -> pixel upscaler -> encode), then run an
+        img2img pass of exactly ``hr_second_pass_steps`` steps at ``denoising_strength`` with fresh noise."""
+        import torch
+
+        model = self.model
+        self.is_hr_pass = True
+        target_w, target_h = self.hr_upscale_to_x, self.hr_upscale_to_y
+        latent_mode = shared.latent_upscale_modes.get(self.hr_upscaler)
+        if latent_mode is not None:
+            samples = torch.nn.functional.interpolate(samples, size=(target_h // opt_f, target_w // opt_f), **latent_mode)
+        else:
+            first_pass = _to_pil(sampling.decode(model, samples))
+            upscaled = [images.resize_image(0, image, target_w, target_h, upscaler_name=self.hr_upscaler) for image in first_pass]
+            samples = sampling.encode(model, _from_pil(upscaled))
+        if self.truncate_x or self.truncate_y:
+            samples = samples[:, :, self.truncate_y // 2:samples.shape[2] - (self.truncate_y + 1) // 2,
+                              self.truncate_x // 2:samples.shape[3] - (self.truncate_x + 1) // 2]
+        self.rng = rng.ImageRNG(samples.shape[1:], seeds, subseeds, subseed_strength, self.seed_resize_from_h,
+                                self.seed_resize_from_w, opts.eta_noise_seed_delta)
+        noise = self.rng.first()
+        sampler_name = self.hr_sampler_name or self.sampler_name
+        hr_steps = self.hr_second_pass_steps or self.steps
+        schedule_steps, run_steps = img2img_steps(hr_steps, self.denoising_strength, fix_steps=True)
+        self.setup_hr_conds(sampler_name, hr_steps)
+        _, _, h, w = samples.shape
+        run = self.sampling_run(self.hr_c, self.hr_uc, sampler_name, self.hr_scheduler or self.scheduler,
+                                max(schedule_steps, 1), hr_steps, init_latent=samples, denoise_steps=run_steps,
+                                image_conditioning=self.txt2img_image_conditioning(samples, w * opt_f, h * opt_f))
+        latents, _ = sampling.sample(run, noise)
+        self.is_hr_pass = False
         return latents
 
-    def _on_step(self, step: int, total: int, latents) -> None:
-        state.sampling_steps = self.steps
-        state.sampling_step = min(self.steps, round(step * self.steps / total))
-        every = opts.show_progress_every_n_steps
-        if opts.live_previews_enable and every > 0 and (state.sampling_step % every == 0 or step == total):
-            state.current_latent = latents[0]
-            state.id_live_preview += 1
+    def setup_hr_conds(self, sampler_name: str, hr_steps: int) -> None:
+        """The second pass's conditioning, on the hires prompt-editing timeline (A1111 counts its steps after
+        the first pass's); its extra networks replace the first pass's when they differ."""
+        batch = slice(self.iteration * self.batch_size, (self.iteration + 1) * self.batch_size)
+        hr_prompts, self.hr_extra_network_data = extra_networks.parse_prompts(self.all_hr_prompts[batch])
+        hr_negative_prompts = self.all_hr_negative_prompts[batch]
+        if not self.disable_extra_networks and self.hr_extra_network_data != self.extra_network_data:
+            extra_networks.activate(self, self.hr_extra_network_data)
+        total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(hr_steps)
+        self.hr_c, self.hr_uc, self.empty_cond = self.get_conds(hr_prompts, hr_negative_prompts, self.steps, total_steps,
+                                                                self.cached_hr_c, self.cached_hr_uc)
+
+
+INPAINTING_FILL_NAMES = ["fill", "original", "latent noise", "latent nothing"]
 
 
 @dataclass(repr=False)
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
-    """img2img fields are accepted so scripts can build the object; running it comes with img2img support."""
+    """img2img and inpainting. ``mask`` (a PIL image, white = repaint) moves to ``image_mask``; after ``init``
+    ``mask``/``nmask`` are the latent-size blend masks (1 = keep / 1 = repaint), as in A1111."""
     init_images: list | None = None
     resize_mode: int = 0
     denoising_strength: float = 0.75
@@ -307,9 +478,186 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     initial_noise_multiplier: float | None = None
     latent_mask: Any = None
     force_task_id: str | None = None
+    stochastic_freeze: bool = False  # same initial and ancestral noise for every input image
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.image_mask = self.mask
+        self.mask = None
+        self.nmask = None
+        self.init_latent = None
+        self.image_conditioning = None
+        self.mask_for_overlay = None
+        self.init_img_hash = None
 
     def validate(self) -> None:
-        raise UserInputError("img2img is not available yet")
+        from PIL import Image
+
+        super().validate()
+        if not self.init_images:
+            raise UserInputError("init_images: at least one input image is required")
+        if not all(isinstance(image, Image.Image) for image in self.init_images):
+            raise UserInputError("init_images: every entry must be an image")
+        if len(self.init_images) > 1:
+            if len(self.init_images) > self.batch_size:
+                raise UserInputError(f"init_images: {len(self.init_images)} images given, but batch_size is "
+                                     f"{self.batch_size}; pass at most batch_size images (one is reused for the batch)")
+            self.batch_size = len(self.init_images)
+        if self.image_mask is not None and not isinstance(self.image_mask, Image.Image):
+            raise UserInputError("mask: must be an image")
+        if not 0 <= float(self.denoising_strength) <= 1:
+            raise UserInputError(f"denoising_strength must be between 0 and 1, got {self.denoising_strength!r}")
+        if self.resize_mode not in (0, 1, 2, 3):
+            raise UserInputError(f"resize_mode must be 0, 1, 2 or 3 ({', '.join(images.RESIZE_MODES)}), got {self.resize_mode!r}")
+        if self.inpainting_fill not in (0, 1, 2, 3):
+            raise UserInputError(f"inpainting_fill must be 0, 1, 2 or 3 ({', '.join(INPAINTING_FILL_NAMES)}), "
+                                 f"got {self.inpainting_fill!r}")
+        for name in ("mask_blur_x", "mask_blur_y", "inpaint_full_res_padding"):
+            if not 0 <= int(getattr(self, name)) <= 256:
+                raise UserInputError(f"{name} must be between 0 and 256, got {getattr(self, name)!r}")
+
+    def init(self, all_prompts, all_seeds, all_subseeds) -> None:
+        """Prepare the input images and mask, encode them, and set up inpainting blending."""
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        from modules import masking
+
+        model = self.model
+        if self.mask_blur is not None:
+            self.mask_blur_x = self.mask_blur_y = int(self.mask_blur)
+        if self.initial_noise_multiplier is None:
+            self.initial_noise_multiplier = opts.initial_noise_multiplier
+        params = self.extra_generation_params
+        image_mask, crop_region = self.image_mask, None
+        if image_mask is not None:
+            image_mask = masking.create_binary_mask(image_mask, round=self.mask_round)
+            if self.inpainting_mask_invert:
+                image_mask = ImageOps.invert(image_mask)
+                params["Mask mode"] = "Inpaint not masked"
+            image_mask = masking.blur(image_mask, self.mask_blur_x, self.mask_blur_y)
+            params["Mask blur"] = self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else f"{self.mask_blur_x}x{self.mask_blur_y}"
+            params["Masked content"] = INPAINTING_FILL_NAMES[self.inpainting_fill]
+            if self.inpaint_full_res:
+                self.mask_for_overlay = image_mask
+                crop_region = masking.get_crop_region(image_mask, self.inpaint_full_res_padding)
+                if crop_region is not None:
+                    crop_region = masking.expand_crop_region(crop_region, self.width, self.height, *image_mask.size)
+                    x1, y1, x2, y2 = crop_region
+                    image_mask = images.resize_image(2, image_mask.crop(crop_region), self.width, self.height)
+                    self.paste_to = (x1, y1, x2 - x1, y2 - y1)
+                    params["Inpaint area"] = "Only masked"
+                    params["Masked area padding"] = self.inpaint_full_res_padding
+                else:
+                    image_mask = self.mask_for_overlay = None
+                    self.inpaint_full_res = False
+                    self.comment('Unable to perform "Inpaint Only mask" because mask is blank, switched to img2img mode.')
+            else:
+                image_mask = images.resize_image(self.resize_mode if self.resize_mode != 3 else 0, image_mask, self.width, self.height)
+                widened = np.clip(np.asarray(image_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
+                self.mask_for_overlay = Image.fromarray(widened)  # the blurred edge is fully repainted, then blended back
+        latent_mask = self.latent_mask if self.latent_mask is not None else image_mask
+        if self.latent_mask is not None:
+            latent_mask = masking.create_binary_mask(self.latent_mask, round=self.mask_round)
+
+        self.overlay_images = [] if image_mask is not None else None
+        self.color_corrections = [] if opts.img2img_color_correction else None
+        prepared = []
+        for img in self.init_images:
+            image = images.flatten(img, opts.img2img_background_color)
+            if crop_region is None:
+                if self.resize_mode == 3:  # encoded at its own size, the latents are interpolated below
+                    image = image.resize((max(image.width // opt_f, 1) * opt_f, max(image.height // opt_f, 1) * opt_f), Image.LANCZOS)
+                else:
+                    image = images.resize_image(self.resize_mode, image, self.width, self.height)
+            if image_mask is not None:
+                full = image if image.size == self.mask_for_overlay.size else images.resize_image(0, image, *self.mask_for_overlay.size)
+                self.overlay_images.append(masking.overlay(full, self.mask_for_overlay))
+            if crop_region is not None:
+                image = images.resize_image(2, image.crop(crop_region), self.width, self.height)
+            if image_mask is not None and self.inpainting_fill != 1:
+                image = masking.fill(image, latent_mask.resize(image.size))
+            if self.color_corrections is not None:
+                self.color_corrections.append(masking.setup_color_correction(image))
+            prepared.append(image)
+        if len(prepared) == 1 and self.batch_size > 1:
+            prepared *= self.batch_size
+            for name in ("overlay_images", "color_corrections"):
+                if getattr(self, name):
+                    setattr(self, name, getattr(self, name) * self.batch_size)
+        pixels = _from_pil(prepared)
+        self.init_latent = sampling.encode(model, pixels)
+        latent_size = (self.height // opt_f, self.width // opt_f)
+        if self.init_latent.shape[-2:] != latent_size:
+            self.init_latent = torch.nn.functional.interpolate(self.init_latent, size=latent_size, mode="bilinear")
+        if image_mask is not None:
+            latmask = np.asarray(latent_mask.convert("L").resize(latent_size[::-1]), dtype=np.float32) / 255
+            if self.mask_round:
+                latmask = np.around(latmask)
+            nmask = torch.from_numpy(latmask)[None, None].expand(1, opt_C, *latent_size)
+            self.mask, self.nmask = 1.0 - nmask, nmask
+            if self.inpainting_fill == 2:
+                noise = create_random_tensors(self.init_latent.shape[1:], all_seeds[:self.init_latent.shape[0]])
+                self.init_latent = self.init_latent * self.mask + noise * self.nmask
+            elif self.inpainting_fill == 3:
+                self.init_latent = self.init_latent * self.mask
+        self.image_conditioning = self.img2img_image_conditioning(pixels, self.init_latent, image_mask)
+
+    def img2img_image_conditioning(self, source_image, latent_image, image_mask=None):
+        """The extra UNet input of a 9-channel inpainting model: the (rounded) mask and the latents of the
+        image with the masked area grey; with no mask everything counts as masked. None for ordinary models."""
+        import numpy as np
+        import torch
+
+        if not is_inpainting_model(self.model):
+            return None
+        if image_mask is None:
+            mask = torch.ones(source_image.shape[0], 1, *source_image.shape[-2:])
+        else:
+            array = np.asarray(image_mask.convert("L").resize(source_image.shape[-1:-3:-1]), dtype=np.float32) / 255
+            mask = torch.from_numpy(array).round()[None, None].expand(source_image.shape[0], 1, *array.shape)
+        result = inpainting_conditioning(self.model, source_image, mask)
+        if result.shape[-2:] != latent_image.shape[-2:]:
+            result = torch.nn.functional.interpolate(result, size=latent_image.shape[-2:], mode="bilinear")
+        return result
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        noise = self.rng.first()
+        if self.initial_noise_multiplier != 1.0:
+            self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
+            noise = noise * self.initial_noise_multiplier
+        steps, denoise_steps = img2img_steps(self.steps, self.denoising_strength, bool(opts.img2img_fix_steps))
+        run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, max(steps, 1),
+                                denoise_steps, init_latent=self.init_latent, denoise_steps=denoise_steps,
+                                mask=self.mask, nmask=self.nmask, image_conditioning=self.image_conditioning)
+        latents, _ = sampling.sample(run, noise)
+        return latents
+
+
+def img2img_steps(steps: int, denoising_strength: float, fix_steps: bool) -> tuple[int, int]:
+    """(schedule length, steps run). By default the last int(min(strength, 0.999) x steps) steps of a
+    ``steps``-long schedule run; with ``fix_steps`` exactly ``steps`` run, of a schedule stretched to fit."""
+    strength = min(float(denoising_strength), 0.999)
+    if strength <= 0:
+        return steps, 0
+    if fix_steps:
+        return int(steps / strength), steps
+    return steps, int(strength * steps)
+
+
+def is_inpainting_model(model) -> bool:
+    return getattr(model.unet.config, "in_channels", 4) == 9
+
+
+def inpainting_conditioning(model, source_image, mask):
+    """[mask at latent size, latents of the image with masked pixels grey] for 9-channel UNets.
+    ``source_image`` (B, 3, H, W) in 0..1, ``mask`` (B, 1, H, W) with 1 = repaint."""
+    import torch
+
+    masked = source_image * (1 - mask) + 0.5 * mask
+    latents = sampling.encode(model, masked)
+    return torch.cat([torch.nn.functional.interpolate(mask.float(), size=latents.shape[-2:]), latents], dim=1)
 
 
 PROCESSED_FIELDS_FROM_P = (
@@ -423,6 +771,15 @@ def _to_pil(batch) -> list:
     return [Image.fromarray(a) for a in array]
 
 
+def _from_pil(pictures: list):
+    """PIL images -> float tensor (B, 3, H, W) in 0..1."""
+    import numpy as np
+    import torch
+
+    array = np.stack([np.asarray(p.convert("RGB"), dtype=np.float32) / 255.0 for p in pictures])
+    return torch.from_numpy(array).permute(0, 3, 1, 2)
+
+
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """Apply ``override_settings``, make sure the right model is loaded, then run the generation."""
     stored = {k: getattr(opts, k) for k in p.override_settings if k in opts.data_labels}
@@ -455,8 +812,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.seed, p.subseed = seed, subseed
     p.setup_prompts()
     count = len(p.all_prompts)
-    p.all_seeds = [int(seed) if p.subseed_strength > 0 else int(seed) + i for i in range(count)]
-    p.all_subseeds = [int(subseed) + i for i in range(count)]
+    frozen = bool(getattr(p, "stochastic_freeze", False))
+    p.all_seeds = [int(seed) if p.subseed_strength > 0 or frozen else int(seed) + i for i in range(count)]
+    p.all_subseeds = [int(subseed) + (0 if frozen else i) for i in range(count)]
+    if frozen:
+        p.extra_generation_params["Stochastic freeze"] = True
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
     if state.job_count == -1:
         state.job_count = p.n_iter
@@ -514,6 +874,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
     decoded = sampling.decode(model, latents)
     for i, image in enumerate(_to_pil(decoded)):
         p.batch_index = i
+        image = _composite(p, n * p.batch_size + i, i, image)
         text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
         if opts.samples_save and not p.do_not_save_samples:
             images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format,
@@ -523,6 +884,19 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         infotexts.append(text)
     state.nextjob()
     return True
+
+
+def _composite(p: StableDiffusionProcessing, index: int, position: int, image):
+    """Colour correction toward the input, then the untouched pixels pasted back over an inpainted result."""
+    from modules import masking
+
+    corrections = p.color_corrections
+    if corrections:
+        image = masking.apply_color_correction(corrections[position % len(corrections)], image)
+    overlays = p.overlay_images
+    if overlays:
+        image = masking.apply_overlay(image, p.paste_to, overlays[position % len(overlays)])
+    return image
 
 
 def _cmd_flag(name: str) -> bool:

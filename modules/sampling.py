@@ -2,7 +2,10 @@
 
 We own this loop (rather than calling a diffusers pipeline) because A1111 semantics need hooks inside
 it: per-step progress, interrupt and skip within one step, live previews, per-model-call prompt
-schedules, composable AND, the A1111 CFG callbacks, and later inpaint blending.
+schedules, composable AND, the A1111 CFG callbacks, and inpaint blending.
+
+img2img starts part-way down the schedule (diffusers' ``set_begin_index``): with ``steps`` N and
+``denoise_steps`` k it noises the init latent to the level of step N-k and runs the last k steps.
 """
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ class SamplingRun:
     eta: float | None = None
     should_stop: Callable[[], bool] = lambda: False
     on_step: Callable[[int, int, Any], None] | None = None  # (step, total, latents)
+    init_latent: Any = None  # img2img: the encoded input; None starts from pure noise
+    denoise_steps: int | None = None  # img2img: how many of the last ``steps`` steps to run
+    mask: Any = None  # inpainting: 1 keeps init_latent, blended in after every step (latent size)
+    nmask: Any = None  # 1 - mask
+    image_conditioning: Any = None  # extra UNet input channels (9-channel inpainting models)
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -40,14 +48,28 @@ def _step_kwargs(scheduler, run: SamplingRun) -> dict:
 
 
 def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
-    """Denoise from ``noise`` (B, 4, h, w). Returns (latents, completed); an interrupt returns the
-    partially denoised latents with completed=False, after at most one more model call."""
+    """Denoise from ``noise`` (B, 4, h, w), or from ``run.init_latent`` noised to the starting step. Returns
+    (latents, completed); an interrupt returns the partially denoised latents with completed=False, after at
+    most one more model call."""
     import torch
 
     scheduler = run.scheduler
-    scheduler.set_timesteps(run.steps, device=run.model.device)
-    timesteps = scheduler.timesteps
-    latents = noise.to(device=run.model.device, dtype=torch.float32) * scheduler.init_noise_sigma
+    device = run.model.device
+    scheduler.set_timesteps(run.steps, device=device)
+    noise = noise.to(device=device, dtype=torch.float32)
+    init_latent = run.init_latent.to(device=device, dtype=torch.float32) if run.init_latent is not None else None
+    if init_latent is None:
+        timesteps = scheduler.timesteps
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        start = (run.steps - min(run.denoise_steps or run.steps, run.steps)) * scheduler.order
+        timesteps = scheduler.timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        if len(timesteps) == 0:
+            return init_latent, True
+        latents = scheduler.add_noise(init_latent, noise, timesteps[:1])
+    mask, nmask = (m.to(device=device, dtype=torch.float32) if m is not None else None for m in (run.mask, run.nmask))
     step_kwargs = _step_kwargs(scheduler, run)
     total = len(timesteps)
     with torch.inference_mode():
@@ -57,6 +79,10 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
             model_input = scheduler.scale_model_input(latents, t)
             prediction = guided_prediction(run, model_input, t, i)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
+            if mask is not None:
+                # keep the unmasked area on the init latent's path: noised to the next step's level, clean at the end
+                known = scheduler.add_noise(init_latent, noise, timesteps[i + 1:i + 2]) if i + 1 < total else init_latent
+                latents = known * mask + latents * nmask
             if run.on_step is not None:
                 run.on_step(i + 1, total, latents)
     return latents, True
@@ -72,12 +98,18 @@ def guided_prediction(run: SamplingRun, x, t, call_index: int):
     batch = x.shape[0]
     plain = all(len(conds) == 1 and conds[0][1] == 1.0 for conds in conds_list)
     guided = run.cfg_scale != 1.0 or not plain
-    x_cond = torch.cat([x[i:i + 1].expand(len(conds), *x.shape[1:]) for i, conds in enumerate(conds_list)])
-    x_in = torch.cat([x_cond, x]) if guided else x_cond
+
+    def batched(tensor):  # one row per AND part of each image, then (with guidance) one per image for uncond
+        rows = torch.cat([tensor[i:i + 1].expand(len(conds), *tensor.shape[1:]) for i, conds in enumerate(conds_list)])
+        return torch.cat([rows, tensor]) if guided else rows
+
+    image_cond = batched(run.image_conditioning.to(x)) if run.image_conditioning is not None else None
     total = run.schedule_steps or run.steps
-    params = script_callbacks.CFGDenoiserParams(x_in, None, t, call_index, total, cond, uncond)
+    params = script_callbacks.CFGDenoiserParams(batched(x), image_cond, t, call_index, total, cond, uncond)
     script_callbacks.cfg_denoiser_callback(params)
     x_in, cond, uncond = params.x, params.text_cond, params.text_uncond
+    if params.image_cond is not None:
+        x_in = torch.cat([x_in, params.image_cond], dim=1)
     if guided and cond.shape[1] != uncond.shape[1] and run.empty_cond is not None:
         length = max(cond.shape[1], uncond.shape[1])
         cond = conditioning.pad_to_length(cond, length, run.empty_cond)
@@ -96,6 +128,18 @@ def guided_prediction(run: SamplingRun, x, t, call_index: int):
     after = script_callbacks.AfterCFGCallbackParams(denoised, call_index, total)
     script_callbacks.cfg_after_cfg_callback(after)
     return after.x
+
+
+def encode(model: Any, images):
+    """Float images in 0..1, (B, 3, H, W) -> scaled latents. Uses the mean of the VAE's latent distribution
+    (A1111 samples it with the global RNG; the mean is deterministic)."""
+    import torch
+
+    vae = model.vae
+    with torch.inference_mode():
+        pixels = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1)
+        latents = vae.encode(pixels, return_dict=False)[0].mode()
+    return latents.float() * vae.config.scaling_factor
 
 
 def decode(model: Any, latents):

@@ -55,6 +55,16 @@ options_templates.update(options_section(("sd", "Stable Diffusion"), {
     "randn_source": OptionInfo("CPU", "Random number generator source", infotext="RNG"),
 }))
 
+options_templates.update(options_section(("img2img", "img2img"), {
+    "img2img_color_correction": OptionInfo(False, "Apply color correction to img2img results to match original colors."),
+    "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies."),
+    "img2img_background_color": OptionInfo("#ffffff", "With img2img, fill transparent parts of the input image with this color."),
+    "initial_noise_multiplier": OptionInfo(1.0, "Noise multiplier for img2img", infotext="Noise multiplier"),
+    "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img"),
+    "send_seed": OptionInfo(True, "Send seed when sending prompt or image to other interface"),
+    "send_size": OptionInfo(True, "Send size when sending prompt or image to another interface"),
+}))
+
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
     "eta_ddim": OptionInfo(0.0, "Eta for DDIM", infotext="Eta DDIM"),
