@@ -62,7 +62,8 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
         timesteps = scheduler.timesteps
         latents = noise * scheduler.init_noise_sigma
     else:
-        start = (run.steps - min(run.denoise_steps or run.steps, run.steps)) * scheduler.order
+        denoise_steps = run.steps if run.denoise_steps is None else min(run.denoise_steps, run.steps)
+        start = (run.steps - denoise_steps) * scheduler.order
         timesteps = scheduler.timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)

@@ -136,3 +136,44 @@ def write_kohya_lora(path, model, rank: int = 4, seed: int = 0, scale: float = 0
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file(tensors, path, metadata={"ss_network_dim": str(rank)})
     return path
+
+
+class DenoiserCalls:
+    """Records every model call of the sampling loop through A1111's on_cfg_denoiser callback."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, params):
+        self.calls.append(params)
+
+    def __enter__(self):
+        from modules import script_callbacks
+
+        script_callbacks.on_cfg_denoiser(self)
+        return self
+
+    def __exit__(self, *exc):
+        from modules import script_callbacks
+
+        script_callbacks.remove_callbacks_for_function(self)
+
+
+def img2img(init_images, **overrides):
+    """Run a small img2img job through process_images (nothing saved)."""
+    from modules import processing
+    from modules.shared import state
+
+    params = dict(prompt="a cat", negative_prompt="", seed=1234, steps=6, width=64, height=64, sampler_name="Euler",
+                  do_not_save_samples=True, do_not_save_grid=True, init_images=list(init_images))
+    params.update(overrides)
+    p = processing.StableDiffusionProcessingImg2Img(**params)
+    state.begin("test")
+    return p, processing.process_images(p)
+
+
+def noise_image(width: int, height: int, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.random.RandomState(seed).rand(height, width, 3) * 255).astype("uint8"))

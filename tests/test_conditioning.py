@@ -7,7 +7,7 @@ import torch
 
 from modules import conditioning, prompt_chunks, script_callbacks
 from modules.shared import opts
-from tests.conftest import pixels, txt2img
+from tests.conftest import DenoiserCalls, pixels, txt2img
 
 
 def encoder(model, **kwargs):
@@ -93,21 +93,11 @@ def test_clip_skip_changes_the_conditioning(tiny_model):
     assert not torch.allclose(encoder(tiny_model).encode(["cat"]), encoder(tiny_model, clip_skip=2).encode(["cat"]))
 
 
-class Recorder:
-    """Records the text conditioning of every model call via the A1111 on_cfg_denoiser callback."""
-
-    def __init__(self):
-        self.calls = []
+class Recorder(DenoiserCalls):
+    """The text conditioning of every model call: (step, total steps, cond, uncond)."""
 
     def __call__(self, params):
         self.calls.append((params.sampling_step, params.total_sampling_steps, params.text_cond.clone(), params.text_uncond.clone()))
-
-    def __enter__(self):
-        script_callbacks.on_cfg_denoiser(self)
-        return self
-
-    def __exit__(self, *exc):
-        script_callbacks.remove_callbacks_for_function(self)
 
 
 def _nearest(tensor, options):
