@@ -134,29 +134,130 @@ def register_paste_params_button(binding: ParamBinding) -> None:
     registered_param_bindings.append(binding)
 
 
-def txt2img_fields_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
-    """Values for the txt2img fields (``make_txt2img`` names) found in parsed infotext ``params``;
-    fields the infotext does not mention, or whose values do not convert, are left out."""
-    def number(key: str, kind: type):
-        try:
-            return kind(float(params[key])) if kind is int else kind(params[key])
-        except (KeyError, TypeError, ValueError):
-            return None
+def _number(params: dict[str, Any], key: str, kind: type):
+    try:
+        return kind(float(params[key])) if kind is int else kind(params[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _common_fields(params: dict[str, Any]) -> dict[str, Any]:
+    from modules import sd_samplers, sd_schedulers
 
     fields = {
         "prompt": params.get("Prompt"), "negative_prompt": params.get("Negative prompt"),
-        "steps": number("Steps", int), "cfg_scale": number("CFG scale", float),
-        "width": number("Size-1", int), "height": number("Size-2", int), "seed": number("Seed", int),
-        "subseed": number("Variation seed", int), "subseed_strength": number("Variation seed strength", float),
-        "seed_resize_from_w": number("Seed resize from-1", int), "seed_resize_from_h": number("Seed resize from-2", int),
-        "batch_size": number("Batch size", int),
+        "steps": _number(params, "Steps", int), "cfg_scale": _number(params, "CFG scale", float),
+        "width": _number(params, "Size-1", int), "height": _number(params, "Size-2", int),
+        "seed": _number(params, "Seed", int), "subseed": _number(params, "Variation seed", int),
+        "subseed_strength": _number(params, "Variation seed strength", float),
+        "seed_resize_from_w": _number(params, "Seed resize from-1", int),
+        "seed_resize_from_h": _number(params, "Seed resize from-2", int), "batch_size": _number(params, "Batch size", int),
     }
-    from modules import sd_samplers, sd_schedulers
-
     if sd_samplers.find_sampler(params.get("Sampler") or "") is not None:
         fields["sampler_name"] = sd_samplers.find_sampler(params["Sampler"]).name
-    schedule = next((s.label for s in sd_schedulers.schedulers
-                     if params.get("Schedule type") in (s.label, s.name) and not s.unsupported), None)
-    fields["scheduler"] = schedule
+    fields["scheduler"] = _schedule_label(params.get("Schedule type"))
     fields["use_variation"] = bool(fields["subseed_strength"] or fields["seed_resize_from_w"])
+    return fields
+
+
+def _schedule_label(value: Any) -> str | None:
+    from modules import sd_schedulers
+
+    return next((s.label for s in sd_schedulers.schedulers if value in (s.label, s.name) and not s.unsupported), None)
+
+
+def txt2img_fields_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Values for the txt2img fields (``make_txt2img`` names) found in parsed infotext ``params``;
+    fields the infotext does not mention, or whose values do not convert, are left out."""
+    from modules import sd_samplers
+
+    fields = _common_fields(params)
+    hires = "Denoising strength" in params and any(k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
+    fields["enable_hr"] = hires
+    if hires:
+        sampler = sd_samplers.find_sampler(params.get("Hires sampler") or "")
+        fields.update(
+            denoising_strength=_number(params, "Denoising strength", float), hr_scale=_number(params, "Hires upscale", float),
+            hr_upscaler=params.get("Hires upscaler"), hr_second_pass_steps=_number(params, "Hires steps", int) or 0,
+            hr_resize_x=_number(params, "Hires resize-1", int), hr_resize_y=_number(params, "Hires resize-2", int),
+            hr_sampler_name=sampler.name if sampler else "Use same sampler",
+            hr_scheduler=_schedule_label(params.get("Hires schedule type")) or "Use same scheduler",
+            hr_prompt=params.get("Hires prompt", ""), hr_negative_prompt=params.get("Hires negative prompt", ""))
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def img2img_fields_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Values for the img2img fields (``make_img2img`` names), as :func:`txt2img_fields_from_infotext`."""
+    fields = _common_fields(params)
+    fields.update(
+        denoising_strength=_number(params, "Denoising strength", float), mask_blur=_number(params, "Mask blur", int),
+        inpainting_mask_invert=int(params.get("Mask mode") == "Inpaint not masked"),
+        inpainting_fill=next((i for i, name in enumerate(("fill", "original", "latent noise", "latent nothing"))
+                              if params.get("Masked content") == name), None),
+        inpaint_full_res=params.get("Inpaint area") == "Only masked",
+        inpaint_full_res_padding=_number(params, "Masked area padding", int),
+        stochastic_freeze=str(params.get("Stochastic freeze", "")).lower() == "true")
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+# the checkpoint is matched by hash below; noise always comes from CPU generators, so "RNG: GPU" cannot be honoured
+NOT_OVERRIDDEN = {"sd_model_checkpoint", "randn_source"}
+
+
+def override_settings_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Settings an infotext records that differ from the current ones (A1111 "Override settings"):
+    every option declared with ``infotext=`` whose key is present, and the checkpoint by its hash."""
+    from modules import sd_models
+    from modules.shared import opts
+
+    result: dict[str, Any] = {}
+    for name, info in opts.data_labels.items():
+        key = info.infotext
+        if not key or key not in params or name in NOT_OVERRIDDEN:
+            continue
+        value = _convert_like(params[key], info.default)
+        if value is not None and value != getattr(opts, name):
+            result[name] = value
+    model_hash = params.get("Model hash")
+    if model_hash:
+        match = next((c for c in sd_models.checkpoints_list.values() if c.shorthash == model_hash or c.hash == model_hash), None)
+        if match is not None and match.title != opts.sd_model_checkpoint:
+            result["sd_model_checkpoint"] = match.title
+    return result
+
+
+def _convert_like(value: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return str(value).lower() == "true"
+        if isinstance(default, int):
+            return int(float(value))
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+def override_settings_labels(overrides: dict[str, Any]) -> list[str]:
+    """``{"CLIP_stop_at_last_layers": 2}`` -> ``["Clip skip: 2"]`` (the UI's override-settings choices)."""
+    from modules.shared import opts
+
+    return [f"{opts.data_labels[name].infotext}: {value}" for name, value in overrides.items()]
+
+
+def override_settings_from_labels(labels: list[str] | None) -> dict[str, Any]:
+    """The inverse of :func:`override_settings_labels`; unknown keys are an error naming them."""
+    from modules.errors import UserInputError
+    from modules.shared import opts
+
+    by_key = {info.infotext: name for name, info in opts.data_labels.items() if info.infotext}
+    result: dict[str, Any] = {}
+    for label in labels or []:
+        key, _, value = str(label).partition(": ")
+        if key not in by_key:
+            raise UserInputError(f"override settings: unknown setting {key!r}")
+        name = by_key[key]
+        converted = _convert_like(value, opts.data_labels[name].default)
+        result[name] = converted if converted is not None else value
+    return result

@@ -8,7 +8,11 @@ from modules.processing import StableDiffusionProcessingTxt2Img
 def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: int, cfg_scale: float,
                  width: int, height: int, seed: int, subseed: int = -1, subseed_strength: float = 0.0,
                  seed_resize_from_w: int = 0, seed_resize_from_h: int = 0, batch_count: int = 1,
-                 batch_size: int = 1, styles: list[str] | None = None) -> StableDiffusionProcessingTxt2Img:
+                 batch_size: int = 1, styles: list[str] | None = None, *, enable_hr: bool = False,
+                 denoising_strength: float = 0.7, hr_scale: float = 2.0, hr_upscaler: str | None = None,
+                 hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
+                 hr_sampler_name: str | None = None, hr_scheduler: str | None = None, hr_prompt: str = "",
+                 hr_negative_prompt: str = "", override_settings: dict | None = None) -> StableDiffusionProcessingTxt2Img:
     """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
     p = StableDiffusionProcessingTxt2Img(
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
@@ -16,6 +20,11 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
         seed=_int(seed), subseed=_int(subseed), subseed_strength=float(subseed_strength or 0),
         seed_resize_from_w=_int(seed_resize_from_w) or -1, seed_resize_from_h=_int(seed_resize_from_h) or -1,
         n_iter=_int(batch_count), batch_size=_int(batch_size), styles=list(styles or []),
+        enable_hr=bool(enable_hr), denoising_strength=float(denoising_strength), hr_scale=float(hr_scale),
+        hr_upscaler=hr_upscaler, hr_second_pass_steps=max(_int(hr_second_pass_steps), 0),
+        hr_resize_x=max(_int(hr_resize_x), 0), hr_resize_y=max(_int(hr_resize_y), 0), hr_sampler_name=hr_sampler_name,
+        hr_scheduler=hr_scheduler, hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
+        override_settings=dict(override_settings or {}),
     )
     p.validate()
     return p

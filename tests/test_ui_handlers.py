@@ -1,6 +1,8 @@
 """UI handlers without a browser: errors are shown to the user, results come from the queue."""
 from __future__ import annotations
 
+from PIL import Image
+
 from webui import ui
 
 
@@ -75,7 +77,7 @@ def test_paste_fills_every_field_from_an_a1111_infotext(tiny_model):
         "prompt": "masterpiece, a lighthouse at dusk, (dramatic lighting:1.2) <lora:add_detail:0.5>",
         "negative_prompt": "blurry, lowres", "sampler_name": "DPM++ 2M", "scheduler": "Karras", "steps": 28,
         "cfg_scale": 6.5, "width": 512, "height": 768, "seed": 3141592653, "use_variation": True, "subseed": 42,
-        "subseed_strength": 0.3, "seed_resize_from_w": 448, "seed_resize_from_h": 640,
+        "subseed_strength": 0.3, "seed_resize_from_w": 448, "seed_resize_from_h": 640, "enable_hr": False,
     }
     # legacy combined sampler names and missing keys
     legacy = dict(zip(ui.PASTE_FIELDS, ui.paste_parameters("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5")))
@@ -108,3 +110,71 @@ def test_png_info_reads_our_images_and_sends_them_to_txt2img(tiny_model, tmp_pat
     assert "No generation parameters" in ui.read_png_info(str(tmp_path / "bare.png"))[0]
     (tmp_path / "junk.png").write_bytes(b"not an image")
     assert "Error: image: not a readable image" in ui.read_png_info(str(tmp_path / "junk.png"))[0]
+
+
+A1111_HIRES = """a castle
+Negative prompt: fog
+Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 11, Size: 512x512, Model hash: 6ce0161689, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 1.5, Hires steps: 8, Hires upscaler: Latent (nearest-exact), Hires sampler: DDIM, Hires prompt: "a castle, detailed", Version: v1.10.1"""
+
+
+def test_paste_fills_hires_fields_and_override_settings(tiny_model):
+    updates = ui.paste_parameters(A1111_HIRES)
+    values = {name: u["value"] for name, u in zip(ui.PASTE_FIELDS, updates) if "value" in u}
+    assert values["enable_hr"] is True and values["denoising_strength"] == 0.45 and values["hr_scale"] == 1.5
+    assert values["hr_upscaler"] == "Latent (nearest-exact)" and values["hr_second_pass_steps"] == 8
+    assert values["hr_sampler_name"] == "DDIM" and values["hr_scheduler"] == "Use same scheduler"
+    assert values["hr_prompt"] == "a castle, detailed" and values["hr_resize_x"] == 0
+    override = updates[-1]
+    assert override["value"] == ["Clip skip: 2"] and override["visible"] is True  # the model hash matches no local file
+
+
+def test_generate_with_hires_and_override_settings(tiny_model):
+    from modules.shared import opts
+
+    args = _args(width=64, height=64)
+    updates = list(ui.generate(*args, enable_hr=True, denoising_strength=0.5, hr_scale=1.5, hr_upscaler="Lanczos",
+                               override_settings=["Clip skip: 2"]))
+    gallery, _progress, _preview, info, result, _job = updates[-1]
+    assert result["images"][0].size == (96, 96)
+    assert "Hires upscale: 1.5" in info and "Hires upscaler: Lanczos" in info and "Clip skip: 2" in info
+    assert opts.CLIP_stop_at_last_layers == 1  # the override lasts for one job
+    bad = list(ui.generate(*args, override_settings=["Not a setting: 3"]))
+    assert "Error: override settings: unknown setting &#x27;Not a setting&#x27;" in bad[0][1]
+
+
+def test_send_to_img2img_and_inpaint(tiny_model):
+    from modules.shared import opts
+    from webui import ui_img2img
+
+    result = list(ui.generate(*_args(prompt="send me", negative_prompt="not this", seed=31, batch_size=2)))[-1][4]
+    result = {**result, "selected": 2}  # the grid is first; pick the second image
+    updates = ui.send_image_to(result, "img2img")
+    main_tab, mode_tab, mode, _controls, image, editor = updates[:ui.SEND_TARGET_UPDATES]
+    assert main_tab.selected == "img2img" and mode_tab.selected == "img2img" and mode == "img2img"
+    assert image["value"] is result["images"][2]
+    fields = {n: u["value"] for n, u in zip(ui_img2img.SEND_FIELDS, updates[ui.SEND_TARGET_UPDATES:]) if "value" in u}
+    assert fields == {"prompt": "send me", "negative_prompt": "not this", "steps": 3, "seed": 32, "width": 64, "height": 64}
+    opts.send_seed = False
+    updates = ui.send_image_to(result, "inpaint")
+    assert updates[1].selected == "inpaint" and updates[2] == "inpaint"
+    assert updates[5]["value"]["background"] is result["images"][2]
+    fields = {n: u["value"] for n, u in zip(ui_img2img.SEND_FIELDS, updates[ui.SEND_TARGET_UPDATES:]) if "value" in u}
+    assert "seed" not in fields
+
+
+def test_png_info_sends_to_img2img_with_every_field(tiny_model, tmp_path):
+    from modules import images
+    from tests.conftest import img2img, noise_image
+    from webui import ui_img2img
+
+    _, processed = img2img([noise_image(64, 64)], mask=Image.new("L", (64, 64), 255), inpaint_full_res=False,
+                           inpainting_fill=2, mask_blur=6, denoising_strength=0.4, seed=77)
+    path = str(tmp_path / "inpainted.png")
+    images.save_image_with_geninfo(processed.images[0], processed.infotexts[0], path)
+    _, text = ui.read_png_info(path)
+    updates = ui.send_png_to(path, text, "inpaint")
+    assert updates[1].selected == "inpaint" and updates[5]["value"]["background"].size == (64, 64)
+    fields = {n: u["value"] for n, u in zip(ui_img2img.PASTE_FIELDS, updates[ui.SEND_TARGET_UPDATES:]) if "value" in u}
+    assert fields["seed"] == 77 and fields["denoising_strength"] == 0.4 and fields["mask_blur"] == 6
+    assert fields["inpainting_fill"] == "latent noise" and fields["inpaint_full_res"] == "Whole picture"
+    assert fields["inpainting_mask_invert"] == "Inpaint masked"

@@ -1,19 +1,23 @@
-"""The Gradio page: checkpoint picker and the txt2img tab. Event handlers only translate between
-components and the engine in ``modules``; generation runs in the engine's job queue."""
+"""The Gradio page: checkpoint picker, the txt2img, img2img and PNG Info tabs. Event handlers only translate
+between components and the engine in ``modules``; generation runs in the engine's job queue."""
 from __future__ import annotations
 
 import html
 import os
-import time
 
 import gradio as gr
 
-from modules import job_queue, model_download, prompt_chunks, sd_models, sd_samplers, sd_schedulers, shared, txt2img
+from modules import infotext_utils, job_queue, model_download, sd_models, sd_samplers, sd_schedulers, shared, txt2img
 from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
-from modules.shared import opts, state
+from modules.shared import opts
+from webui import ui_img2img
+from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, error_html, error_updates, infotext_html, override_settings_box,
+                             override_settings_update, seed_controls, select_image, stream_job, update_token_counter)
 
-POLL_SECONDS = 0.4
+__all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
+HIRES_SAME_SAMPLER = "Use same sampler"
+HIRES_SAME_SCHEDULER = "Use same scheduler"
 
 
 def _checkpoint_choices() -> list[str]:
@@ -31,84 +35,25 @@ def _model_notice() -> str:
     return ""
 
 
-def _progress_html(progress: dict, position: int) -> str:
-    if position > 0:
-        return f"<div class='progress-text'>Queued: {position} job(s) ahead</div>"
-    step, steps = progress.get("step", 0), progress.get("steps", 0)
-    eta = progress.get("eta")
-    eta_text = f" · ETA {eta:.0f}s" if eta is not None else ""
-    percent = int(progress.get("progress", 0) * 100)
-    batch = f" · batch {progress.get('job_no', 0) + 1}/{progress['job_count']}" if progress.get("job_count", 0) > 1 else ""
-    return (f"<div class='progress-text'>Step {step}/{steps}{batch}{eta_text} ({percent}%)</div>"
-            f"<progress value='{percent}' max='100' style='width:100%'></progress>")
-
-
-def _gallery_items(processed) -> list:
-    return [getattr(image, "already_saved_as", None) or image for image in processed.images]
-
-
-def _infotext_html(text: str) -> str:
-    return f"<pre class='infotext' style='white-space:pre-wrap'>{html.escape(text or '')}</pre>"
-
-
-def _comments_html(comments: str) -> str:
-    """Warnings of the job (unknown LoRA or styles, layers that did not fit ...)."""
-    lines = [line for line in (comments or "").splitlines() if line.strip()]
-    return "".join(f"<div class='comments' style='color:#b80'>{html.escape(line)}</div>" for line in lines)
-
-
-def _error_html(message: str) -> str:
-    return f"<div class='error' style='color:#d33'>Error: {html.escape(message)}</div>"
-
-
 def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, use_variation,
-             subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size, styles=None):
-    """Submit a txt2img job and stream its progress and live preview until it finishes.
-
-    The job runs in the queue worker: closing the tab stops this stream, not the job."""
+             subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size, styles=None,
+             enable_hr=False, denoising_strength=0.7, hr_scale=2.0, hr_upscaler="Latent", hr_second_pass_steps=0,
+             hr_resize_x=0, hr_resize_y=0, hr_sampler_name=HIRES_SAME_SAMPLER, hr_scheduler=HIRES_SAME_SCHEDULER,
+             hr_prompt="", hr_negative_prompt="", override_settings=None):
+    """Submit a txt2img job and stream its progress and live preview until it finishes."""
     try:
         p = txt2img.make_txt2img(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
                                  subseed if use_variation else -1, subseed_strength if use_variation else 0,
                                  seed_resize_from_w if use_variation else 0, seed_resize_from_h if use_variation else 0,
-                                 batch_count, batch_size, styles)
+                                 batch_count, batch_size, styles, enable_hr=enable_hr, denoising_strength=denoising_strength,
+                                 hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_second_pass_steps,
+                                 hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y, hr_sampler_name=hr_sampler_name,
+                                 hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative_prompt,
+                                 override_settings=infotext_utils.override_settings_from_labels(override_settings))
     except UserInputError as e:
-        yield gr.skip(), _error_html(str(e)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield error_updates(str(e))
         return
-    job = job_queue.queue.submit(lambda: txt2img.run(p), "txt2img")
-    last_preview = -1
-    while not job.wait(POLL_SECONDS):
-        progress = job_queue.queue.progress(job)
-        preview = gr.skip()
-        if job is job_queue.queue.current and state.id_live_preview != last_preview and state.current_latent is not None:
-            from modules import previews
-
-            last_preview = state.id_live_preview
-            preview = gr.update(value=previews.latent_to_image(state.current_latent), visible=True)
-        yield gr.skip(), _progress_html(progress, job_queue.queue.position(job)), preview, gr.skip(), gr.skip(), job.id
-    if job.status != job_queue.DONE:
-        yield gr.skip(), _error_html(job.error or job.status), gr.update(visible=False), gr.skip(), gr.skip(), job.id
-        return
-    processed = job.result
-    first_info = _infotext_html(processed.infotexts[0] if processed.infotexts else "") + _comments_html(processed.comments)
-    yield (_gallery_items(processed), "", gr.update(visible=False), first_info,
-           {"seed": processed.seed, "subseed": processed.subseed, "infotexts": processed.infotexts}, job.id)
-
-
-def select_image(result: dict | None, evt: gr.SelectData):
-    if not result or evt.index is None or evt.index >= len(result.get("infotexts", [])):
-        return gr.skip()
-    return _infotext_html(result["infotexts"][evt.index])
-
-
-EMPTY_COUNTER = "<span class='token-counter'>0/75</span>"
-
-
-def update_token_counter(text: str, steps, is_positive: bool = True) -> str:
-    try:
-        count, limit = prompt_chunks.token_counter(text or "", int(steps or 20), is_positive)
-    except Exception as e:  # the counter must never break typing
-        return f"<span class='token-counter error' title='{html.escape(str(e))}'>?/75</span>"
-    return f"<span class='token-counter'>{count}/{limit}</span>"
+    yield from stream_job(lambda: txt2img.run(p), "txt2img")
 
 
 def _style_names() -> list[str]:
@@ -128,7 +73,7 @@ def save_style(name: str, prompt: str, negative: str):
     try:
         shared.prompt_styles.save_style(PromptStyle(name or "", prompt or "", negative or ""))
     except (UserInputError, OSError) as e:
-        return gr.skip(), _error_html(str(e))
+        return gr.skip(), error_html(str(e))
     return gr.update(choices=_style_names()), f"Saved style {html.escape(name.strip())!s}."
 
 
@@ -174,24 +119,34 @@ def _append(prompt: str, text: str) -> str:
 
 PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
                 "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
-                "batch_size"]
+                "batch_size", "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
+                "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt"]
 
 
-def paste_parameters(text: str) -> list:
-    """Fill the txt2img fields from an infotext (the prompt box's text, or params.txt when it is empty);
-    one update per name in ``PASTE_FIELDS``, skipping fields the infotext does not carry."""
-    from modules import infotext_utils, paths, script_callbacks
+def read_infotext(text: str) -> tuple[str, dict] | None:
+    """The parsed infotext of ``text``, or of params.txt (the last generation) when ``text`` is empty."""
+    from modules import paths, script_callbacks
 
     if not (text or "").strip():
         try:
             with open(os.path.join(paths.data_path, "params.txt"), encoding="utf8") as f:
                 text = f.read()
         except OSError:
-            return [gr.skip()] * len(PASTE_FIELDS)
+            return None
     params = infotext_utils.parse_generation_parameters(text)
     script_callbacks.infotext_pasted_callback(text, params)
-    values = infotext_utils.txt2img_fields_from_infotext(params)
-    return [gr.update(value=values[name]) if name in values else gr.skip() for name in PASTE_FIELDS]
+    return text, params
+
+
+def paste_parameters(text: str) -> list:
+    """Fill the txt2img fields from an infotext (the prompt box's text, or params.txt when it is empty): one update
+    per name in ``PASTE_FIELDS`` (fields the infotext does not carry are skipped), then the override settings."""
+    parsed = read_infotext(text)
+    if parsed is None:
+        return [gr.skip()] * (len(PASTE_FIELDS) + 1)
+    values = infotext_utils.txt2img_fields_from_infotext(parsed[1])
+    return [gr.update(value=values[name]) if name in values else gr.skip() for name in PASTE_FIELDS] + \
+        [override_settings_update(parsed[1])]
 
 
 def read_png_info(path: str | None):
@@ -204,27 +159,27 @@ def read_png_info(path: str | None):
         with images.read(path) as image:
             geninfo, items = images.read_info_from_image(image)
     except UserInputError as e:
-        return _error_html(str(e)), ""
+        return error_html(str(e)), ""
     extra = "".join(f"<div><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</div>"
                     for k, v in items.items() if isinstance(v, (str, int, float)))
     if not geninfo:
         return "<div>No generation parameters found in this image.</div>" + extra, ""
-    return _infotext_html(geninfo) + extra, geninfo
+    return infotext_html(geninfo) + extra, geninfo
 
 
 def send_to_txt2img(text: str) -> list:
-    return [gr.Tabs(selected="txt2img"), *paste_parameters(text or "")] if text else [gr.skip()] * (1 + len(PASTE_FIELDS))
+    return [gr.Tabs(selected="txt2img"), *paste_parameters(text or "")] if text else [gr.skip()] * (2 + len(PASTE_FIELDS))
 
 
 def change_checkpoint(title: str):
     info = sd_models.get_closet_checkpoint_match(title)
     if info is None:
-        return _error_html(f"checkpoint {title!r} not found"), _model_notice()
+        return error_html(f"checkpoint {title!r} not found"), _model_notice()
     opts.set("sd_model_checkpoint", info.title)
     job = job_queue.queue.submit(lambda: sd_models.reload_model_weights(info=info), f"load {info.name}")
     job.wait()
     if job.status != job_queue.DONE:
-        return _error_html(job.error or job.status), _model_notice()
+        return error_html(job.error or job.status), _model_notice()
     opts.save(_config_file())
     return "", _model_notice()
 
@@ -258,6 +213,171 @@ def _config_file() -> str:
     return shared.config_filename()
 
 
+SEND_TARGET_UPDATES = 6  # the main tabs, then ui_img2img.mode_outputs
+
+
+def hires_upscaler_names() -> list[str]:
+    from modules import upscaler
+
+    return list(shared.latent_upscale_modes) + [u.name for u in upscaler.all_upscalers()]
+
+
+def send_image_to(result: dict | None, target: str) -> list:
+    """Send to img2img / inpaint: the selected image, its prompts and steps, the seed (``send_seed``) and the
+    size (``send_size``), then switch to that tab. One update per ``ui_img2img.SEND_FIELDS`` entry."""
+    if not result or not result.get("images"):
+        return [gr.skip()] * (SEND_TARGET_UPDATES + len(ui_img2img.SEND_FIELDS))
+    index = min(result.get("selected", 0), len(result["images"]) - 1)
+    image = result["images"][index]
+    params = infotext_utils.parse_generation_parameters(result["infotexts"][index])
+    values = infotext_utils.img2img_fields_from_infotext(params)
+    values["width"], values["height"] = image.size
+    wanted = {"prompt", "negative_prompt", "steps"} | ({"seed"} if opts.send_seed else set()) | \
+        ({"width", "height"} if opts.send_size else set())
+    return ui_img2img.show_in_mode(image, target) + \
+        [gr.update(value=values[name]) if name in wanted and name in values else gr.skip() for name in ui_img2img.SEND_FIELDS]
+
+
+def send_png_to(path: str | None, text: str, target: str) -> list:
+    """PNG Info -> img2img / inpaint: the image, and every field its infotext fills."""
+    from modules import images
+
+    if not path:
+        return [gr.skip()] * (SEND_TARGET_UPDATES + len(ui_img2img.PASTE_FIELDS) + 1)
+    with images.read(path) as image:
+        picture = image.convert("RGB")
+    return ui_img2img.show_in_mode(picture, target) + ui_img2img.paste_parameters(text or "", require_text=True)
+
+
+def _txt2img_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
+    c: dict = {}
+    with gr.Row():
+        with gr.Column(scale=4):
+            with gr.Row():
+                c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
+                                         placeholder="Prompt (press Ctrl+Enter to generate)")
+                c["token_counter"] = gr.HTML(EMPTY_COUNTER, elem_id="txt2img_token_counter", scale=0, min_width=70)
+            with gr.Row():
+                c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
+                c["negative_token_counter"] = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70,
+                                                      elem_id="txt2img_negative_token_counter")
+            with gr.Row():
+                c["styles"] = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
+                                          elem_id="txt2img_styles", scale=6)
+                c["styles_apply"] = gr.Button("📋", elem_id="txt2img_style_apply", scale=0, min_width=40)
+                c["styles_refresh"] = gr.Button("🔄", elem_id="txt2img_styles_refresh", scale=0, min_width=40)
+                c["style_name"] = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=3)
+                c["style_save"] = gr.Button("💾 Save as style", elem_id="txt2img_style_create", scale=1)
+            c["style_status"] = gr.HTML("", elem_id="txt2img_style_status")
+        with gr.Column(scale=1, min_width=200):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            c["paste"] = gr.Button("↙️", elem_id="txt2img_paste", min_width=40)
+            with gr.Row():
+                c["interrupt"] = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
+                c["skip"] = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
+    c["result"] = gr.State(None)
+    c["job_id"] = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                c["sampler_name"] = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
+                                                elem_id="txt2img_sampling")
+                c["scheduler"] = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
+                                             elem_id="txt2img_scheduler")
+            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+                c["enable_hr"] = gr.Checkbox(False, label="Enable", elem_id="txt2img_enable_hr")
+                with gr.Row():
+                    c["hr_upscaler"] = gr.Dropdown(hires_upscaler_names(), value="Latent", label="Upscaler",
+                                                   elem_id="txt2img_hr_upscaler")
+                    c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                          elem_id="txt2img_hires_steps")
+                    c["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                        elem_id="txt2img_denoising_strength")
+                with gr.Row():
+                    c["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+                    c["hr_resize_x"] = gr.Slider(0, 4096, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
+                    c["hr_resize_y"] = gr.Slider(0, 4096, value=0, step=8, label="Resize height to", elem_id="txt2img_hr_resize_y")
+                with gr.Row():
+                    c["hr_sampler_name"] = gr.Dropdown([HIRES_SAME_SAMPLER, *sampler_names], value=HIRES_SAME_SAMPLER,
+                                                       label="Hires sampling method", elem_id="hr_sampler")
+                    c["hr_scheduler"] = gr.Dropdown([HIRES_SAME_SCHEDULER, *schedule_labels], value=HIRES_SAME_SCHEDULER,
+                                                    label="Hires schedule type", elem_id="hr_scheduler")
+                with gr.Row():
+                    c["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                                placeholder="Prompt for hires fix pass. Leave empty to use the same prompt.")
+                    c["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                                                         placeholder="Leave empty to use the same negative prompt.")
+            with gr.Row():
+                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+            with gr.Row():
+                c["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+            c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            seeds = seed_controls("txt2img", c["result"])
+            c.update(seed=seeds.seed, use_variation=seeds.use_variation, subseed=seeds.subseed,
+                     subseed_strength=seeds.subseed_strength, seed_resize_from_w=seeds.resize_w,
+                     seed_resize_from_h=seeds.resize_h)
+            c["override_settings"] = override_settings_box("txt2img")
+        with gr.Column(scale=1):
+            c["progress"] = gr.HTML("", elem_id="txt2img_progress")
+            c["preview"] = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
+            c["gallery"] = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
+                                      interactive=False, format="png")
+            with gr.Row():
+                c["send_img2img"] = gr.Button("🖼️ Send to img2img", elem_id="txt2img_send_to_img2img")
+                c["send_inpaint"] = gr.Button("🎨️ Send to inpaint", elem_id="txt2img_send_to_inpaint")
+            c["info"] = gr.HTML("", elem_id="html_info_txt2img")
+    with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
+        with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
+            c["lora_cards"] = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
+                                         label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
+        with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
+            c["embedding_cards"] = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
+                                              label="Click an embedding to add it to the prompt",
+                                              elem_id="txt2img_textual_inversion_cards")
+            c["skipped"] = gr.HTML("", elem_id="txt2img_embeddings_skipped")
+        c["extra_refresh"] = gr.Button("🔄 Refresh", elem_id="txt2img_extra_refresh")
+    return c
+
+
+GENERATE_INPUTS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height", "seed",
+                   "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+                   "batch_count", "batch_size", "styles", "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler",
+                   "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+                   "hr_negative_prompt", "override_settings"]  # generate()'s parameters, in order
+
+
+def _wire_txt2img(c: dict, demo: gr.Blocks) -> None:
+    outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
+    inputs = [c[name] for name in GENERATE_INPUTS]
+    c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
+    c["skip"].click(lambda jid: job_queue.queue.skip(jid), [c["job_id"]], None, queue=False)
+    c["gallery"].select(select_image, [c["result"]], [c["info"], c["result"]], queue=False)
+    counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
+    c["prompt"].change(update_token_counter, [c["prompt"], c["steps"]], [c["token_counter"]], **counter_events)
+    c["negative_prompt"].change(lambda text, n: update_token_counter(text, n, False), [c["negative_prompt"], c["steps"]],
+                                [c["negative_token_counter"]], **counter_events)
+    c["styles_apply"].click(apply_styles, [c["prompt"], c["negative_prompt"], c["styles"]],
+                            [c["prompt"], c["negative_prompt"], c["styles"]], queue=False)
+    c["style_save"].click(save_style, [c["style_name"], c["prompt"], c["negative_prompt"]], [c["styles"], c["style_status"]],
+                          queue=False)
+    c["styles_refresh"].click(refresh_styles, None, [c["styles"]], queue=False)
+    extra_networks_lists = [c["lora_cards"], c["embedding_cards"], c["skipped"]]
+    c["extra_refresh"].click(refresh_extra_networks, None, extra_networks_lists, queue=False)
+    demo.load(lambda: refresh_extra_networks(force=False), None, extra_networks_lists, queue=False)
+    c["lora_cards"].click(add_lora_to_prompt, [c["lora_cards"], c["prompt"]], [c["prompt"]], queue=False)
+    c["embedding_cards"].click(add_embedding_to_prompt, [c["embedding_cards"], c["prompt"]], [c["prompt"]], queue=False)
+    c["paste"].click(paste_parameters, [c["prompt"]], paste_outputs(c), queue=False)
+
+
+def paste_outputs(c: dict) -> list:
+    return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]]
+
+
 def create_ui() -> gr.Blocks:
     sampler_names = sd_samplers.visible_sampler_names()
     schedule_labels = [s.label for s in sd_schedulers.schedulers if not s.unsupported]
@@ -272,80 +392,9 @@ def create_ui() -> gr.Blocks:
         model_status = gr.HTML("", elem_id="model_status")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                with gr.Row():
-                    with gr.Column(scale=4):
-                        with gr.Row():
-                            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
-                                                placeholder="Prompt (press Ctrl+Enter to generate)")
-                            token_counter = gr.HTML(EMPTY_COUNTER, elem_id="txt2img_token_counter",
-                                                    scale=0, min_width=70)
-                        with gr.Row():
-                            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
-                            negative_token_counter = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70,
-                                                             elem_id="txt2img_negative_token_counter")
-                        with gr.Row():
-                            styles = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
-                                                 elem_id="txt2img_styles", scale=6)
-                            styles_apply = gr.Button("📋", elem_id="txt2img_style_apply", scale=0, min_width=40)
-                            styles_refresh = gr.Button("🔄", elem_id="txt2img_styles_refresh", scale=0, min_width=40)
-                            style_name = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=3)
-                            style_save = gr.Button("💾 Save as style", elem_id="txt2img_style_create", scale=1)
-                        style_status = gr.HTML("", elem_id="txt2img_style_status")
-                    with gr.Column(scale=1, min_width=200):
-                        generate_button = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-                        paste = gr.Button("↙️", elem_id="txt2img_paste", min_width=40)
-                        with gr.Row():
-                            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
-                            skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        with gr.Row():
-                            sampler = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
-                                                  elem_id="txt2img_sampling")
-                            schedule = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
-                                                   elem_id="txt2img_scheduler")
-                        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-                        with gr.Row():
-                            width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                            height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                        with gr.Row():
-                            batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                            batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-                        cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-                        with gr.Row():
-                            seed = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
-                            random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                            reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
-                            use_variation = gr.Checkbox(False, label="Extra", elem_id="txt2img_subseed_show", scale=1)
-                        with gr.Group(visible=False) as variation_group:
-                            with gr.Row():
-                                subseed = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
-                                subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
-                                                             elem_id="txt2img_subseed_strength")
-                            with gr.Row():
-                                resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                                     elem_id="txt2img_seed_resize_from_w")
-                                resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                                     elem_id="txt2img_seed_resize_from_h")
-                    with gr.Column(scale=1):
-                        progress = gr.HTML("", elem_id="txt2img_progress")
-                        preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
-                        gallery = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
-                                             interactive=False, format="png")
-                        info = gr.HTML("", elem_id="html_info_txt2img")
-                with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
-                    with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
-                        lora_cards = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
-                                                label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
-                    with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
-                        embedding_cards = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
-                                                     label="Click an embedding to add it to the prompt",
-                                                     elem_id="txt2img_textual_inversion_cards")
-                        skipped = gr.HTML("", elem_id="txt2img_embeddings_skipped")
-                    extra_refresh = gr.Button("🔄 Refresh", elem_id="txt2img_extra_refresh")
-                result = gr.State(None)
-                job_id = gr.State(None)
-
+                t2i = _txt2img_tab(sampler_names, schedule_labels)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = ui_img2img.create_tab(sampler_names, schedule_labels, _style_names())
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 with gr.Row():
                     png_image = gr.Image(type="filepath", label="Source", sources=["upload", "clipboard"],
@@ -353,36 +402,22 @@ def create_ui() -> gr.Blocks:
                     with gr.Column():
                         png_info = gr.HTML("", elem_id="pnginfo_html")
                         png_text = gr.State("")
-                        png_send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+                        with gr.Row():
+                            png_send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+                            png_send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
+                            png_send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint")
 
-        inputs = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation, subseed,
-                  subseed_strength, resize_w, resize_h, batch_count, batch_size, styles]
-        outputs = [gallery, progress, preview, info, result, job_id]
-        generate_button.click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-        prompt.submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-        interrupt.click(lambda jid: job_queue.queue.interrupt(jid), [job_id], None, queue=False)
-        skip.click(lambda jid: job_queue.queue.skip(jid), [job_id], None, queue=False)
-        random_seed.click(lambda: -1, None, seed, queue=False)
-        reuse_seed.click(lambda r: r["seed"] if r else -1, [result], seed, queue=False)
-        use_variation.change(lambda v: gr.update(visible=v), [use_variation], [variation_group], queue=False)
-        gallery.select(select_image, [result], [info], queue=False)
-        counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
-        prompt.change(update_token_counter, [prompt, steps], [token_counter], **counter_events)
-        negative.change(lambda text, n: update_token_counter(text, n, False), [negative, steps], [negative_token_counter],
-                        **counter_events)
-        styles_apply.click(apply_styles, [prompt, negative, styles], [prompt, negative, styles], queue=False)
-        style_save.click(save_style, [style_name, prompt, negative], [styles, style_status], queue=False)
-        styles_refresh.click(refresh_styles, None, [styles], queue=False)
-        extra_networks_lists = [lora_cards, embedding_cards, skipped]
-        extra_refresh.click(refresh_extra_networks, None, extra_networks_lists, queue=False)
-        demo.load(lambda: refresh_extra_networks(force=False), None, extra_networks_lists, queue=False)
-        lora_cards.click(add_lora_to_prompt, [lora_cards, prompt], [prompt], queue=False)
-        embedding_cards.click(add_embedding_to_prompt, [embedding_cards, prompt], [prompt], queue=False)
-        paste_outputs = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, use_variation,
-                         subseed, subseed_strength, resize_w, resize_h, batch_size]  # in PASTE_FIELDS order
-        paste.click(paste_parameters, [prompt], paste_outputs, queue=False)
+        _wire_txt2img(t2i, demo)
+        ui_img2img.wire_tab(i2i)
+        send_outputs = [tabs, *ui_img2img.mode_outputs(i2i)]
+        for button, target in ((t2i["send_img2img"], "img2img"), (t2i["send_inpaint"], "inpaint")):
+            button.click(lambda r, target=target: send_image_to(r, target), [t2i["result"]],
+                         [*send_outputs, *(i2i[name] for name in ui_img2img.SEND_FIELDS)], queue=False)
         png_image.change(read_png_info, [png_image], [png_info, png_text], queue=False)
-        png_send_txt2img.click(send_to_txt2img, [png_text], [tabs, *paste_outputs], queue=False)
+        png_send_txt2img.click(send_to_txt2img, [png_text], [tabs, *paste_outputs(t2i)], queue=False)
+        for button, target in ((png_send_img2img, "img2img"), (png_send_inpaint, "inpaint")):
+            button.click(lambda path, text, target=target: send_png_to(path, text, target), [png_image, png_text],
+                         [*send_outputs, *ui_img2img.paste_outputs(i2i)], queue=False)
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)

@@ -1,0 +1,266 @@
+"""The img2img tab: img2img, sketch, inpaint (mask painted in ``gr.ImageEditor``), inpaint upload and batch from
+folders, with the inpaint options and the paste button."""
+from __future__ import annotations
+
+import gradio as gr
+
+from modules import img2img, images, infotext_utils, processing, shared
+from modules.errors import UserInputError
+from webui.ui_common import (EMPTY_COUNTER, error_updates, override_settings_box, override_settings_update,
+                             seed_controls, select_image, stream_job, update_token_counter)
+
+MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
+         "batch": "Batch"}  # tab id -> label
+MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
+MASKED_CONTENT = processing.INPAINTING_FILL_NAMES
+INPAINT_AREAS = ["Whole picture", "Only masked"]
+PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height", "seed",
+                "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size",
+                "denoising_strength", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
+                "inpaint_full_res_padding", "stochastic_freeze"]
+SEND_FIELDS = ["prompt", "negative_prompt", "steps", "seed", "width", "height"]  # what "Send to" from a gallery copies
+GENERATE_INPUTS = ["mode", "prompt", "negative_prompt", "styles", "init_image", "sketch", "inpaint_editor", "upload_image",
+                   "upload_mask", "batch_input", "batch_output", "batch_mask", "resize_mode", "sampler_name", "scheduler",
+                   "steps", "cfg_scale", "width", "height", "seed", "use_variation", "subseed", "subseed_strength",
+                   "seed_resize_from_w", "seed_resize_from_h", "batch_count", "batch_size", "denoising_strength",
+                   "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+                   "stochastic_freeze", "color_correction", "initial_noise_multiplier", "override_settings"]
+
+
+def _radio_labels(values: dict) -> dict:
+    """Index-typed radios are set by label."""
+    labels = {"inpainting_mask_invert": MASK_MODES, "inpainting_fill": MASKED_CONTENT, "inpaint_full_res": INPAINT_AREAS}
+    return {k: labels[k][int(v)] if k in labels else v for k, v in values.items()}
+
+
+def paste_parameters(text: str, require_text: bool = False) -> list:
+    """Fill the img2img fields from an infotext (or params.txt when ``text`` is empty and not ``require_text``)."""
+    from webui import ui
+
+    parsed = ui.read_infotext(text) if (text or "").strip() or not require_text else None
+    if parsed is None:
+        return [gr.skip()] * (len(PASTE_FIELDS) + 1)
+    values = _radio_labels(infotext_utils.img2img_fields_from_infotext(parsed[1]))
+    return [gr.update(value=values[name]) if name in values else gr.skip() for name in PASTE_FIELDS] + \
+        [override_settings_update(parsed[1])]
+
+
+def show_in_mode(image, target: str) -> list:
+    """Updates for the main tabs and then ``mode_outputs`` showing ``image`` in the ``target`` mode."""
+    if target == "inpaint":
+        editor = {"background": image, "layers": [], "composite": image}
+        return [gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint"), "inpaint", gr.update(visible=True),
+                gr.skip(), gr.update(value=editor)]
+    return [gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img"), "img2img", gr.update(visible=False),
+            gr.update(value=image), gr.skip()]
+
+
+def mode_outputs(c: dict) -> list:
+    """The components ``show_in_mode`` updates after the main tabs."""
+    return [c["mode_tabs"], c["mode"], c["inpaint_controls"], c["init_image"], c["inpaint_editor"]]
+
+
+def paste_outputs(c: dict) -> list:
+    return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]]
+
+
+def mask_from_layers(editor: dict | None):
+    """The painted strokes of an ImageEditor value as an "L" mask (255 where any layer is not transparent)."""
+    from PIL import ImageChops
+
+    mask = None
+    for layer in (editor or {}).get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    if mask is None or mask.getbbox() is None:
+        return None
+    return mask.point(lambda v: 255 if v > 0 else 0)
+
+
+def inputs_for_mode(mode: str, init_image, sketch, inpaint_editor, upload_image, upload_mask):
+    """(init image, mask) from the components of the selected mode; errors name what is missing."""
+    if mode == "img2img":
+        if init_image is None:
+            raise UserInputError("img2img: upload an image first")
+        return init_image, None
+    if mode == "sketch":
+        composite = (sketch or {}).get("composite")
+        if composite is None:
+            raise UserInputError("sketch: upload an image and draw on it first")
+        return composite.convert("RGB"), None
+    if mode == "inpaint":
+        background = (inpaint_editor or {}).get("background")
+        if background is None:
+            raise UserInputError("inpaint: upload an image first")
+        mask = mask_from_layers(inpaint_editor)
+        if mask is None:
+            raise UserInputError("inpaint: paint over the area to change first")
+        return background.convert("RGB"), mask
+    if mode == "inpaint_upload":
+        if upload_image is None or upload_mask is None:
+            raise UserInputError("inpaint upload: both an image and a mask are needed")
+        return upload_image, upload_mask
+    raise UserInputError(f"unknown img2img mode {mode!r}")
+
+
+def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_editor, upload_image, upload_mask,
+             batch_input, batch_output, batch_mask, resize_mode, sampler_name, scheduler, steps, cfg_scale, width, height,
+             seed, use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count,
+             batch_size, denoising_strength, mask_blur, inpainting_mask_invert, inpainting_fill, inpaint_full_res,
+             inpaint_full_res_padding, stochastic_freeze, color_correction, initial_noise_multiplier, override_settings):
+    """Submit an img2img job (or a folder batch) and stream its progress, as txt2img's Generate."""
+    try:
+        overrides = infotext_utils.override_settings_from_labels(override_settings)
+        if color_correction:
+            overrides["img2img_color_correction"] = True
+        batch = mode == "batch"
+        image, mask = (None, None) if batch else inputs_for_mode(mode, init_image, sketch, inpaint_editor, upload_image, upload_mask)
+        p = img2img.make_img2img(
+            prompt, negative_prompt, image, mask, sampler_name=sampler_name, scheduler=scheduler, steps=steps,
+            cfg_scale=cfg_scale, width=width, height=height, seed=seed, subseed=subseed if use_variation else -1,
+            subseed_strength=subseed_strength if use_variation else 0,
+            seed_resize_from_w=seed_resize_from_w if use_variation else 0,
+            seed_resize_from_h=seed_resize_from_h if use_variation else 0, batch_count=batch_count, batch_size=batch_size,
+            styles=styles, resize_mode=resize_mode, denoising_strength=denoising_strength, mask_blur=mask_blur,
+            inpainting_mask_invert=inpainting_mask_invert, inpainting_fill=inpainting_fill,
+            inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=inpaint_full_res_padding,
+            initial_noise_multiplier=float(initial_noise_multiplier), stochastic_freeze=stochastic_freeze,
+            override_settings=overrides, validate=not batch)
+        if batch:
+            for folder, what in ((batch_input, "input folder"), (batch_mask, "mask folder"), (batch_output, "output folder")):
+                if (folder or "").strip() or what == "input folder":
+                    img2img.resolve_batch_dir(folder, what, must_exist=what != "output folder")
+    except UserInputError as e:
+        yield error_updates(str(e))
+        return
+    if batch:
+        yield from stream_job(lambda: img2img.process_batch(p, batch_input, batch_output, batch_mask), "img2img batch")
+    else:
+        yield from stream_job(lambda: img2img.run(p), "img2img")
+
+
+def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names: list[str]) -> dict:
+    c: dict = {"mode": gr.State("img2img")}
+    with gr.Row():
+        with gr.Column(scale=4):
+            with gr.Row():
+                c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="img2img_prompt", scale=8)
+                c["token_counter"] = gr.HTML(EMPTY_COUNTER, elem_id="img2img_token_counter", scale=0, min_width=70)
+            with gr.Row():
+                c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img_neg_prompt", scale=8)
+                c["negative_token_counter"] = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70,
+                                                      elem_id="img2img_negative_token_counter")
+            c["styles"] = gr.Dropdown(style_names, value=[], multiselect=True, label="Styles", elem_id="img2img_styles")
+        with gr.Column(scale=1, min_width=200):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
+            c["paste"] = gr.Button("↙️", elem_id="img2img_paste", min_width=40)
+            with gr.Row():
+                c["interrupt"] = gr.Button("Interrupt", elem_id="img2img_interrupt", min_width=60)
+                c["skip"] = gr.Button("Skip", elem_id="img2img_skip", min_width=60)
+    c["result"] = gr.State(None)
+    c["job_id"] = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Tabs(elem_id="mode_img2img") as c["mode_tabs"]:
+                with gr.Tab(MODES["img2img"], id="img2img", elem_id="img2img_img2img_tab") as tab_img2img:
+                    c["init_image"] = gr.Image(type="pil", label="Image for img2img", image_mode="RGBA",
+                                               sources=["upload", "clipboard"], elem_id="img2img_image", height=480)
+                with gr.Tab(MODES["sketch"], id="sketch", elem_id="img2img_img2img_sketch_tab") as tab_sketch:
+                    c["sketch"] = gr.ImageEditor(type="pil", label="Image for img2img", sources=["upload", "clipboard"],
+                                                 elem_id="img2img_sketch", height=480, format="png",
+                                                 brush=gr.Brush(colors=["#000000", "#ffffff", "#ff0000", "#00ff00", "#0000ff"]))
+                with gr.Tab(MODES["inpaint"], id="inpaint", elem_id="img2img_inpaint_tab") as tab_inpaint:
+                    c["inpaint_editor"] = gr.ImageEditor(type="pil", label="Image for inpainting with mask",
+                                                         sources=["upload", "clipboard"], elem_id="img2maskimg", height=480,
+                                                         format="png", layers=False, transforms=(),
+                                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24))
+                with gr.Tab(MODES["inpaint_upload"], id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab_upload:
+                    c["upload_image"] = gr.Image(type="pil", label="Image for img2img", sources=["upload", "clipboard"],
+                                                 elem_id="img_inpaint_base")
+                    c["upload_mask"] = gr.Image(type="pil", label="Mask (white = repaint)", sources=["upload", "clipboard"],
+                                                image_mode="RGBA", elem_id="img_inpaint_mask")
+                batch_allowed = not getattr(shared.cmd_opts, "webui_is_non_local", False)
+                with gr.Tab(MODES["batch"], id="batch", elem_id="img2img_batch_tab", visible=batch_allowed) as tab_batch:
+                    gr.Markdown("Process every image of a folder on this computer. Folders must be inside the data dir "
+                                "or a `--img2img-batch-root`. Masks are matched by file name.")
+                    c["batch_input"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                    c["batch_output"] = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir",
+                                                   placeholder="Leave empty to save to the normal output folder")
+                    c["batch_mask"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                                 elem_id="img2img_batch_inpaint_mask_dir")
+            c["mode_tab_objects"] = {"img2img": tab_img2img, "sketch": tab_sketch, "inpaint": tab_inpaint,
+                                     "inpaint_upload": tab_upload, "batch": tab_batch}
+            c["resize_mode"] = gr.Radio(images.RESIZE_MODES, value=images.RESIZE_MODES[0], type="index", label="Resize mode",
+                                        elem_id="resize_mode")
+            with gr.Group(visible=False, elem_id="img2img_inpaint_controls") as c["inpaint_controls"]:
+                with gr.Row():
+                    c["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+                    c["inpainting_mask_invert"] = gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index", label="Mask mode",
+                                                           elem_id="img2img_mask_mode")
+                with gr.Row():
+                    c["inpainting_fill"] = gr.Radio(MASKED_CONTENT, value="original", type="index", label="Masked content",
+                                                    elem_id="img2img_inpainting_fill")
+                with gr.Row():
+                    c["inpaint_full_res"] = gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index", label="Inpaint area",
+                                                     elem_id="img2img_inpaint_full_res")
+                    c["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                                              elem_id="img2img_inpaint_full_res_padding")
+            with gr.Row():
+                c["sampler_name"] = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
+                                                elem_id="img2img_sampling")
+                c["scheduler"] = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
+                                             elem_id="img2img_scheduler")
+            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="img2img_steps")
+            with gr.Row():
+                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="img2img_width")
+                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="img2img_height")
+            with gr.Row():
+                c["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="img2img_batch_count")
+                c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="img2img_batch_size")
+            with gr.Row():
+                c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="img2img_cfg_scale")
+                c["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
+                                                    elem_id="img2img_denoising_strength")
+            seeds = seed_controls("img2img", c["result"])
+            c.update(seed=seeds.seed, use_variation=seeds.use_variation, subseed=seeds.subseed,
+                     subseed_strength=seeds.subseed_strength, seed_resize_from_w=seeds.resize_w,
+                     seed_resize_from_h=seeds.resize_h)
+            with gr.Accordion("More", open=False, elem_id="img2img_more"):
+                c["stochastic_freeze"] = gr.Checkbox(False, label="Same noise for every image (stochastic freeze)",
+                                                     elem_id="img2img_stochastic_freeze",
+                                                     info="Every input image gets the same seed and noise: video frames "
+                                                          "change only where the frames change.")
+                c["color_correction"] = gr.Checkbox(False, label="Color correction toward the input image",
+                                                    elem_id="img2img_color_correction")
+                c["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=1.0, step=0.01, label="Initial noise multiplier",
+                                                          elem_id="img2img_initial_noise_multiplier")
+            c["override_settings"] = override_settings_box("img2img")
+        with gr.Column(scale=1):
+            c["progress"] = gr.HTML("", elem_id="img2img_progress")
+            c["preview"] = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="img2img_preview")
+            c["gallery"] = gr.Gallery(label="Output", columns=4, height="auto", elem_id="img2img_gallery",
+                                      interactive=False, format="png")
+            c["info"] = gr.HTML("", elem_id="html_info_img2img")
+    return c
+
+
+def wire_tab(c: dict) -> None:
+    from modules import job_queue
+
+    outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
+    inputs = [c[name] for name in GENERATE_INPUTS]
+    c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
+    c["skip"].click(lambda jid: job_queue.queue.skip(jid), [c["job_id"]], None, queue=False)
+    c["gallery"].select(select_image, [c["result"]], [c["info"], c["result"]], queue=False)
+    for mode, tab in c["mode_tab_objects"].items():
+        tab.select(lambda mode=mode: (mode, gr.update(visible=mode in ("inpaint", "inpaint_upload", "batch"))), None,
+                   [c["mode"], c["inpaint_controls"]], queue=False)
+    counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
+    c["prompt"].change(update_token_counter, [c["prompt"], c["steps"]], [c["token_counter"]], **counter_events)
+    c["negative_prompt"].change(lambda text, n: update_token_counter(text, n, False), [c["negative_prompt"], c["steps"]],
+                                [c["negative_token_counter"]], **counter_events)
+    c["paste"].click(paste_parameters, [c["prompt"]], paste_outputs(c), queue=False)
