@@ -125,3 +125,53 @@ def test_listen_without_auth_generates_a_login(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_paint_a_mask_in_the_inpaint_editor_and_get_an_image_back(server):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import noise_image
+
+    url, data_dir = server
+    source = noise_image(64, 64)
+    source.save(data_dir / "source.png")
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#txt2img_generate")
+        page.get_by_role("tab", name="img2img").first.click()
+        page.get_by_role("tab", name="Inpaint", exact=True).click()
+        editor = page.locator("#img2maskimg")
+        page.wait_for_selector("#img2maskimg button[aria-label='Upload']")
+        with page.expect_file_chooser() as chooser:
+            editor.locator("button[aria-label='Upload']").click()
+        chooser.value.set_files(str(data_dir / "source.png"))
+        page.wait_for_selector("#img2maskimg button[aria-label='Brush Size']")
+        assert page.locator("#img2img_mask_blur").is_visible()  # the inpaint options show in inpaint mode
+        box = editor.locator("canvas").first.bounding_box()
+        side = min(box["width"], box["height"])  # the 64 px picture is shown as a centred square
+        x = box["x"] + box["width"] / 2 + side * 0.45
+        page.mouse.move(x, box["y"] + box["height"] / 2 - side * 0.4)
+        page.mouse.down()
+        for i in range(1, 17):  # a stroke down the right edge of the picture
+            page.mouse.move(x, box["y"] + box["height"] / 2 - side * 0.4 + i * side * 0.05)
+        page.mouse.up()
+        _set_number(page, "img2img_width", 64)
+        _set_number(page, "img2img_height", 64)
+        _set_number(page, "img2img_steps", 3)
+        page.locator("#img2img_seed input").fill("4242")
+        page.click("#img2img_generate")
+        page.wait_for_selector("#img2img_gallery img", timeout=180_000)
+        page.wait_for_function("document.querySelector('#html_info_img2img').innerText.includes('Seed: 4242')", timeout=30_000)
+        info = page.locator("#html_info_img2img").inner_text()
+        body = page.request.get(page.locator("#img2img_gallery img").first.get_attribute("src")).body()
+        browser.close()
+    assert "Mask blur: 4" in info and "Masked content: original" in info and "Denoising strength: 0.75" in info
+    with Image.open(io.BytesIO(body)) as image:
+        assert image.size == (64, 64)
+        diff = np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - np.asarray(source, dtype=np.int16))
+    assert diff[:, :24].max() <= 2  # far from the stroke: the input's pixels
+    assert diff[:, 60:].mean() > 20  # under the stroke: repainted
