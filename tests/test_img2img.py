@@ -250,17 +250,16 @@ def test_latent_blending_keeps_the_unmasked_latents_every_step(tiny_model):
 # --- 9-channel inpainting checkpoints -------------------------------------------------------------------------
 
 @pytest.fixture()
-def inpainting_model(registry, data_dir):
+def inpainting_model(registry, tmp_path_factory):
+    """A 9-channel checkpoint outside the models folder (other tests list that folder), loaded like any other."""
     from modules import demo_model, sd1_layout, sd_models
     from modules.shared import opts as options
 
     arch = dataclasses.replace(sd1_layout.TINY, unet=dataclasses.replace(sd1_layout.TINY.unet, in_channels=9))
-    path = data_dir / "models" / "Stable-diffusion" / "tiny-inpainting.safetensors"
-    if not path.exists():
-        demo_model.write_checkpoint(str(path), arch)
-        sd_models.list_models()
+    path = tmp_path_factory.mktemp("inpainting") / "tiny-inpainting.safetensors"
+    info = sd_models.CheckpointInfo(demo_model.write_checkpoint(str(path), arch))
     saved = dict(options.data)
-    model = sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny-inpainting.safetensors"))
+    model = sd_models.reload_model_weights(info=info)
     yield model
     options.data.clear()
     options.data.update(saved)
