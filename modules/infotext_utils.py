@@ -196,12 +196,14 @@ def img2img_fields_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
                               if params.get("Masked content") == name), None),
         inpaint_full_res=params.get("Inpaint area") == "Only masked",
         inpaint_full_res_padding=_number(params, "Masked area padding", int),
-        stochastic_freeze=str(params.get("Stochastic freeze", "")).lower() == "true")
+        stochastic_freeze=str(params.get("Stochastic freeze", "")).lower() == "true",
+        initial_noise_multiplier=_number(params, "Noise multiplier", float) or 1.0)
     return {k: v for k, v in fields.items() if v is not None}
 
 
-# the checkpoint is matched by hash below; noise always comes from CPU generators, so "RNG: GPU" cannot be honoured
-NOT_OVERRIDDEN = {"sd_model_checkpoint", "randn_source"}
+# the checkpoint is matched by hash below; noise always comes from CPU generators, so "RNG: GPU" cannot be honoured;
+# the noise multiplier is a field of the img2img tab (pasted there)
+NOT_OVERRIDDEN = {"sd_model_checkpoint", "randn_source", "initial_noise_multiplier"}
 
 
 def override_settings_from_infotext(params: dict[str, Any]) -> dict[str, Any]:

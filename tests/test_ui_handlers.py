@@ -177,4 +177,4 @@ def test_png_info_sends_to_img2img_with_every_field(tiny_model, tmp_path):
     fields = {n: u["value"] for n, u in zip(ui_img2img.PASTE_FIELDS, updates[ui.SEND_TARGET_UPDATES:]) if "value" in u}
     assert fields["seed"] == 77 and fields["denoising_strength"] == 0.4 and fields["mask_blur"] == 6
     assert fields["inpainting_fill"] == "latent noise" and fields["inpaint_full_res"] == "Whole picture"
-    assert fields["inpainting_mask_invert"] == "Inpaint masked"
+    assert fields["inpainting_mask_invert"] == "Inpaint masked" and fields["initial_noise_multiplier"] == 1.0

@@ -17,7 +17,7 @@ INPAINT_AREAS = ["Whole picture", "Only masked"]
 PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height", "seed",
                 "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size",
                 "denoising_strength", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
-                "inpaint_full_res_padding", "stochastic_freeze"]
+                "inpaint_full_res_padding", "stochastic_freeze", "initial_noise_multiplier"]
 SEND_FIELDS = ["prompt", "negative_prompt", "steps", "seed", "width", "height"]  # what "Send to" from a gallery copies
 GENERATE_INPUTS = ["mode", "prompt", "negative_prompt", "styles", "init_image", "sketch", "inpaint_editor", "upload_image",
                    "upload_mask", "batch_input", "batch_output", "batch_mask", "resize_mode", "sampler_name", "scheduler",
