@@ -11,8 +11,6 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from modules import paths
-
 invalid_filename_chars = '#<>:"/\\|?*\n\r\t'
 invalid_filename_prefix = " "
 invalid_filename_postfix = " ."

@@ -142,7 +142,7 @@ def _number(params: dict[str, Any], key: str, kind: type):
 
 
 def _common_fields(params: dict[str, Any]) -> dict[str, Any]:
-    from modules import sd_samplers, sd_schedulers
+    from modules import sd_samplers
 
     fields = {
         "prompt": params.get("Prompt"), "negative_prompt": params.get("Negative prompt"),

@@ -298,11 +298,6 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     hr_negative_prompt: str = ""
     force_task_id: str | None = None
 
-    def validate(self) -> None:
-        super().validate()
-        if self.enable_hr:
-            raise UserInputError("enable_hr: hires fix is not available yet")
-
     def __post_init__(self) -> None:
         super().__post_init__()
         self.hr_upscale_to_x = self.hr_upscale_to_y = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules import conditioning, prompt_chunks, script_callbacks
+from modules import conditioning, prompt_chunks
 from modules.shared import opts
 from tests.conftest import DenoiserCalls, pixels, txt2img
 

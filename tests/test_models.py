@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import pickle
 import struct
-import zipfile
 
 import pytest
 
