@@ -162,8 +162,14 @@ def test_paint_a_mask_in_the_inpaint_editor_and_get_an_image_back(server):
         _set_number(page, "img2img_height", 64)
         _set_number(page, "img2img_steps", 3)
         page.locator("#img2img_seed input").fill("4242")
-        page.click("#img2img_generate")
-        page.wait_for_selector("#img2img_gallery img", timeout=180_000)
+        done = "document.querySelector('#img2img_gallery img') || document.querySelector('#img2img_progress .error')"
+        for attempt in range(2):  # the editor sends its layers asynchronously; a too-early click is told what is missing
+            page.wait_for_timeout(1000 + 2000 * attempt)
+            page.click("#img2img_generate")
+            page.wait_for_function(done, timeout=180_000)
+            if page.locator("#img2img_progress .error").count() == 0:
+                break
+        assert page.locator("#img2img_progress .error").count() == 0, page.locator("#img2img_progress").inner_text()
         page.wait_for_function("document.querySelector('#html_info_img2img').innerText.includes('Seed: 4242')", timeout=30_000)
         info = page.locator("#html_info_img2img").inner_text()
         body = page.request.get(page.locator("#img2img_gallery img").first.get_attribute("src")).body()
