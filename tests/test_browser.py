@@ -82,7 +82,7 @@ def test_generate_in_browser_shows_saved_png_with_metadata(server):
         page.wait_for_selector("#txt2img_generate")
         assert "Demo model" in page.locator("#model_notice").inner_text()
         page.fill("#txt2img_prompt textarea", "a lighthouse, at dusk")
-        page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '5/75'", timeout=30_000)
+        page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '5/75'", timeout=120_000)  # cold imports
         page.fill("#txt2img_neg_prompt textarea", "word " * 80)
         page.wait_for_function("document.querySelector('#txt2img_negative_token_counter').innerText.trim() === '80/150'",
                                timeout=30_000)
