@@ -9,7 +9,7 @@ from modules import images, paths, processing
 from modules.errors import UserInputError
 from modules.processing import StableDiffusionProcessingImg2Img
 from modules.shared import state
-from modules.txt2img import _int
+from modules.txt2img import as_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -26,14 +26,14 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
     ``validate`` is False (a folder batch has no image yet; each image's job is validated when it runs)."""
     p = StableDiffusionProcessingImg2Img(
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
-        steps=_int(steps), cfg_scale=float(cfg_scale), width=_int(width), height=_int(height), seed=_int(seed),
-        subseed=_int(subseed), subseed_strength=float(subseed_strength or 0),
-        seed_resize_from_w=_int(seed_resize_from_w) or -1, seed_resize_from_h=_int(seed_resize_from_h) or -1,
-        n_iter=_int(batch_count), batch_size=_int(batch_size), styles=list(styles or []),
-        init_images=[init_image] if init_image is not None else [], mask=mask, resize_mode=_int(resize_mode),
-        denoising_strength=float(denoising_strength), mask_blur=_int(mask_blur), inpainting_mask_invert=_int(inpainting_mask_invert),
-        inpainting_fill=_int(inpainting_fill), inpaint_full_res=bool(inpaint_full_res),
-        inpaint_full_res_padding=_int(inpaint_full_res_padding), initial_noise_multiplier=initial_noise_multiplier,
+        steps=as_int(steps), cfg_scale=float(cfg_scale), width=as_int(width), height=as_int(height), seed=as_int(seed),
+        subseed=as_int(subseed), subseed_strength=float(subseed_strength or 0),
+        seed_resize_from_w=as_int(seed_resize_from_w) or -1, seed_resize_from_h=as_int(seed_resize_from_h) or -1,
+        n_iter=as_int(batch_count), batch_size=as_int(batch_size), styles=list(styles or []),
+        init_images=[init_image] if init_image is not None else [], mask=mask, resize_mode=as_int(resize_mode),
+        denoising_strength=float(denoising_strength), mask_blur=as_int(mask_blur), inpainting_mask_invert=as_int(inpainting_mask_invert),
+        inpainting_fill=as_int(inpainting_fill), inpaint_full_res=bool(inpaint_full_res),
+        inpaint_full_res_padding=as_int(inpaint_full_res_padding), initial_noise_multiplier=initial_noise_multiplier,
         stochastic_freeze=bool(stochastic_freeze), override_settings=dict(override_settings or {}),
     )
     if validate:
@@ -76,12 +76,8 @@ def list_batch_images(folder: str) -> list[str]:
                   if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name)))
 
 
-def _find_mask(mask_dir: str, image_path: str) -> str | None:
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    for candidate in list_batch_images(mask_dir):
-        if os.path.splitext(os.path.basename(candidate))[0] == stem:
-            return candidate
-    return None
+def _masks_by_stem(mask_dir: str) -> dict[str, str]:
+    return {os.path.splitext(os.path.basename(path))[0]: path for path in list_batch_images(mask_dir)}
 
 
 def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_dir: str, mask_dir: str = "") -> processing.Processed:
@@ -93,6 +89,7 @@ def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_di
     files = list_batch_images(input_dir)
     if not files:
         raise UserInputError(f"input folder: no images in {input_dir!r}")
+    masks = _masks_by_stem(mask_dir) if mask_dir else {}
     if p.stochastic_freeze:
         processing.fix_seed(p)
     state.job_count = len(files) * p.n_iter
@@ -105,7 +102,7 @@ def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_di
         job.override_settings = dict(p.override_settings)
         with images.read(path) as image:
             job.init_images = [image.copy()]
-        mask_path = _find_mask(mask_dir, path) if mask_dir else None
+        mask_path = masks.get(os.path.splitext(os.path.basename(path))[0])
         if mask_path is not None:
             with images.read(mask_path) as mask:
                 job.image_mask = mask.copy()

@@ -16,13 +16,13 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
     """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
     p = StableDiffusionProcessingTxt2Img(
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
-        steps=_int(steps), cfg_scale=float(cfg_scale), width=_int(width), height=_int(height),
-        seed=_int(seed), subseed=_int(subseed), subseed_strength=float(subseed_strength or 0),
-        seed_resize_from_w=_int(seed_resize_from_w) or -1, seed_resize_from_h=_int(seed_resize_from_h) or -1,
-        n_iter=_int(batch_count), batch_size=_int(batch_size), styles=list(styles or []),
+        steps=as_int(steps), cfg_scale=float(cfg_scale), width=as_int(width), height=as_int(height),
+        seed=as_int(seed), subseed=as_int(subseed), subseed_strength=float(subseed_strength or 0),
+        seed_resize_from_w=as_int(seed_resize_from_w) or -1, seed_resize_from_h=as_int(seed_resize_from_h) or -1,
+        n_iter=as_int(batch_count), batch_size=as_int(batch_size), styles=list(styles or []),
         enable_hr=bool(enable_hr), denoising_strength=float(denoising_strength), hr_scale=float(hr_scale),
-        hr_upscaler=hr_upscaler, hr_second_pass_steps=max(_int(hr_second_pass_steps), 0),
-        hr_resize_x=max(_int(hr_resize_x), 0), hr_resize_y=max(_int(hr_resize_y), 0), hr_sampler_name=hr_sampler_name,
+        hr_upscaler=hr_upscaler, hr_second_pass_steps=max(as_int(hr_second_pass_steps), 0),
+        hr_resize_x=max(as_int(hr_resize_x), 0), hr_resize_y=max(as_int(hr_resize_y), 0), hr_sampler_name=hr_sampler_name,
         hr_scheduler=hr_scheduler, hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
         override_settings=dict(override_settings or {}),
     )
@@ -30,11 +30,12 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
     return p
 
 
-def _int(value) -> int:
+def as_int(value) -> int:
+    """A UI or API number as an int (empty means -1); non-integers are kept for validate() to report."""
     if value is None or value == "":
         return -1
     number = float(value)
-    return int(number) if number.is_integer() else number  # non-integers are reported by validate()
+    return int(number) if number.is_integer() else number
 
 
 def run(p: StableDiffusionProcessingTxt2Img) -> processing.Processed:

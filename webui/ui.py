@@ -12,8 +12,10 @@ from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
 from webui import ui_img2img
-from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, error_html, error_updates, infotext_html, override_settings_box,
-                             override_settings_update, seed_controls, select_image, stream_job, update_token_counter)
+from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, action_buttons, cfg_slider, error_html, error_updates,
+                             infotext_html, output_panel, override_settings_box, override_settings_update, prompt_boxes,
+                             sampler_controls, seed_controls, select_image, size_and_batch, stream_job,
+                             update_token_counter, variation_values, wire_generation)
 
 __all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
 HIRES_SAME_SAMPLER = "Use same sampler"
@@ -43,8 +45,8 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
     """Submit a txt2img job and stream its progress and live preview until it finishes."""
     try:
         p = txt2img.make_txt2img(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
-                                 subseed if use_variation else -1, subseed_strength if use_variation else 0,
-                                 seed_resize_from_w if use_variation else 0, seed_resize_from_h if use_variation else 0,
+                                 *variation_values(use_variation, subseed, subseed_strength, seed_resize_from_w,
+                                                   seed_resize_from_h),
                                  batch_count, batch_size, styles, enable_hr=enable_hr, denoising_strength=denoising_strength,
                                  hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_second_pass_steps,
                                  hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y, hr_sampler_name=hr_sampler_name,
@@ -249,18 +251,42 @@ def send_png_to(path: str | None, text: str, target: str) -> list:
     return ui_img2img.show_in_mode(picture, target) + ui_img2img.paste_parameters(text or "", require_text=True)
 
 
+def _hires_controls(c: dict, sampler_names: list[str], schedule_labels: list[str]) -> None:
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        c["enable_hr"] = gr.Checkbox(False, label="Enable", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            c["hr_upscaler"] = gr.Dropdown(hires_upscaler_names(), value="Latent", label="Upscaler",
+                                           elem_id="txt2img_hr_upscaler")
+            c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps", elem_id="txt2img_hires_steps")
+            c["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            c["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+            c["hr_resize_x"] = gr.Slider(0, 4096, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
+            c["hr_resize_y"] = gr.Slider(0, 4096, value=0, step=8, label="Resize height to", elem_id="txt2img_hr_resize_y")
+        with gr.Row():
+            c["hr_sampler_name"] = gr.Dropdown([HIRES_SAME_SAMPLER, *sampler_names], value=HIRES_SAME_SAMPLER,
+                                               label="Hires sampling method", elem_id="hr_sampler")
+            c["hr_scheduler"] = gr.Dropdown([HIRES_SAME_SCHEDULER, *schedule_labels], value=HIRES_SAME_SCHEDULER,
+                                            label="Hires schedule type", elem_id="hr_scheduler")
+        with gr.Row():
+            c["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                        placeholder="Prompt for hires fix pass. Leave empty to use the same prompt.")
+            c["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                                                 placeholder="Leave empty to use the same negative prompt.")
+
+
+def _send_buttons(c: dict) -> None:
+    with gr.Row():
+        c["send_img2img"] = gr.Button("🖼️ Send to img2img", elem_id="txt2img_send_to_img2img")
+        c["send_inpaint"] = gr.Button("🎨️ Send to inpaint", elem_id="txt2img_send_to_inpaint")
+
+
 def _txt2img_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
     c: dict = {}
     with gr.Row():
         with gr.Column(scale=4):
-            with gr.Row():
-                c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", scale=8,
-                                         placeholder="Prompt (press Ctrl+Enter to generate)")
-                c["token_counter"] = gr.HTML(EMPTY_COUNTER, elem_id="txt2img_token_counter", scale=0, min_width=70)
-            with gr.Row():
-                c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt", scale=8)
-                c["negative_token_counter"] = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70,
-                                                      elem_id="txt2img_negative_token_counter")
+            prompt_boxes("txt2img", c, placeholder="Prompt (press Ctrl+Enter to generate)")
             with gr.Row():
                 c["styles"] = gr.Dropdown(_style_names(), value=[], multiselect=True, label="Styles",
                                           elem_id="txt2img_styles", scale=6)
@@ -269,66 +295,16 @@ def _txt2img_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
                 c["style_name"] = gr.Textbox(label="New style name", elem_id="txt2img_style_name", scale=3)
                 c["style_save"] = gr.Button("💾 Save as style", elem_id="txt2img_style_create", scale=1)
             c["style_status"] = gr.HTML("", elem_id="txt2img_style_status")
-        with gr.Column(scale=1, min_width=200):
-            c["generate"] = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            c["paste"] = gr.Button("↙️", elem_id="txt2img_paste", min_width=40)
-            with gr.Row():
-                c["interrupt"] = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
-                c["skip"] = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
-    c["result"] = gr.State(None)
-    c["job_id"] = gr.State(None)
+        action_buttons("txt2img", c)
     with gr.Row():
         with gr.Column(scale=1):
-            with gr.Row():
-                c["sampler_name"] = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
-                                                elem_id="txt2img_sampling")
-                c["scheduler"] = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
-                                             elem_id="txt2img_scheduler")
-            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
-                c["enable_hr"] = gr.Checkbox(False, label="Enable", elem_id="txt2img_enable_hr")
-                with gr.Row():
-                    c["hr_upscaler"] = gr.Dropdown(hires_upscaler_names(), value="Latent", label="Upscaler",
-                                                   elem_id="txt2img_hr_upscaler")
-                    c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                          elem_id="txt2img_hires_steps")
-                    c["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
-                                                        elem_id="txt2img_denoising_strength")
-                with gr.Row():
-                    c["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
-                    c["hr_resize_x"] = gr.Slider(0, 4096, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
-                    c["hr_resize_y"] = gr.Slider(0, 4096, value=0, step=8, label="Resize height to", elem_id="txt2img_hr_resize_y")
-                with gr.Row():
-                    c["hr_sampler_name"] = gr.Dropdown([HIRES_SAME_SAMPLER, *sampler_names], value=HIRES_SAME_SAMPLER,
-                                                       label="Hires sampling method", elem_id="hr_sampler")
-                    c["hr_scheduler"] = gr.Dropdown([HIRES_SAME_SCHEDULER, *schedule_labels], value=HIRES_SAME_SCHEDULER,
-                                                    label="Hires schedule type", elem_id="hr_scheduler")
-                with gr.Row():
-                    c["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
-                                                placeholder="Prompt for hires fix pass. Leave empty to use the same prompt.")
-                    c["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
-                                                         placeholder="Leave empty to use the same negative prompt.")
-            with gr.Row():
-                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-            with gr.Row():
-                c["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            seeds = seed_controls("txt2img", c["result"])
-            c.update(seed=seeds.seed, use_variation=seeds.use_variation, subseed=seeds.subseed,
-                     subseed_strength=seeds.subseed_strength, seed_resize_from_w=seeds.resize_w,
-                     seed_resize_from_h=seeds.resize_h)
+            sampler_controls("txt2img", c, sampler_names, schedule_labels)
+            _hires_controls(c, sampler_names, schedule_labels)
+            size_and_batch("txt2img", c)
+            c["cfg_scale"] = cfg_slider("txt2img")
+            seed_controls("txt2img", c)
             c["override_settings"] = override_settings_box("txt2img")
-        with gr.Column(scale=1):
-            c["progress"] = gr.HTML("", elem_id="txt2img_progress")
-            c["preview"] = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
-            c["gallery"] = gr.Gallery(label="Output", columns=4, height="auto", elem_id="txt2img_gallery",
-                                      interactive=False, format="png")
-            with gr.Row():
-                c["send_img2img"] = gr.Button("🖼️ Send to img2img", elem_id="txt2img_send_to_img2img")
-                c["send_inpaint"] = gr.Button("🎨️ Send to inpaint", elem_id="txt2img_send_to_inpaint")
-            c["info"] = gr.HTML("", elem_id="html_info_txt2img")
+        output_panel("txt2img", c, below_gallery=lambda: _send_buttons(c))
     with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
         with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
             c["lora_cards"] = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
@@ -350,17 +326,7 @@ GENERATE_INPUTS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "st
 
 
 def _wire_txt2img(c: dict, demo: gr.Blocks) -> None:
-    outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
-    inputs = [c[name] for name in GENERATE_INPUTS]
-    c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-    c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-    c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
-    c["skip"].click(lambda jid: job_queue.queue.skip(jid), [c["job_id"]], None, queue=False)
-    c["gallery"].select(select_image, [c["result"]], [c["info"], c["result"]], queue=False)
-    counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
-    c["prompt"].change(update_token_counter, [c["prompt"], c["steps"]], [c["token_counter"]], **counter_events)
-    c["negative_prompt"].change(lambda text, n: update_token_counter(text, n, False), [c["negative_prompt"], c["steps"]],
-                                [c["negative_token_counter"]], **counter_events)
+    wire_generation(c, generate, GENERATE_INPUTS, paste_parameters, paste_outputs(c))
     c["styles_apply"].click(apply_styles, [c["prompt"], c["negative_prompt"], c["styles"]],
                             [c["prompt"], c["negative_prompt"], c["styles"]], queue=False)
     c["style_save"].click(save_style, [c["style_name"], c["prompt"], c["negative_prompt"]], [c["styles"], c["style_status"]],
@@ -371,7 +337,6 @@ def _wire_txt2img(c: dict, demo: gr.Blocks) -> None:
     demo.load(lambda: refresh_extra_networks(force=False), None, extra_networks_lists, queue=False)
     c["lora_cards"].click(add_lora_to_prompt, [c["lora_cards"], c["prompt"]], [c["prompt"]], queue=False)
     c["embedding_cards"].click(add_embedding_to_prompt, [c["embedding_cards"], c["prompt"]], [c["prompt"]], queue=False)
-    c["paste"].click(paste_parameters, [c["prompt"]], paste_outputs(c), queue=False)
 
 
 def paste_outputs(c: dict) -> list:

@@ -1,9 +1,8 @@
-"""Pieces the generation tabs share: streaming a queued job's progress into the page, HTML snippets,
-the seed controls, token counters and the override-settings box."""
+"""Pieces the generation tabs share: streaming a queued job's progress into the page, HTML snippets, and the
+builders and events of the controls both tabs have (prompts, buttons, sampler, size, seeds, output)."""
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 
 import gradio as gr
 
@@ -85,38 +84,105 @@ def update_token_counter(text: str, steps, is_positive: bool = True) -> str:
     return f"<span class='token-counter'>{count}/{limit}</span>"
 
 
-@dataclass
-class SeedControls:
-    seed: gr.Number
-    use_variation: gr.Checkbox
-    subseed: gr.Number
-    subseed_strength: gr.Slider
-    resize_w: gr.Slider
-    resize_h: gr.Slider
-
-    @property
-    def components(self) -> list:
-        return [self.seed, self.use_variation, self.subseed, self.subseed_strength, self.resize_w, self.resize_h]
+def variation_values(use_variation, subseed, subseed_strength, resize_w, resize_h) -> tuple:
+    """The "Extra" seed fields as the job gets them: ignored (defaults) while the group is closed."""
+    if not use_variation:
+        return -1, 0, 0, 0
+    return subseed, subseed_strength, resize_w, resize_h
 
 
-def seed_controls(tab: str, result: gr.State) -> SeedControls:
+def prompt_boxes(tab: str, c: dict, placeholder: str = "") -> None:
+    """Prompt and negative prompt, each with its token counter."""
+    with gr.Row():
+        c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab}_prompt", scale=8, placeholder=placeholder)
+        c["token_counter"] = gr.HTML(EMPTY_COUNTER, elem_id=f"{tab}_token_counter", scale=0, min_width=70)
+    with gr.Row():
+        c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_neg_prompt", scale=8)
+        c["negative_token_counter"] = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70, elem_id=f"{tab}_negative_token_counter")
+
+
+def action_buttons(tab: str, c: dict) -> None:
+    """Generate, paste, Interrupt and Skip, and the states the job's result and id live in."""
+    with gr.Column(scale=1, min_width=200):
+        c["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
+        c["paste"] = gr.Button("↙️", elem_id=f"{tab}_paste", min_width=40)
+        with gr.Row():
+            c["interrupt"] = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", min_width=60)
+            c["skip"] = gr.Button("Skip", elem_id=f"{tab}_skip", min_width=60)
+    c["result"] = gr.State(None)
+    c["job_id"] = gr.State(None)
+
+
+def sampler_controls(tab: str, c: dict, sampler_names: list[str], schedule_labels: list[str]) -> None:
+    with gr.Row():
+        c["sampler_name"] = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
+                                        elem_id=f"{tab}_sampling")
+        c["scheduler"] = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type", elem_id=f"{tab}_scheduler")
+    c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+
+
+def size_and_batch(tab: str, c: dict) -> None:
+    with gr.Row():
+        c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab}_width")
+        c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab}_height")
+    with gr.Row():
+        c["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+        c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+
+
+def cfg_slider(tab: str) -> gr.Slider:
+    return gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+
+
+def seed_controls(tab: str, c: dict) -> None:
     """Seed, random/reuse buttons and the "Extra" variation group, with their events."""
     with gr.Row():
-        seed = gr.Number(-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=4)
+        c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=4)
         random_seed = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
         reuse_seed = gr.Button("♻️", elem_id=f"{tab}_reuse_seed", scale=0, min_width=40)
-        use_variation = gr.Checkbox(False, label="Extra", elem_id=f"{tab}_subseed_show", scale=1)
+        c["use_variation"] = gr.Checkbox(False, label="Extra", elem_id=f"{tab}_subseed_show", scale=1)
     with gr.Group(visible=False) as variation_group:
         with gr.Row():
-            subseed = gr.Number(-1, label="Variation seed", precision=0, elem_id=f"{tab}_subseed")
-            subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength", elem_id=f"{tab}_subseed_strength")
+            c["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id=f"{tab}_subseed")
+            c["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                              elem_id=f"{tab}_subseed_strength")
         with gr.Row():
-            resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width", elem_id=f"{tab}_seed_resize_from_w")
-            resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height", elem_id=f"{tab}_seed_resize_from_h")
-    random_seed.click(lambda: -1, None, seed, queue=False)
-    reuse_seed.click(lambda r: r["seed"] if r else -1, [result], seed, queue=False)
-    use_variation.change(lambda v: gr.update(visible=v), [use_variation], [variation_group], queue=False)
-    return SeedControls(seed, use_variation, subseed, subseed_strength, resize_w, resize_h)
+            c["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                elem_id=f"{tab}_seed_resize_from_w")
+            c["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                elem_id=f"{tab}_seed_resize_from_h")
+    random_seed.click(lambda: -1, None, c["seed"], queue=False)
+    reuse_seed.click(lambda r: r["seed"] if r else -1, [c["result"]], c["seed"], queue=False)
+    c["use_variation"].change(lambda v: gr.update(visible=v), [c["use_variation"]], [variation_group], queue=False)
+
+
+def output_panel(tab: str, c: dict, below_gallery=None) -> None:
+    """Progress, live preview, gallery (``below_gallery()`` adds components under it) and the infotext."""
+    with gr.Column(scale=1):
+        c["progress"] = gr.HTML("", elem_id=f"{tab}_progress")
+        c["preview"] = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{tab}_preview")
+        c["gallery"] = gr.Gallery(label="Output", columns=4, height="auto", elem_id=f"{tab}_gallery",
+                                  interactive=False, format="png")
+        if below_gallery is not None:
+            below_gallery()
+        c["info"] = gr.HTML("", elem_id=f"html_info_{tab}")
+
+
+def wire_generation(c: dict, generate, input_names: list[str], paste, paste_outputs: list) -> None:
+    """The events both generation tabs have: Generate and Ctrl+Enter, Interrupt, Skip, gallery selection,
+    the token counters and the paste button."""
+    outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
+    inputs = [c[name] for name in input_names]
+    c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
+    c["skip"].click(lambda jid: job_queue.queue.skip(jid), [c["job_id"]], None, queue=False)
+    c["gallery"].select(select_image, [c["result"]], [c["info"], c["result"]], queue=False)
+    counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
+    c["prompt"].change(update_token_counter, [c["prompt"], c["steps"]], [c["token_counter"]], **counter_events)
+    c["negative_prompt"].change(lambda text, n: update_token_counter(text, n, False), [c["negative_prompt"], c["steps"]],
+                                [c["negative_token_counter"]], **counter_events)
+    c["paste"].click(paste, [c["prompt"]], paste_outputs, queue=False)
 
 
 def override_settings_box(tab: str) -> gr.Dropdown:

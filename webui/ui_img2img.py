@@ -6,8 +6,9 @@ import gradio as gr
 
 from modules import img2img, images, infotext_utils, processing, shared
 from modules.errors import UserInputError
-from webui.ui_common import (EMPTY_COUNTER, error_updates, override_settings_box, override_settings_update,
-                             seed_controls, select_image, stream_job, update_token_counter)
+from webui.ui_common import (action_buttons, cfg_slider, error_updates, output_panel, override_settings_box,
+                             override_settings_update, prompt_boxes, sampler_controls, seed_controls, size_and_batch,
+                             stream_job, variation_values, wire_generation)
 
 MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
          "batch": "Batch"}  # tab id -> label
@@ -117,12 +118,13 @@ def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_
             overrides["img2img_color_correction"] = True
         batch = mode == "batch"
         image, mask = (None, None) if batch else inputs_for_mode(mode, init_image, sketch, inpaint_editor, upload_image, upload_mask)
+        subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h = variation_values(
+            use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h)
         p = img2img.make_img2img(
             prompt, negative_prompt, image, mask, sampler_name=sampler_name, scheduler=scheduler, steps=steps,
-            cfg_scale=cfg_scale, width=width, height=height, seed=seed, subseed=subseed if use_variation else -1,
-            subseed_strength=subseed_strength if use_variation else 0,
-            seed_resize_from_w=seed_resize_from_w if use_variation else 0,
-            seed_resize_from_h=seed_resize_from_h if use_variation else 0, batch_count=batch_count, batch_size=batch_size,
+            cfg_scale=cfg_scale, width=width, height=height, seed=seed, subseed=subseed, subseed_strength=subseed_strength,
+            seed_resize_from_w=seed_resize_from_w, seed_resize_from_h=seed_resize_from_h, batch_count=batch_count,
+            batch_size=batch_size,
             styles=styles, resize_mode=resize_mode, denoising_strength=denoising_strength, mask_blur=mask_blur,
             inpainting_mask_invert=inpainting_mask_invert, inpainting_fill=inpainting_fill,
             inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=inpaint_full_res_padding,
@@ -145,22 +147,9 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
     c: dict = {"mode": gr.State("img2img")}
     with gr.Row():
         with gr.Column(scale=4):
-            with gr.Row():
-                c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="img2img_prompt", scale=8)
-                c["token_counter"] = gr.HTML(EMPTY_COUNTER, elem_id="img2img_token_counter", scale=0, min_width=70)
-            with gr.Row():
-                c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img_neg_prompt", scale=8)
-                c["negative_token_counter"] = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70,
-                                                      elem_id="img2img_negative_token_counter")
+            prompt_boxes("img2img", c)
             c["styles"] = gr.Dropdown(style_names, value=[], multiselect=True, label="Styles", elem_id="img2img_styles")
-        with gr.Column(scale=1, min_width=200):
-            c["generate"] = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
-            c["paste"] = gr.Button("↙️", elem_id="img2img_paste", min_width=40)
-            with gr.Row():
-                c["interrupt"] = gr.Button("Interrupt", elem_id="img2img_interrupt", min_width=60)
-                c["skip"] = gr.Button("Skip", elem_id="img2img_skip", min_width=60)
-    c["result"] = gr.State(None)
-    c["job_id"] = gr.State(None)
+        action_buttons("img2img", c)
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Tabs(elem_id="mode_img2img") as c["mode_tabs"]:
@@ -207,26 +196,13 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
                                                      elem_id="img2img_inpaint_full_res")
                     c["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                                               elem_id="img2img_inpaint_full_res_padding")
+            sampler_controls("img2img", c, sampler_names, schedule_labels)
+            size_and_batch("img2img", c)
             with gr.Row():
-                c["sampler_name"] = gr.Dropdown(sampler_names, value=sampler_names[0], label="Sampling method",
-                                                elem_id="img2img_sampling")
-                c["scheduler"] = gr.Dropdown(schedule_labels, value="Automatic", label="Schedule type",
-                                             elem_id="img2img_scheduler")
-            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="img2img_steps")
-            with gr.Row():
-                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="img2img_width")
-                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="img2img_height")
-            with gr.Row():
-                c["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="img2img_batch_count")
-                c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="img2img_batch_size")
-            with gr.Row():
-                c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="img2img_cfg_scale")
+                c["cfg_scale"] = cfg_slider("img2img")
                 c["denoising_strength"] = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
                                                     elem_id="img2img_denoising_strength")
-            seeds = seed_controls("img2img", c["result"])
-            c.update(seed=seeds.seed, use_variation=seeds.use_variation, subseed=seeds.subseed,
-                     subseed_strength=seeds.subseed_strength, seed_resize_from_w=seeds.resize_w,
-                     seed_resize_from_h=seeds.resize_h)
+            seed_controls("img2img", c)
             with gr.Accordion("More", open=False, elem_id="img2img_more"):
                 c["stochastic_freeze"] = gr.Checkbox(False, label="Same noise for every image (stochastic freeze)",
                                                      elem_id="img2img_stochastic_freeze",
@@ -237,30 +213,12 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
                 c["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=1.0, step=0.01, label="Initial noise multiplier",
                                                           elem_id="img2img_initial_noise_multiplier")
             c["override_settings"] = override_settings_box("img2img")
-        with gr.Column(scale=1):
-            c["progress"] = gr.HTML("", elem_id="img2img_progress")
-            c["preview"] = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="img2img_preview")
-            c["gallery"] = gr.Gallery(label="Output", columns=4, height="auto", elem_id="img2img_gallery",
-                                      interactive=False, format="png")
-            c["info"] = gr.HTML("", elem_id="html_info_img2img")
+        output_panel("img2img", c)
     return c
 
 
 def wire_tab(c: dict) -> None:
-    from modules import job_queue
-
-    outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
-    inputs = [c[name] for name in GENERATE_INPUTS]
-    c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-    c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-    c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
-    c["skip"].click(lambda jid: job_queue.queue.skip(jid), [c["job_id"]], None, queue=False)
-    c["gallery"].select(select_image, [c["result"]], [c["info"], c["result"]], queue=False)
+    wire_generation(c, generate, GENERATE_INPUTS, paste_parameters, paste_outputs(c))
     for mode, tab in c["mode_tab_objects"].items():
         tab.select(lambda mode=mode: (mode, gr.update(visible=mode in ("inpaint", "inpaint_upload", "batch"))), None,
                    [c["mode"], c["inpaint_controls"]], queue=False)
-    counter_events = dict(queue=False, show_progress="hidden", trigger_mode="always_last")
-    c["prompt"].change(update_token_counter, [c["prompt"], c["steps"]], [c["token_counter"]], **counter_events)
-    c["negative_prompt"].change(lambda text, n: update_token_counter(text, n, False), [c["negative_prompt"], c["steps"]],
-                                [c["negative_token_counter"]], **counter_events)
-    c["paste"].click(paste_parameters, [c["prompt"]], paste_outputs(c), queue=False)
