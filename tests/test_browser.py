@@ -70,6 +70,23 @@ def _set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
+def _type_and_count(page, box: str, text: str, counter: str, expected: str) -> None:
+    """Type into a prompt box and wait for its token counter. A change typed while the page is still starting can
+    go unanswered in Gradio (seen rarely on a cold start), so the text is typed again before giving up."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    check = f"document.querySelector('#{counter}').innerText.trim() === '{expected}'"
+    for attempt in range(3):
+        page.fill(f"#{box} textarea", "" if attempt else text)
+        page.fill(f"#{box} textarea", text)
+        try:
+            page.wait_for_function(check, timeout=40_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"{counter} shows {page.locator('#' + counter).inner_text()!r}, expected {expected!r}")
+
+
 def test_generate_in_browser_shows_saved_png_with_metadata(server):
     from PIL import Image
     from playwright.sync_api import sync_playwright
@@ -81,11 +98,8 @@ def test_generate_in_browser_shows_saved_png_with_metadata(server):
         page.goto(url)
         page.wait_for_selector("#txt2img_generate")
         assert "Demo model" in page.locator("#model_notice").inner_text()
-        page.fill("#txt2img_prompt textarea", "a lighthouse, at dusk")
-        page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '5/75'", timeout=120_000)  # cold imports
-        page.fill("#txt2img_neg_prompt textarea", "word " * 80)
-        page.wait_for_function("document.querySelector('#txt2img_negative_token_counter').innerText.trim() === '80/150'",
-                               timeout=30_000)
+        _type_and_count(page, "txt2img_prompt", "a lighthouse, at dusk", "txt2img_token_counter", "5/75")
+        _type_and_count(page, "txt2img_neg_prompt", "word " * 80, "txt2img_negative_token_counter", "80/150")
         page.fill("#txt2img_neg_prompt textarea", "")
         _set_number(page, "txt2img_width", 64)
         _set_number(page, "txt2img_height", 64)
