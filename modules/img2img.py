@@ -93,13 +93,14 @@ def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_di
     if p.stochastic_freeze:
         processing.fix_seed(p)
     state.job_count = len(files) * p.n_iter
-    outputs, infotexts = [], []
+    outputs, infotexts, seeds, comments = [], [], [], {}
     for path in files:
         if state.interrupted or state.stopping_generation:
             break
         job = copy.copy(p)
         job.extra_generation_params = dict(p.extra_generation_params)
         job.override_settings = dict(p.override_settings)
+        job.comments = dict(p.comments)
         with images.read(path) as image:
             job.init_images = [image.copy()]
         mask_path = masks.get(os.path.splitext(os.path.basename(path))[0])
@@ -115,9 +116,12 @@ def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_di
         processed = processing.process_images(job)
         outputs += processed.images[processed.index_of_first_image:]
         infotexts += processed.infotexts[processed.index_of_first_image:]
+        seeds.append(processed.seed)
+        comments.update(dict.fromkeys(line for line in processed.comments.splitlines() if line))
     if not outputs:
         raise UserInputError("batch: no image was processed")
-    return processing.Processed(p, outputs, p.seed, infotexts[0], infotexts=infotexts)
+    return processing.Processed(p, outputs, seeds[0], infotexts[0], infotexts=infotexts,
+                                comments="".join(f"{line}\n" for line in comments))
 
 
 def run(p: StableDiffusionProcessingImg2Img) -> processing.Processed:

@@ -101,6 +101,7 @@ def test_batch_from_folder_with_masks_and_stochastic_freeze(tiny_model, data_dir
     assert np.abs(saved["f3.png"][:, 48:] - pixels(second)[:, 48:]).max() <= 1  # f3 had a mask
     seeds = {text.split("Seed: ")[1].split(",")[0] for text in result["infotexts"]}
     assert len(seeds) == 1 and "Stochastic freeze: True" in result["infotexts"][0]
+    assert str(result["seed"]) in seeds  # the result's seed (for ♻️) is the one used, not -1
     unfrozen = _run(mode="batch", batch_input="frames", batch_output="frames-free", seed=-1, sampler_name="Euler a")[4]
     assert len({text.split("Seed: ")[1].split(",")[0] for text in unfrozen["infotexts"]}) == 3
 
