@@ -27,6 +27,8 @@ def make_parser() -> argparse.ArgumentParser:
     add("--ckpt-dir", type=str, default=None, help="extra directory scanned for checkpoints")
     add("--embeddings-dir", type=str, default=None, help="extra directory scanned for textual-inversion embeddings")
     add("--lora-dir", type=str, default=None, help="extra directory scanned for LoRA networks")
+    for family in ("esrgan", "realesrgan", "codeformer", "gfpgan"):
+        add(f"--{family}-models-path", type=str, default=None, help=f"folder of {family} weights (default: models/<family>)")
     add("--img2img-batch-root", type=str, action="append", default=None,
         help="extra folder img2img batch may read from and write to (repeatable; the data dir is always allowed)")
     add("--styles-file", type=str, action="append", default=None,

@@ -67,8 +67,12 @@ def read_safetensors_header(path: str) -> dict[str, Any]:
 
 
 def _unwrap(state: Any) -> dict:
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    """The tensors of a checkpoint; Lightning keeps them under ``state_dict``, basicsr (ESRGAN, GFPGAN,
+    CodeFormer) under ``params_ema`` or ``params``."""
+    for key in ("state_dict", "params_ema", "params"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise UnsupportedModelFile("checkpoint does not contain a state dict")
     return {k: v for k, v in state.items() if hasattr(v, "shape")}

@@ -60,9 +60,23 @@ options_templates.update(options_section(("img2img", "img2img"), {
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies."),
     "img2img_background_color": OptionInfo("#ffffff", "With img2img, fill transparent parts of the input image with this color."),
     "initial_noise_multiplier": OptionInfo(1.0, "Noise multiplier for img2img", infotext="Noise multiplier"),
-    "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img"),
     "send_seed": OptionInfo(True, "Send seed when sending prompt or image to other interface"),
     "send_size": OptionInfo(True, "Send size when sending prompt or image to another interface"),
+}))
+
+options_templates.update(options_section(("upscaling", "Upscaling"), {
+    "ESRGAN_tile": OptionInfo(192, "Tile size for ESRGAN upscalers (0 = no tiling)"),
+    "ESRGAN_tile_overlap": OptionInfo(8, "Tile overlap for ESRGAN upscalers, in pixels"),
+    "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img"),
+    "download_official_weights": OptionInfo(
+        False, "List official upscaler and face-restoration models that are not in models/ and download them on first use"),
+}))
+
+options_templates.update(options_section(("face-restoration", "Face restoration"), {
+    "face_restoration": OptionInfo(False, "Restore faces"),
+    "face_restoration_model": OptionInfo("CodeFormer", "Face restoration model"),
+    "code_former_weight": OptionInfo(0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)"),
+    "face_restoration_unload": OptionInfo(False, "Move face restoration model from VRAM into RAM after processing"),
 }))
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
@@ -81,7 +95,5 @@ options_templates.update(options_section(("ui", "Live previews and UI"), {
     "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
     "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (in sampling steps); -1 = only after each image"),
     "show_progress_type": OptionInfo("Approx cheap", "Live preview method"),
-    "face_restoration": OptionInfo(False, "Restore faces"),
-    "face_restoration_model": OptionInfo("CodeFormer", "Face restoration model"),
     "tiling": OptionInfo(False, "Tiling"),
 }))

@@ -70,11 +70,17 @@ def builtin_upscalers() -> list[UpscalerData]:
 
 
 def all_upscalers() -> list[UpscalerData]:
-    """``shared.sd_upscalers``, filled with the built-in ones on first use."""
-    from modules import shared
+    """``shared.sd_upscalers``: None, Lanczos, Nearest, then the model upscalers alphabetically. The list is
+    rebuilt in place when weight files were added or removed."""
+    from modules import esrgan_model, shared
 
-    if not shared.sd_upscalers:
-        shared.sd_upscalers.extend(builtin_upscalers())
+    models = esrgan_model.model_upscalers()
+    current = [(u.name, u.data_path) for u in shared.sd_upscalers[3:]]
+    if not shared.sd_upscalers or current != [(u.name, u.data_path) for u in models]:
+        loaded = {u.data_path: u for u in shared.sd_upscalers[3:]}
+        models = [loaded.get(u.data_path) if u.data_path in loaded and loaded[u.data_path].name == u.name else u
+                  for u in models]
+        shared.sd_upscalers[:] = builtin_upscalers() + models
     return shared.sd_upscalers
 
 

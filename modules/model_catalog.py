@@ -1,0 +1,111 @@
+"""Where the official upscaler and face-restoration weights live, and their optional first-use download.
+
+Nothing is downloaded unless the setting ``download_official_weights`` is on; otherwise only files present
+in ``models/`` are offered, and :func:`missing_hint` tells the user which files to put where.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+from modules import paths
+
+REALESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    name: str  # as A1111 lists it
+    folder: str  # under models/
+    filename: str
+    url: str
+
+    def path(self) -> str:
+        return os.path.join(folder_path(self.folder), self.filename)
+
+
+UPSCALERS = (
+    OfficialWeights("ESRGAN_4x", "ESRGAN", "ESRGAN_4x.pth", "https://github.com/cszn/KAIR/releases/download/v1.0/ESRGAN.pth"),
+    OfficialWeights("R-ESRGAN 4x+", "RealESRGAN", "RealESRGAN_x4plus.pth", f"{REALESRGAN_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth"),
+    OfficialWeights("R-ESRGAN 4x+ Anime6B", "RealESRGAN", "RealESRGAN_x4plus_anime_6B.pth",
+                    f"{REALESRGAN_RELEASES}/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth"),
+    OfficialWeights("R-ESRGAN 2x+", "RealESRGAN", "RealESRGAN_x2plus.pth", f"{REALESRGAN_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth"),
+    OfficialWeights("R-ESRGAN General 4xV3", "RealESRGAN", "realesr-general-x4v3.pth",
+                    f"{REALESRGAN_RELEASES}/v0.2.5.0/realesr-general-x4v3.pth"),
+    OfficialWeights("R-ESRGAN General WDN 4xV3", "RealESRGAN", "realesr-general-wdn-x4v3.pth",
+                    f"{REALESRGAN_RELEASES}/v0.2.5.0/realesr-general-wdn-x4v3.pth"),
+    OfficialWeights("R-ESRGAN AnimeVideo", "RealESRGAN", "realesr-animevideov3.pth",
+                    f"{REALESRGAN_RELEASES}/v0.2.5.0/realesr-animevideov3.pth"),
+)
+
+FACE_RESTORERS = (
+    OfficialWeights("CodeFormer", "Codeformer", "codeformer-v0.1.0.pth",
+                    "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth"),
+    OfficialWeights("GFPGAN", "GFPGAN", "GFPGANv1.4.pth",
+                    "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth"),
+)
+
+FACE_DETECTORS = (
+    OfficialWeights("YuNet", "face_detection", "face_detection_yunet_2023mar.onnx",
+                    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"),
+)
+
+# folder under models/ -> command-line flag that overrides it (A1111 names)
+FOLDER_FLAGS = {"ESRGAN": "esrgan_models_path", "RealESRGAN": "realesrgan_models_path",
+                "Codeformer": "codeformer_models_path", "GFPGAN": "gfpgan_models_path"}
+
+
+def folder_path(folder: str) -> str:
+    from modules import shared
+
+    override = getattr(shared.cmd_opts, FOLDER_FLAGS.get(folder, ""), None)
+    return override or os.path.join(paths.models_path, folder)
+
+
+def downloads_enabled() -> bool:
+    from modules import model_download, shared
+
+    return bool(shared.opts.download_official_weights) and not model_download.hub_offline()
+
+
+def missing_hint(catalog: tuple[OfficialWeights, ...]) -> str:
+    """One line per official file that is not present: where to put it and where to get it."""
+    lines = [f"{w.name}: save {w.url} as {w.path()}" for w in catalog if not os.path.exists(w.path())]
+    return "\n".join(lines)
+
+
+def download(weights: OfficialWeights, report: Callable[[int, int], None] | None = None) -> str:
+    """Fetch ``weights`` into its folder (atomically: a partial file never takes the final name)."""
+    from tqdm.auto import tqdm
+
+    from modules import shared
+
+    target = weights.path()
+    if os.path.exists(target):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(weights.url, timeout=30) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=weights.filename)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
+                if total:
+                    shared.state.textinfo = f"Downloading {weights.filename}: {100 * done // total}%"
+                if report:
+                    report(done, total)
+            bar.close()
+        os.replace(partial, target)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    shared.state.textinfo = None
+    return target
