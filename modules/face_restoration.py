@@ -80,7 +80,7 @@ def face_region(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, i
     mapped = cv2.transform(corners[None], cv2.invertAffineTransform(affine))[0]
     left, top = np.floor(mapped.min(axis=0)).astype(int)
     right, bottom = np.ceil(mapped.max(axis=0)).astype(int)
-    return max(left, 0), max(top, 0), min(right, shape[1]), min(bottom, shape[0])
+    return max(left, 0), max(top, 0), min(right + 1, shape[1]), min(bottom + 1, shape[0])
 
 
 def restore_each_face(np_image: np.ndarray, restore_face: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

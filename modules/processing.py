@@ -127,6 +127,8 @@ class StableDiffusionProcessing:
         self.cached_c: dict = {}
         self.empty_cond = None
         self.used_embedding_hashes: dict[str, str] = {}
+        self.face_detailer = None  # face_detailer.FaceDetailerParams when the option is on
+        self.nested_job = False  # run inside another job (face detailer): no params.txt, no job counting
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, seed={self.seed}, size={self.width}x{self.height})"
@@ -799,7 +801,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     kind = "img2img" if isinstance(p, StableDiffusionProcessingImg2Img) else "txt2img"
     p.outpath_samples = p.outpath_samples or _output_dir(kind, grid=False)
     p.outpath_grids = p.outpath_grids or _output_dir(kind, grid=True)
-    p.restore_faces = bool(p.restore_faces if p.restore_faces is not None else False)
+    p.restore_faces = bool(p.restore_faces if p.restore_faces is not None else opts.face_restoration)
     p.tiling = bool(p.tiling if p.tiling is not None else opts.tiling)
 
     seed = get_fixed_seed(p.seed)
@@ -812,8 +814,10 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_subseeds = [int(subseed) + (0 if frozen else i) for i in range(count)]
     if frozen:
         p.extra_generation_params["Stochastic freeze"] = True
+    if p.face_detailer is not None and p.face_detailer.enabled:
+        p.extra_generation_params.update(p.face_detailer.infotext_params())
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
-    if state.job_count == -1:
+    if state.job_count == -1 and not p.nested_job:
         state.job_count = p.n_iter
     p.job_timestamp = state.job_timestamp
 
@@ -861,7 +865,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
     if not p.disable_extra_networks:
         extra_networks.activate(p, p.parse_extra_network_prompts())
     p.setup_conds()
-    if n == 0 and not _cmd_flag("no_prompt_history"):
+    if n == 0 and not _cmd_flag("no_prompt_history") and not p.nested_job:
         _write_params_txt(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
     latents = p.sample(p.c, p.uc, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
     if state.interrupted and state.sampling_step == 0:
@@ -869,6 +873,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
     decoded = sampling.decode(model, latents)
     for i, image in enumerate(_to_pil(decoded)):
         p.batch_index = i
+        image = _postprocess_image(p, n * p.batch_size + i, image)
         image = _composite(p, n * p.batch_size + i, i, image)
         text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
         if opts.samples_save and not p.do_not_save_samples:
@@ -877,8 +882,25 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         image.info["parameters"] = text
         output_images.append(image)
         infotexts.append(text)
-    state.nextjob()
+    if not p.nested_job:
+        state.nextjob()
     return True
+
+
+def _postprocess_image(p: StableDiffusionProcessing, index: int, image):
+    """Face restoration, then the face detailer, on one decoded image."""
+    if p.restore_faces:
+        import numpy as np
+        from PIL import Image
+
+        from modules import face_restoration
+
+        image = Image.fromarray(face_restoration.restore_faces(np.asarray(image)))
+    if p.face_detailer is not None and p.face_detailer.enabled:
+        from modules import face_detailer
+
+        image = face_detailer.detail(p, index, image)
+    return image
 
 
 def _composite(p: StableDiffusionProcessing, index: int, position: int, image):
