@@ -21,7 +21,8 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
                  resize_mode: int = 0, denoising_strength: float = 0.75, mask_blur: int = 4, inpainting_mask_invert: int = 0,
                  inpainting_fill: int = 1, inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32,
                  initial_noise_multiplier: float | None = None, stochastic_freeze: bool = False,
-                 override_settings: dict | None = None, validate: bool = True) -> StableDiffusionProcessingImg2Img:
+                 override_settings: dict | None = None, restore_faces: bool | None = None, face_detailer=None,
+                 validate: bool = True) -> StableDiffusionProcessingImg2Img:
     """An img2img processing object (UI defaults: "original" content, whole picture, padding 32), validated unless
     ``validate`` is False (a folder batch has no image yet; each image's job is validated when it runs)."""
     p = StableDiffusionProcessingImg2Img(
@@ -35,7 +36,9 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
         inpainting_fill=as_int(inpainting_fill), inpaint_full_res=bool(inpaint_full_res),
         inpaint_full_res_padding=as_int(inpaint_full_res_padding), initial_noise_multiplier=initial_noise_multiplier,
         stochastic_freeze=bool(stochastic_freeze), override_settings=dict(override_settings or {}),
+        restore_faces=restore_faces,
     )
+    p.face_detailer = face_detailer
     if validate:
         p.validate()
     return p
@@ -53,7 +56,7 @@ def resolve_batch_dir(folder: str, what: str, must_exist: bool = True) -> str:
     from modules import shared
 
     if getattr(shared.cmd_opts, "webui_is_non_local", False):
-        raise UserInputError("img2img batch from folders is only available when the server is bound to this computer "
+        raise UserInputError("batch from folders is only available when the server is bound to this computer "
                              "(no --listen, --share or --server-name)")
     folder = (folder or "").strip()
     if not folder:

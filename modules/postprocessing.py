@@ -60,7 +60,7 @@ def _upscale(image: Image.Image, params: ExtrasParams, info: dict[str, Any]) -> 
         info["Postprocess upscale to"] = f"{params.upscaling_resize_w}x{params.upscaling_resize_h}"
     else:
         scale = params.upscaling_resize
-        info["Postprocess upscale by"] = scale
+        info["Postprocess upscale by"] = int(scale) if float(scale).is_integer() else scale
 
     def run(choice: upscaler.UpscalerData) -> Image.Image:
         result = choice.scaler.upscale(image, scale, choice.data_path)

@@ -12,7 +12,8 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
                  denoising_strength: float = 0.7, hr_scale: float = 2.0, hr_upscaler: str | None = None,
                  hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
                  hr_sampler_name: str | None = None, hr_scheduler: str | None = None, hr_prompt: str = "",
-                 hr_negative_prompt: str = "", override_settings: dict | None = None) -> StableDiffusionProcessingTxt2Img:
+                 hr_negative_prompt: str = "", override_settings: dict | None = None, restore_faces: bool | None = None,
+                 face_detailer=None) -> StableDiffusionProcessingTxt2Img:
     """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
     p = StableDiffusionProcessingTxt2Img(
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
@@ -24,8 +25,9 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
         hr_upscaler=hr_upscaler, hr_second_pass_steps=max(as_int(hr_second_pass_steps), 0),
         hr_resize_x=max(as_int(hr_resize_x), 0), hr_resize_y=max(as_int(hr_resize_y), 0), hr_sampler_name=hr_sampler_name,
         hr_scheduler=hr_scheduler, hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
-        override_settings=dict(override_settings or {}),
+        override_settings=dict(override_settings or {}), restore_faces=restore_faces,
     )
+    p.face_detailer = face_detailer
     p.validate()
     return p
 

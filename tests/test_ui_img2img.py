@@ -9,6 +9,7 @@ from modules import img2img as img2img_module
 from modules import shared
 from tests.conftest import noise_image, pixels
 from webui import ui_img2img
+from webui.ui_common import POSTPROCESS_FIELDS
 
 
 def _args(mode="img2img", **overrides):
@@ -19,7 +20,7 @@ def _args(mode="img2img", **overrides):
                   batch_count=1, batch_size=1, denoising_strength=0.75, mask_blur=4, inpainting_mask_invert=0,
                   inpainting_fill=1, inpaint_full_res=0, inpaint_full_res_padding=32, stochastic_freeze=False,
                   color_correction=False, initial_noise_multiplier=1.0, override_settings=[])
-    assert list(values) == ui_img2img.GENERATE_INPUTS
+    assert list(values) + POSTPROCESS_FIELDS == ui_img2img.GENERATE_INPUTS  # the Faces controls come last, optional
     values.update(overrides)
     return list(values.values())
 

@@ -11,11 +11,12 @@ from modules import infotext_utils, job_queue, model_download, sd_models, sd_sam
 from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
-from webui import ui_img2img
-from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, action_buttons, cfg_slider, error_html, error_updates,
-                             infotext_html, output_panel, override_settings_box, override_settings_update, prompt_boxes,
-                             sampler_controls, seed_controls, select_image, size_and_batch, stream_job,
-                             update_token_counter, variation_values, wire_generation)
+from webui import ui_extras, ui_img2img
+from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_html,
+                             error_updates, infotext_html, output_panel, override_settings_box, override_settings_update,
+                             postprocess_controls, postprocess_job_options, prompt_boxes, sampler_controls, seed_controls,
+                             select_image, size_and_batch, stream_job, update_token_counter, variation_values,
+                             wire_generation)
 
 __all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
 HIRES_SAME_SAMPLER = "Use same sampler"
@@ -41,9 +42,12 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
              subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size, styles=None,
              enable_hr=False, denoising_strength=0.7, hr_scale=2.0, hr_upscaler="Latent", hr_second_pass_steps=0,
              hr_resize_x=0, hr_resize_y=0, hr_sampler_name=HIRES_SAME_SAMPLER, hr_scheduler=HIRES_SAME_SCHEDULER,
-             hr_prompt="", hr_negative_prompt="", override_settings=None):
-    """Submit a txt2img job and stream its progress and live preview until it finishes."""
+             hr_prompt="", hr_negative_prompt="", override_settings=None, *postprocess):
+    """Submit a txt2img job and stream its progress and live preview until it finishes. ``postprocess``: the
+    values of ``ui_common.POSTPROCESS_FIELDS``."""
     try:
+        overrides = infotext_utils.override_settings_from_labels(override_settings)
+        faces = postprocess_job_options(overrides, *postprocess)
         p = txt2img.make_txt2img(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
                                  *variation_values(use_variation, subseed, subseed_strength, seed_resize_from_w,
                                                    seed_resize_from_h),
@@ -51,7 +55,7 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
                                  hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_second_pass_steps,
                                  hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y, hr_sampler_name=hr_sampler_name,
                                  hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative_prompt,
-                                 override_settings=infotext_utils.override_settings_from_labels(override_settings))
+                                 override_settings=overrides, **faces)
     except UserInputError as e:
         yield error_updates(str(e))
         return
@@ -122,7 +126,8 @@ def _append(prompt: str, text: str) -> str:
 PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
                 "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
                 "batch_size", "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
-                "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt"]
+                "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+                *POSTPROCESS_FIELDS]
 
 
 def read_infotext(text: str) -> tuple[str, dict] | None:
@@ -251,6 +256,25 @@ def send_png_to(path: str | None, text: str, target: str) -> list:
     return ui_img2img.show_in_mode(picture, target) + ui_img2img.paste_parameters(text or "", require_text=True)
 
 
+def send_image_to_extras(result: dict | None) -> list:
+    """The selected gallery image (with its infotext) into the Extras tab's single-image source."""
+    if not result or not result.get("images"):
+        return [gr.skip(), gr.skip()]
+    index = min(result.get("selected", 0), len(result["images"]) - 1)
+    image = result["images"][index]
+    saved = getattr(image, "already_saved_as", None)
+    if not saved:  # not saved (samples_save off): Gradio writes the image with its text chunks
+        image = image.copy()
+        image.info["parameters"] = result["infotexts"][index]
+    return [gr.Tabs(selected="extras"), gr.update(value=saved or image)]
+
+
+def send_png_to_extras(path: str | None) -> list:
+    if not path:
+        return [gr.skip(), gr.skip()]
+    return [gr.Tabs(selected="extras"), gr.update(value=path)]
+
+
 def _hires_controls(c: dict, sampler_names: list[str], schedule_labels: list[str]) -> None:
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
         c["enable_hr"] = gr.Checkbox(False, label="Enable", elem_id="txt2img_enable_hr")
@@ -280,6 +304,7 @@ def _send_buttons(c: dict) -> None:
     with gr.Row():
         c["send_img2img"] = gr.Button("🖼️ Send to img2img", elem_id="txt2img_send_to_img2img")
         c["send_inpaint"] = gr.Button("🎨️ Send to inpaint", elem_id="txt2img_send_to_inpaint")
+        c["send_extras"] = gr.Button("📐 Send to extras", elem_id="txt2img_send_to_extras")
 
 
 def _txt2img_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
@@ -300,6 +325,7 @@ def _txt2img_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
         with gr.Column(scale=1):
             sampler_controls("txt2img", c, sampler_names, schedule_labels)
             _hires_controls(c, sampler_names, schedule_labels)
+            postprocess_controls("txt2img", c)
             size_and_batch("txt2img", c)
             c["cfg_scale"] = cfg_slider("txt2img")
             seed_controls("txt2img", c)
@@ -322,7 +348,7 @@ GENERATE_INPUTS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "st
                    "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
                    "batch_count", "batch_size", "styles", "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler",
                    "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt",
-                   "hr_negative_prompt", "override_settings"]  # generate()'s parameters, in order
+                   "hr_negative_prompt", "override_settings", *POSTPROCESS_FIELDS]  # generate()'s parameters, in order
 
 
 def _wire_txt2img(c: dict, demo: gr.Blocks) -> None:
@@ -360,6 +386,8 @@ def create_ui() -> gr.Blocks:
                 t2i = _txt2img_tab(sampler_names, schedule_labels)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = ui_img2img.create_tab(sampler_names, schedule_labels, _style_names())
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = ui_extras.create_tab()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 with gr.Row():
                     png_image = gr.Image(type="filepath", label="Source", sources=["upload", "clipboard"],
@@ -371,9 +399,13 @@ def create_ui() -> gr.Blocks:
                             png_send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
                             png_send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
                             png_send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint")
+                            png_send_extras = gr.Button("Send to extras", elem_id="pnginfo_send_extras")
 
         _wire_txt2img(t2i, demo)
         ui_img2img.wire_tab(i2i)
+        ui_extras.wire_tab(extras)
+        t2i["send_extras"].click(send_image_to_extras, [t2i["result"]], [tabs, extras["image"]], queue=False)
+        png_send_extras.click(send_png_to_extras, [png_image], [tabs, extras["image"]], queue=False)
         send_outputs = [tabs, *ui_img2img.mode_outputs(i2i)]
         for button, target in ((t2i["send_img2img"], "img2img"), (t2i["send_inpaint"], "inpaint")):
             button.click(lambda r, target=target: send_image_to(r, target), [t2i["result"]],

@@ -196,3 +196,64 @@ def override_settings_update(params: dict):
 
     labels = infotext_utils.override_settings_labels(infotext_utils.override_settings_from_infotext(params))
     return gr.update(choices=labels, value=labels, visible=bool(labels))
+
+
+POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_weight", "detailer_enabled",
+                      "detailer_denoising_strength", "detailer_prompt", "detailer_negative_prompt", "detailer_padding",
+                      "detailer_mask_blur"]  # the controls postprocess_controls adds; generate() takes them last
+
+
+def postprocess_controls(tab: str, c: dict) -> None:
+    """Restore faces (model and CodeFormer weight) and the face detailer, for one generation tab."""
+    from modules import face_detailer, model_catalog, shared
+
+    defaults = face_detailer.FaceDetailerParams()
+    with gr.Accordion("Faces", open=False, elem_id=f"{tab}_faces"):
+        with gr.Row():
+            c["restore_faces"] = gr.Checkbox(bool(shared.opts.face_restoration), label="Restore faces",
+                                             elem_id=f"{tab}_restore_faces")
+            c["face_restoration_model"] = gr.Dropdown(["CodeFormer", "GFPGAN"], value=shared.opts.face_restoration_model,
+                                                      label="Face restoration model", elem_id=f"{tab}_face_restoration_model")
+            c["code_former_weight"] = gr.Slider(0, 1, value=float(shared.opts.code_former_weight), step=0.01,
+                                                label="CodeFormer weight (0 = strongest effect)",
+                                                elem_id=f"{tab}_code_former_weight")
+        hint = model_catalog.missing_hint(model_catalog.FACE_RESTORERS)
+        if hint:
+            gr.Markdown("Face restoration needs weights that are not installed yet:\n\n" +
+                        "\n".join(f"- {line}" for line in hint.splitlines()), elem_id=f"{tab}_face_weights_hint")
+        c["detailer_enabled"] = gr.Checkbox(False, label="Face detailer: re-render each face at full resolution",
+                                            elem_id=f"{tab}_face_detailer")
+        with gr.Row():
+            c["detailer_denoising_strength"] = gr.Slider(0, 1, value=defaults.denoising_strength, step=0.01,
+                                                         label="Detailer denoising strength",
+                                                         elem_id=f"{tab}_face_detailer_denoising_strength")
+            c["detailer_padding"] = gr.Slider(0, 256, value=defaults.padding, step=4, label="Detailer padding, pixels",
+                                              elem_id=f"{tab}_face_detailer_padding")
+            c["detailer_mask_blur"] = gr.Slider(0, 64, value=defaults.mask_blur, step=1, label="Detailer mask blur",
+                                                elem_id=f"{tab}_face_detailer_mask_blur")
+        with gr.Row():
+            c["detailer_prompt"] = gr.Textbox(label="Detailer prompt", lines=1, elem_id=f"{tab}_face_detailer_prompt",
+                                              placeholder="Leave empty to use the image's prompt")
+            c["detailer_negative_prompt"] = gr.Textbox(label="Detailer negative prompt", lines=1,
+                                                       elem_id=f"{tab}_face_detailer_negative_prompt",
+                                                       placeholder="Leave empty to use the image's negative prompt")
+
+
+def postprocess_job_options(overrides: dict, restore_faces=False, face_restoration_model=None, code_former_weight=None,
+                            detailer_enabled=False, detailer_denoising_strength=0.4, detailer_prompt="",
+                            detailer_negative_prompt="", detailer_padding=32, detailer_mask_blur=4) -> dict:
+    """The ``make_txt2img``/``make_img2img`` keyword arguments of the Faces controls. The restoration model and
+    CodeFormer weight are settings in A1111, so they go into the job's ``overrides``."""
+    from modules import face_detailer
+
+    if restore_faces:
+        if face_restoration_model:
+            overrides["face_restoration_model"] = face_restoration_model
+        if code_former_weight is not None:
+            overrides["code_former_weight"] = float(code_former_weight)
+    detailer = None
+    if detailer_enabled:
+        detailer = face_detailer.FaceDetailerParams(
+            enabled=True, denoising_strength=float(detailer_denoising_strength), prompt=detailer_prompt or "",
+            negative_prompt=detailer_negative_prompt or "", padding=int(detailer_padding), mask_blur=int(detailer_mask_blur))
+    return {"restore_faces": bool(restore_faces), "face_detailer": detailer}

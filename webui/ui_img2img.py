@@ -6,9 +6,10 @@ import gradio as gr
 
 from modules import img2img, images, infotext_utils, processing, shared
 from modules.errors import UserInputError
-from webui.ui_common import (action_buttons, cfg_slider, error_updates, output_panel, override_settings_box,
-                             override_settings_update, prompt_boxes, sampler_controls, seed_controls, size_and_batch,
-                             stream_job, variation_values, wire_generation)
+from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_updates, output_panel,
+                             override_settings_box, override_settings_update, postprocess_controls, postprocess_job_options,
+                             prompt_boxes, sampler_controls, seed_controls, size_and_batch, stream_job, variation_values,
+                             wire_generation)
 
 MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
          "batch": "Batch"}  # tab id -> label
@@ -18,14 +19,15 @@ INPAINT_AREAS = ["Whole picture", "Only masked"]
 PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height", "seed",
                 "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size",
                 "denoising_strength", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
-                "inpaint_full_res_padding", "stochastic_freeze", "initial_noise_multiplier"]
+                "inpaint_full_res_padding", "stochastic_freeze", "initial_noise_multiplier", *POSTPROCESS_FIELDS]
 SEND_FIELDS = ["prompt", "negative_prompt", "steps", "seed", "width", "height"]  # what "Send to" from a gallery copies
 GENERATE_INPUTS = ["mode", "prompt", "negative_prompt", "styles", "init_image", "sketch", "inpaint_editor", "upload_image",
                    "upload_mask", "batch_input", "batch_output", "batch_mask", "resize_mode", "sampler_name", "scheduler",
                    "steps", "cfg_scale", "width", "height", "seed", "use_variation", "subseed", "subseed_strength",
                    "seed_resize_from_w", "seed_resize_from_h", "batch_count", "batch_size", "denoising_strength",
                    "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
-                   "stochastic_freeze", "color_correction", "initial_noise_multiplier", "override_settings"]
+                   "stochastic_freeze", "color_correction", "initial_noise_multiplier", "override_settings",
+                   *POSTPROCESS_FIELDS]
 
 
 def _radio_labels(values: dict) -> dict:
@@ -110,10 +112,12 @@ def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_
              batch_input, batch_output, batch_mask, resize_mode, sampler_name, scheduler, steps, cfg_scale, width, height,
              seed, use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count,
              batch_size, denoising_strength, mask_blur, inpainting_mask_invert, inpainting_fill, inpaint_full_res,
-             inpaint_full_res_padding, stochastic_freeze, color_correction, initial_noise_multiplier, override_settings):
+             inpaint_full_res_padding, stochastic_freeze, color_correction, initial_noise_multiplier, override_settings,
+             *postprocess):
     """Submit an img2img job (or a folder batch) and stream its progress, as txt2img's Generate."""
     try:
         overrides = infotext_utils.override_settings_from_labels(override_settings)
+        faces = postprocess_job_options(overrides, *postprocess)
         if color_correction:
             overrides["img2img_color_correction"] = True
         batch = mode == "batch"
@@ -129,7 +133,7 @@ def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_
             inpainting_mask_invert=inpainting_mask_invert, inpainting_fill=inpainting_fill,
             inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=inpaint_full_res_padding,
             initial_noise_multiplier=float(initial_noise_multiplier), stochastic_freeze=stochastic_freeze,
-            override_settings=overrides, validate=not batch)
+            override_settings=overrides, validate=not batch, **faces)
         if batch:
             for folder, what in ((batch_input, "input folder"), (batch_mask, "mask folder"), (batch_output, "output folder")):
                 if (folder or "").strip() or what == "input folder":
@@ -212,6 +216,7 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
                                                     elem_id="img2img_color_correction")
                 c["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=1.0, step=0.01, label="Initial noise multiplier",
                                                           elem_id="img2img_initial_noise_multiplier")
+            postprocess_controls("img2img", c)
             c["override_settings"] = override_settings_box("img2img")
         output_panel("img2img", c)
     return c
