@@ -177,3 +177,39 @@ def noise_image(width: int, height: int, seed: int = 0):
     from PIL import Image
 
     return Image.fromarray((np.random.RandomState(seed).rand(height, width, 3) * 255).astype("uint8"))
+
+
+@pytest.fixture()
+def model_dirs(data_dir, tmp_path, monkeypatch):
+    """Empty ESRGAN, RealESRGAN, Codeformer and GFPGAN folders for one test (through the A1111 path flags)."""
+    from modules import shared
+
+    folders = {}
+    for flag, name in (("esrgan_models_path", "ESRGAN"), ("realesrgan_models_path", "RealESRGAN"),
+                       ("codeformer_models_path", "Codeformer"), ("gfpgan_models_path", "GFPGAN")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        monkeypatch.setattr(shared.cmd_opts, flag, str(folders[name]), raising=False)
+    saved = dict(shared.opts.data)
+    yield folders
+    shared.opts.data.clear()
+    shared.opts.data.update(saved)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture()
+def fake_face(monkeypatch):
+    """Every image has one face, at (16, 16) size 24x24 with eyes at the usual places."""
+    import numpy as np
+
+    from modules import face_detection
+
+    face = face_detection.Face((16, 16, 24, 24), np.array([[23.2, 25.1], [32.8, 25.1]], np.float32))
+    monkeypatch.setattr(face_detection, "detect", lambda image, min_size=32: [face])
+    return face

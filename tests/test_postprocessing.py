@@ -14,36 +14,6 @@ from tests import weights
 from tests.conftest import ROOT, pixels, txt2img
 
 
-@pytest.fixture()
-def model_dirs(data_dir, tmp_path, monkeypatch):
-    """Empty ESRGAN, RealESRGAN, Codeformer and GFPGAN folders for one test (through the A1111 path flags)."""
-    from modules import shared
-
-    folders = {}
-    for flag, name in (("esrgan_models_path", "ESRGAN"), ("realesrgan_models_path", "RealESRGAN"),
-                       ("codeformer_models_path", "Codeformer"), ("gfpgan_models_path", "GFPGAN")):
-        folders[name] = tmp_path / name
-        folders[name].mkdir()
-        monkeypatch.setattr(shared.cmd_opts, flag, str(folders[name]), raising=False)
-    saved = dict(shared.opts.data)
-    yield folders
-    shared.opts.data.clear()
-    shared.opts.data.update(saved)
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    from skimage import data
-
-    return data.astronaut()
-
-
-def _tensor(image: Image.Image):
-    import torch
-
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-
-
 LAYOUTS = [
     ("RealESRGAN", "RealESRGAN_x4plus.pth", "R-ESRGAN 4x+", dict(layout="basicsr"), 4),
     ("RealESRGAN", "RealESRGAN_x2plus.pth", "R-ESRGAN 2x+", dict(layout="basicsr", unshuffle=2), 2),
@@ -267,16 +237,6 @@ def test_missing_face_model_is_a_clear_error(model_dirs):
     assert face_restoration.face_restorers() == []
     with pytest.raises(UserInputError, match="codeformer.pth"):
         face_restoration.restore_faces(np.zeros((64, 64, 3), np.uint8), "CodeFormer")
-
-
-@pytest.fixture()
-def fake_face(monkeypatch):
-    """Every image has one face, at (16, 16) size 24x24 with eyes at the usual places."""
-    from modules import face_detection
-
-    face = face_detection.Face((16, 16, 24, 24), np.array([[23.2, 25.1], [32.8, 25.1]], np.float32))
-    monkeypatch.setattr(face_detection, "detect", lambda image, min_size=32: [face])
-    return face
 
 
 def test_restore_faces_in_txt2img_after_decode_with_infotext(tiny_model, model_dirs, fake_face):

@@ -9,7 +9,6 @@ from PIL import Image, PngImagePlugin
 
 from tests import weights
 from tests.conftest import pixels
-from tests.test_postprocessing import fake_face, model_dirs  # noqa: F401  (fixtures)
 from webui import ui, ui_extras, ui_img2img
 from webui.ui_common import POSTPROCESS_FIELDS
 
