@@ -88,6 +88,22 @@ def test_tiled_upscale_matches_whole_image_away_from_seams(model_dirs):
     assert np.abs(whole - tiled).max() > 1  # the seams themselves do differ: tiling really happened
 
 
+def test_overlapping_tiles_are_averaged_exactly():
+    import torch
+
+    from modules import esrgan_model
+
+    class NearestX2(torch.nn.Module):  # position-independent, so every tiling must give the whole-image result
+        scale = 2
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+    image = Image.fromarray((np.random.RandomState(4).rand(50, 70, 3) * 255).astype(np.uint8))
+    tiled = esrgan_model.tiled_upscale(NearestX2(), image, tile=32, overlap=12)
+    assert np.array_equal(pixels(tiled), pixels(image.resize((140, 100), Image.NEAREST)))
+
+
 def test_tile_settings_are_read_from_the_options(model_dirs):
     from modules import upscaler
     from modules.shared import opts
@@ -325,7 +341,7 @@ def test_extras_bad_parameters_are_named(data_dir, model_dirs):
 
 # ---------------------------------------------------------------- face detailer
 
-def test_face_detailer_rerenders_only_the_face_at_full_resolution(tiny_model, fake_face):
+def test_face_detailer_rerenders_only_the_face_at_full_resolution(tiny_model, fake_face, monkeypatch):
     from modules import face_detailer, infotext_utils, processing
     from modules.shared import state
     from tests.conftest import DenoiserCalls
@@ -338,12 +354,25 @@ def test_face_detailer_rerenders_only_the_face_at_full_resolution(tiny_model, fa
         with DenoiserCalls() as calls:
             return processing.process_images(p), calls.calls
 
+    nested = []
+    inner = processing.process_images_inner
+
+    def record(job):
+        result = inner(job)
+        nested.append(job)
+        return result
+
+    monkeypatch.setattr(processing, "process_images_inner", record)
     plain, _ = run(None)
     detailed, calls = run(face_detailer.FaceDetailerParams(enabled=True, denoising_strength=0.5, prompt="a detailed face",
                                                            padding=8, mask_blur=2))
     shapes = {tuple(c.x.shape[-2:]) for c in calls}
     assert shapes == {(8, 8)}  # the face crop (24 px + padding) is rendered at the job's 64x64, not at its own size
     assert len(calls) > 4  # the txt2img steps plus the detailer's img2img steps
+    detail_job = next(job for job in nested if job.nested_job)
+    assert detail_job.nested_job and detail_job.inpaint_full_res and detail_job.paste_to is not None
+    _, _, crop_w, crop_h = detail_job.paste_to  # the face box grown by 10% and padded by 8 px: 44 px, drawn at 64
+    assert crop_w < 64 and crop_h < 64 and detail_job.seed == plain.seed
     diff = np.abs(pixels(plain.images[0]) - pixels(detailed.images[0])).max(axis=2)
     x, y, w, h = fake_face.box
     assert diff[y:y + h, x:x + w].mean() > 5
