@@ -104,6 +104,28 @@ def test_overlapping_tiles_are_averaged_exactly():
     assert np.array_equal(pixels(tiled), pixels(image.resize((140, 100), Image.NEAREST)))
 
 
+def test_an_interrupt_between_tiles_ends_the_upscale_with_a_plain_resize(model_dirs):
+    from modules import esrgan_model
+    from modules.shared import state
+
+    calls = []
+
+    def interrupt_after_the_first_tile(module, args, out):
+        calls.append(1)
+        state.interrupt()
+
+    network = weights.rrdbnet()
+    network.register_forward_hook(interrupt_after_the_first_tile)
+    image = Image.fromarray((np.random.RandomState(5).rand(40, 40, 3) * 255).astype(np.uint8))
+    state.begin("test")
+    try:
+        result = esrgan_model.tiled_upscale(network, image, tile=16, overlap=4)
+    finally:
+        state.begin("test")
+    assert len(calls) == 1 and result.size == (160, 160)
+    assert np.array_equal(pixels(result), pixels(image.resize((160, 160), Image.LANCZOS)))
+
+
 def test_tile_settings_are_read_from_the_options(model_dirs):
     from modules import upscaler
     from modules.shared import opts
