@@ -194,3 +194,39 @@ def test_paint_a_mask_in_the_inpaint_editor_and_get_an_image_back(server):
         diff = np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - np.asarray(source, dtype=np.int16))
     assert diff[:, :24].max() <= 2  # far from the stroke: the input's pixels
     assert diff[:, 60:].mean() > 20  # under the stroke: repainted
+
+
+def test_extras_tab_upscales_an_uploaded_png_and_keeps_its_infotext(server):
+    from PIL import Image, PngImagePlugin
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import noise_image
+
+    url, data_dir = server
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a lighthouse\nSteps: 9, Seed: 77")
+    noise_image(48, 32).save(data_dir / "source.png", pnginfo=info)
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#txt2img_generate")
+        page.get_by_role("tab", name="Extras").first.click()
+        page.wait_for_selector("#extras_image")
+        page.locator("#extras_image input[type=file]").set_input_files(str(data_dir / "source.png"))
+        page.wait_for_selector("#extras_image img")
+        _set_number(page, "extras_upscaling_resize", 2)
+        page.locator("#extras_upscaler_1 input").click()
+        page.get_by_role("option", name="Lanczos", exact=True).click()
+        page.click("#extras_generate")
+        page.wait_for_selector("#extras_gallery img", timeout=120_000)
+        page.wait_for_function("document.querySelector('#html_info_extras').innerText.includes('Lanczos')", timeout=30_000)
+        text = page.locator("#html_info_extras").inner_text()
+        body = page.request.get(page.locator("#extras_gallery img").first.get_attribute("src")).body()
+        browser.close()
+    assert text.strip() == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    with Image.open(io.BytesIO(body)) as image:
+        assert image.size == (96, 64)
+        assert image.info["parameters"] == "a lighthouse\nSteps: 9, Seed: 77"
+        assert image.info["extras"] == text.strip()
+    assert len(list((data_dir / "outputs" / "extras-images").glob("*.png"))) == 1
