@@ -6,6 +6,7 @@ Inference is tiled (``ESRGAN_tile``, ``ESRGAN_tile_overlap``) so large images fi
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from PIL import Image
@@ -89,8 +90,6 @@ class UpscalerESRGAN(Upscaler):
 
 def _scale_from_name(filename: str, default: int = 4) -> int:
     """A listing shows a scale before the network is loaded; files named like ``x2``/``2x`` say theirs."""
-    import re
-
     match = re.search(r"(?:^|[^0-9a-z])(?:x(\d)|(\d)x)(?:[^0-9a-z]|plus|$)", filename.lower())
     return int(match.group(1) or match.group(2)) if match else default
 

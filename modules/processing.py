@@ -802,6 +802,10 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.outpath_samples = p.outpath_samples or _output_dir(kind, grid=False)
     p.outpath_grids = p.outpath_grids or _output_dir(kind, grid=True)
     p.restore_faces = bool(p.restore_faces if p.restore_faces is not None else opts.face_restoration)
+    if p.restore_faces:  # a missing model is reported before anything is generated, not after
+        from modules import face_restoration
+
+        face_restoration.find(opts.face_restoration_model)
     p.tiling = bool(p.tiling if p.tiling is not None else opts.tiling)
 
     seed = get_fixed_seed(p.seed)

@@ -268,6 +268,15 @@ def test_loaded_face_networks_match_the_saved_ones(model_dirs):
         assert out.shape == (1, 3, 512, 512) and torch.allclose(out, gfpgan(face), atol=1e-5)
 
 
+def test_restore_faces_without_weights_fails_before_generating(tiny_model, model_dirs):
+    from modules.errors import UserInputError
+    from tests.conftest import DenoiserCalls
+
+    with DenoiserCalls() as calls, pytest.raises(UserInputError, match="Face restoration model 'CodeFormer' is not available"):
+        txt2img(restore_faces=True)
+    assert calls.calls == []
+
+
 def test_missing_face_model_is_a_clear_error(model_dirs):
     from modules import face_restoration
     from modules.errors import UserInputError
