@@ -317,7 +317,61 @@ def image_grid(imgs: list[Image.Image], batch_size: int = 1, rows: int | None = 
     return grid
 
 
-Grid = namedtuple("Grid", ["tiles", "tile_w", "tile_h", "image_w", "image_h", "overlap"])
+class Grid(namedtuple("Grid", ["tiles", "tile_w", "tile_h", "image_w", "image_h", "overlap"])):
+    """Tiles of an image: ``tiles = [[y, h, [[x, w, tile_image], ...]], ...]`` (A1111's layout)."""
+
+    @property
+    def tile_count(self) -> int:
+        return sum(len(row) for _, _, row in self.tiles)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread starts of tiles that cover ``length`` with at least ``overlap`` pixels shared."""
+    count = max(math.ceil((length - overlap) / (tile - overlap)), 1)
+    step = (length - tile) / (count - 1) if count > 1 else 0
+    return [max(min(int(i * step), length - tile), 0) for i in range(count)]
+
+
+def split_grid(image: Image.Image, tile_w: int = 512, tile_h: int = 512, overlap: int = 64) -> Grid:
+    """Cut ``image`` into overlapping ``tile_w`` x ``tile_h`` crops (SD upscale, GOBIG)."""
+    if not 0 <= overlap < min(tile_w, tile_h):
+        raise ValueError(f"overlap {overlap} must be smaller than the tile size {tile_w}x{tile_h}")
+    width, height = image.size
+    tiles = []
+    for y in _tile_starts(height, tile_h, overlap):
+        row = [[x, tile_w, image.crop((x, y, x + tile_w, y + tile_h))] for x in _tile_starts(width, tile_w, overlap)]
+        tiles.append([y, tile_h, row])
+    return Grid(tiles, tile_w, tile_h, width, height, overlap)
+
+
+def _ramp(width: int, height: int, overlap: int, horizontal: bool) -> Image.Image:
+    """An "L" mask rising linearly from 0 to 255 across ``overlap`` pixels."""
+    import numpy as np
+
+    ramp = (np.arange(overlap, dtype=np.float32) * 255 / overlap).astype(np.uint8)
+    return Image.fromarray(np.tile(ramp, (height, 1)) if horizontal else np.tile(ramp[:, None], (1, width)), "L")
+
+
+def combine_grid(grid: Grid) -> Image.Image:
+    """Reassemble (processed) tiles: each tile's first ``overlap`` columns, then each row's first ``overlap``
+    rows, are blended over what is already there through a linear ramp; the rest is pasted opaque."""
+    overlap = grid.overlap
+    combined = Image.new("RGB", (grid.image_w, grid.image_h))
+    for y, h, row in grid.tiles:
+        strip = Image.new("RGB", (grid.image_w, h))
+        for x, w, tile in row:
+            if x == 0 or overlap == 0:
+                strip.paste(tile, (x, 0))
+                continue
+            strip.paste(tile.crop((0, 0, overlap, h)), (x, 0), mask=_ramp(overlap, h, overlap, horizontal=True))
+            strip.paste(tile.crop((overlap, 0, w, h)), (x + overlap, 0))
+        if y == 0 or overlap == 0:
+            combined.paste(strip, (0, y))
+            continue
+        combined.paste(strip.crop((0, 0, grid.image_w, overlap)), (0, y),
+                       mask=_ramp(grid.image_w, overlap, overlap, horizontal=False))
+        combined.paste(strip.crop((0, overlap, grid.image_w, h)), (0, y + overlap))
+    return combined
 
 
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]

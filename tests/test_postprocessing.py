@@ -427,3 +427,30 @@ def test_nothing_pulls_in_torchvision():
             "assert 'basicsr' not in sys.modules and 'facexlib' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- images.split_grid / combine_grid (SD upscale, GOBIG)
+
+def test_split_grid_spreads_tiles_evenly_and_combine_restores_the_image():
+    from modules import images
+
+    source = Image.fromarray((np.random.RandomState(6).rand(700, 1000, 3) * 255).astype(np.uint8))
+    grid = images.split_grid(source, 512, 512, 64)
+    assert [x for x, _, _ in grid.tiles[0][2]] == [0, 244, 488]  # ceil(936/448) = 3 columns
+    assert [y for y, _, _ in grid.tiles] == [0, 188]
+    assert grid.tile_count == 6 and all(tile.size == (512, 512) for _, _, row in grid.tiles for _, _, tile in row)
+    assert np.array_equal(pixels(images.combine_grid(grid)), pixels(source))
+
+
+def test_combine_grid_blends_the_overlap_with_a_linear_ramp():
+    from modules import images
+
+    grid = images.split_grid(Image.new("RGB", (200, 100)), 128, 100, 56)
+    assert [x for x, _, _ in grid.tiles[0][2]] == [0, 72]
+    row = grid.tiles[0][2]
+    row[0][2] = Image.new("RGB", (128, 100), (0, 0, 0))
+    row[1][2] = Image.new("RGB", (128, 100), (255, 255, 255))
+    combined = pixels(images.combine_grid(grid))[50, :, 0]
+    assert (combined[:72] == 0).all() and (combined[128:] == 255).all()
+    ramp = combined[72:128]
+    assert ramp[0] == 0 and (np.diff(ramp) >= 0).all() and abs(int(ramp[28]) - 127) <= 3
