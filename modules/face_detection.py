@@ -6,6 +6,7 @@ used instead; it also gives the nose and mouth corners.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ def detect(image: np.ndarray, min_size: int = 32) -> list[Face]:
     return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
 
 
+@functools.lru_cache(maxsize=None)
 def _cascade(name: str):
     import cv2
 
@@ -66,11 +68,19 @@ def _eyes(gray: np.ndarray, cascade, x: int, y: int, w: int, h: int) -> np.ndarr
     return np.array([[x + px, y + py] for px, py in pair], dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=2)
+def _yunet(model_path: str, threshold: float):
+    import cv2
+
+    return cv2.FaceDetectorYN.create(model_path, "", (320, 320), threshold)
+
+
 def _detect_yunet(image: np.ndarray, model_path: str, threshold: float = 0.7) -> list[Face]:
     import cv2
 
     height, width = image.shape[:2]
-    detector = cv2.FaceDetectorYN.create(model_path, "", (width, height), threshold)
+    detector = _yunet(model_path, threshold)
+    detector.setInputSize((width, height))
     _, rows = detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return [face_from_yunet_row(row) for row in (rows if rows is not None else [])]
 

@@ -115,16 +115,19 @@ class NetworkFaceRestoration(FaceRestoration):
         return network(face)
 
     def load(self) -> Any:
+        """The network on ``devices.device`` (built on first use; moved back after ``unload``)."""
+        from modules import devices
+
         if self.network is None:
-            from modules import devices, model_files
+            from modules import model_files
 
             if not os.path.exists(self.path):
                 if not model_catalog.downloads_enabled():
                     raise UserInputError(f"{self.name()}: weights {self.path} are missing; "
                                          f"download {self.official.url} and save it there")
                 model_catalog.download(self.official)
-            self.network = self.build(model_files.read_state_dict(self.path)).to(devices.device)
-        return self.network
+            self.network = self.build(model_files.read_state_dict(self.path))
+        return self.network.to(devices.device)
 
     def restore_face(self, face: np.ndarray) -> np.ndarray:
         import torch

@@ -85,6 +85,8 @@ def _upscale(image: Image.Image, params: ExtrasParams, info: dict[str, Any]) -> 
 def _restore(image: Image.Image, params: ExtrasParams, info: dict[str, Any]) -> Image.Image:
     from modules import face_restoration
 
+    if params.gfpgan_visibility <= 0 and params.codeformer_visibility <= 0:
+        return image
     rgb = image.convert("RGB")
     if params.gfpgan_visibility > 0:
         restored = Image.fromarray(face_restoration.find("GFPGAN").restore(np.asarray(rgb)))
@@ -96,7 +98,7 @@ def _restore(image: Image.Image, params: ExtrasParams, info: dict[str, Any]) -> 
         rgb = Image.blend(rgb, restored, params.codeformer_visibility)
         info["CodeFormer visibility"] = round(params.codeformer_visibility, 3)
         info["CodeFormer weight"] = round(params.codeformer_weight, 3)
-    return rgb if info.keys() & {"GFPGAN visibility", "CodeFormer visibility"} else image
+    return rgb
 
 
 def process_image(image: Image.Image, params: ExtrasParams) -> tuple[Image.Image, str]:

@@ -64,6 +64,15 @@ def _browser(playwright):
         "--no-first-run", "--disable-sync"])
 
 
+def _open_page(pw, url: str):
+    """A 1400x1000 Chromium page on ``url``, once the UI has rendered. Returns (browser, page)."""
+    browser = _browser(pw)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#txt2img_generate")
+    return browser, page
+
+
 def _set_number(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -151,10 +160,7 @@ def test_paint_a_mask_in_the_inpaint_editor_and_get_an_image_back(server):
     source = noise_image(64, 64)
     source.save(data_dir / "source.png")
     with sync_playwright() as pw:
-        browser = _browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("#txt2img_generate")
+        browser, page = _open_page(pw, url)
         page.get_by_role("tab", name="img2img").first.click()
         page.get_by_role("tab", name="Inpaint", exact=True).click()
         editor = page.locator("#img2maskimg")
@@ -207,10 +213,7 @@ def test_extras_tab_upscales_an_uploaded_png_and_keeps_its_infotext(server):
     info.add_text("parameters", "a lighthouse\nSteps: 9, Seed: 77")
     noise_image(48, 32).save(data_dir / "source.png", pnginfo=info)
     with sync_playwright() as pw:
-        browser = _browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("#txt2img_generate")
+        browser, page = _open_page(pw, url)
         page.get_by_role("tab", name="Extras").first.click()
         page.wait_for_selector("#extras_image")
         page.locator("#extras_image input[type=file]").set_input_files(str(data_dir / "source.png"))

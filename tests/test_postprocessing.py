@@ -246,7 +246,6 @@ def test_restoring_faces_changes_only_the_face_region(model_dirs, astronaut, nam
     assert not outside.any()
     face = changed[top:bottom, left:right]
     assert face.mean() > 0.3  # most of the aligned square is repainted
-    # the feathered edge: the blend mask rises gradually (a row crossing the square has intermediate values)
     assert restored.shape == astronaut.shape and restored.dtype == np.uint8
 
 

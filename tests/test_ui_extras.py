@@ -9,6 +9,7 @@ from PIL import Image, PngImagePlugin
 
 from tests import weights
 from tests.conftest import pixels
+from tests.test_ui_handlers import _args as _txt2img_args
 from webui import ui, ui_extras, ui_img2img
 from webui.ui_common import POSTPROCESS_FIELDS
 
@@ -78,14 +79,6 @@ def test_model_upscalers_appear_in_the_lists_and_missing_weights_are_explained(d
     first, second, hint = ui_extras.refresh_lists()
     assert first["choices"][-1] == "R-ESRGAN 4x+" and "R-ESRGAN 4x+:" not in hint
     assert "R-ESRGAN 4x+" in ui.hires_upscaler_names()
-
-
-def _txt2img_args(**overrides):
-    values = dict(prompt="a face", negative_prompt="", sampler_name="Euler", scheduler="Automatic", steps=3,
-                  cfg_scale=7, width=64, height=64, seed=42, use_variation=False, subseed=-1, subseed_strength=0,
-                  seed_resize_from_w=0, seed_resize_from_h=0, batch_count=1, batch_size=1, styles=[])
-    values.update(overrides)
-    return list(values.values())
 
 
 def _faces(**overrides):

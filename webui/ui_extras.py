@@ -31,9 +31,7 @@ def weights_hint() -> str:
 def _open(path: str) -> tuple:
     with images.read(path) as opened:
         opened.load()
-        picture = opened.copy()
-    picture.info = dict(opened.info)
-    return picture, os.path.basename(path)
+        return opened.copy(), os.path.basename(path)
 
 
 def _sources(source: str, image: str | None, files, input_dir: str) -> list[tuple]:
