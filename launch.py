@@ -15,6 +15,9 @@ import time
 import venv
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+from modules.launch_utils import git_clone, is_installed, run, run_pip  # noqa: E402,F401  (extension install.py files call these)
+
 VENV_DIR = os.environ.get("venv_dir") or os.path.join(ROOT, "venv")
 CONSTRAINTS = os.path.join(ROOT, "constraints.txt")
 REQUIREMENTS = os.path.join(ROOT, "requirements.txt")
@@ -88,11 +91,18 @@ def main(argv: list[str]) -> int:
     if "--exit" in launch_args:
         print(f"Requirements ready ({time.time() - started:.1f}s).")
         return 0
-    sys.path.insert(0, ROOT)
     from webui.server import main as serve
 
     serve(launch_args)
     return 0
+
+
+def __getattr__(name: str):
+    if name == "args":  # launch.args, read by extension install.py files
+        from modules import launch_utils
+
+        return launch_utils.args
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,19 @@ def make_parser() -> argparse.ArgumentParser:
     add("--no-prompt-history", action="store_true", help="do not write params.txt")
     add("--no-hashing", action="store_true", help="do not compute checkpoint sha256 (titles and infotext lack the hash)")
     add("--filenames-max-length", type=int, default=128, help="cap on each file name part")
+    add("--disable-extensions", "--disable-all-extensions", dest="disable_extensions", action="store_true",
+        help="safe mode: start with no extension at all, built-in ones included")
+    add("--disable-extra-extensions", action="store_true", help="start with only the built-in extensions")
     add("--unix-filenames-sanitization", action="store_true", help="only replace / in file names")
     return parser
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags; unknown flags are an error (argparse prints which one and exits with status 2)."""
-    opts = make_parser().parse_args(argv)
+def parse(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
+          known_only: bool = False) -> argparse.Namespace:
+    """Parse flags; unknown flags are an error (argparse prints which one and exits with status 2) unless
+    ``known_only`` (the early parse that finds the data dir before extensions add their flags)."""
+    parser = parser or make_parser()
+    opts = parser.parse_known_args(argv)[0] if known_only else parser.parse_args(argv)
     if opts.no_half:
         opts.precision = "full"
     if opts.skip_prepare_environment:

@@ -116,7 +116,7 @@ def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_di
             job.override_settings.update(save_to_dirs=False, save_images_add_number=several,
                                          samples_filename_pattern=os.path.splitext(os.path.basename(path))[0])
         job.do_not_save_grid = True
-        processed = processing.process_images(job)
+        processed = processing.process_with_scripts(job)
         outputs += processed.images[processed.index_of_first_image:]
         infotexts += processed.infotexts[processed.index_of_first_image:]
         seeds.append(processed.seed)
@@ -128,4 +128,4 @@ def process_batch(p: StableDiffusionProcessingImg2Img, input_dir: str, output_di
 
 
 def run(p: StableDiffusionProcessingImg2Img) -> processing.Processed:
-    return processing.process_images(p)
+    return processing.process_with_scripts(p)

@@ -8,6 +8,8 @@ from typing import Any
 
 from modules import devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling, shared, upscaler
 from modules.errors import UserInputError
+from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
+                             PostSampleArgs)
 from modules.shared import opts, state
 from modules.version import infotext_version
 
@@ -246,7 +248,25 @@ class StableDiffusionProcessing:
         return sampling.SamplingRun(
             model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=float(self.cfg_scale), steps=steps,
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
-            should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, **img2img)
+            should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
+            **img2img)
+
+    def _mask_blend_hook(self):
+        """The scripts' ``on_mask_blend`` as the sampler's blend callback (None without scripts)."""
+        if self.scripts is None:
+            return None
+
+        def blend(current, nmask, init_latent, mask, blended, sigma, final: bool):
+            args = MaskBlendArgs(current, nmask, init_latent, mask, blended, None if final else self.model, sigma)
+            self.scripts.on_mask_blend(self, args)
+            return args.blended_latent
+
+        return blend
+
+    def before_sampling(self, x, noise, c, uc) -> None:
+        """The scripts' ``process_before_every_sampling`` (twice with hires fix)."""
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(self, x=x, noise=noise, c=c, uc=uc)
 
     def txt2img_image_conditioning(self, x, width: int | None = None, height: int | None = None):
         """The extra UNet input of a 9-channel inpainting model when there is no init image (all masked,
@@ -398,6 +418,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         noise = self.rng.first()
+        self.before_sampling(noise, noise, conditioning, unconditional_conditioning)
         run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, self.steps,
                                 self.steps, image_conditioning=self.txt2img_image_conditioning(noise))
         latents, completed = sampling.sample(run, noise)
@@ -413,6 +434,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
         model = self.model
         self.is_hr_pass = True
+        if self.scripts is not None:
+            self.scripts.before_hr(self)
         target_w, target_h = self.hr_upscale_to_x, self.hr_upscale_to_y
         latent_mode = shared.latent_upscale_modes.get(self.hr_upscaler)
         if latent_mode is not None:
@@ -432,6 +455,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         schedule_steps, run_steps = img2img_steps(hr_steps, self.denoising_strength, fix_steps=True)
         self.setup_hr_conds(sampler_name, hr_steps)
         _, _, h, w = samples.shape
+        self.before_sampling(samples, noise, self.hr_c, self.hr_uc)
         run = self.sampling_run(self.hr_c, self.hr_uc, sampler_name, self.hr_scheduler or self.scheduler,
                                 max(schedule_steps, 1), hr_steps, init_latent=samples, denoise_steps=run_steps,
                                 image_conditioning=self.txt2img_image_conditioning(samples, w * opt_f, h * opt_f))
@@ -625,6 +649,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
             noise = noise * self.initial_noise_multiplier
         steps, denoise_steps = img2img_steps(self.steps, self.denoising_strength, bool(opts.img2img_fix_steps))
+        self.before_sampling(self.init_latent, noise, conditioning, unconditional_conditioning)
         run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, max(steps, 1),
                                 denoise_steps, init_latent=self.init_latent, denoise_steps=denoise_steps,
                                 mask=self.mask, nmask=self.nmask, image_conditioning=self.image_conditioning)
@@ -761,11 +786,18 @@ def _output_dir(kind: str, grid: bool) -> str:
 
 
 def _to_pil(batch) -> list:
+    """Decoded images (a (B, 3, H, W) tensor in 0..1, or a list of (3, H, W) tensors or PIL images) -> PIL."""
     import numpy as np
     from PIL import Image
 
-    array = (batch.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a) for a in array]
+    result = []
+    for item in batch:
+        if isinstance(item, Image.Image):
+            result.append(item)
+            continue
+        array = (item.permute(1, 2, 0).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        result.append(Image.fromarray(array))
+    return result
 
 
 def _from_pil(pictures: list):
@@ -777,8 +809,16 @@ def _from_pil(pictures: list):
     return torch.from_numpy(array).permute(0, 3, 1, 2)
 
 
+def process_with_scripts(p: StableDiffusionProcessing) -> Processed:
+    """The selected script's ``run`` when ``p`` has one selected, else ``process_images``."""
+    processed = p.scripts.run(p, *p.script_args) if p.scripts is not None else None
+    return processed if processed is not None else process_images(p)
+
+
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """Apply ``override_settings``, make sure the right model is loaded, then run the generation."""
+    if p.scripts is not None:
+        p.scripts.before_process(p)
     stored = {k: getattr(opts, k) for k in p.override_settings if k in opts.data_labels}
     try:
         for key, value in p.override_settings.items():
@@ -820,6 +860,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         p.extra_generation_params["Stochastic freeze"] = True
     if p.face_detailer is not None and p.face_detailer.enabled:
         p.extra_generation_params.update(p.face_detailer.infotext_params())
+    if p.scripts is not None:
+        p.scripts.process(p)
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
     if state.job_count == -1 and not p.nested_job:
         state.job_count = p.n_iter
@@ -850,8 +892,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             index_of_first_image = 1
     if devices.device.type == "cuda":
         devices.torch_gc()
-    return Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "", p.all_subseeds[0],
-                     index_of_first_image=index_of_first_image, infotexts=infotexts)
+    processed = Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "", p.all_subseeds[0],
+                          index_of_first_image=index_of_first_image, infotexts=infotexts)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, processed)
+    return processed
 
 
 def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list, infotexts: list) -> bool:
@@ -866,15 +911,31 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
     latent_shape = (opt_C, p.height // opt_f, p.width // opt_f)
     p.rng = rng.ImageRNG(latent_shape, p.seeds, p.subseeds, p.subseed_strength, p.seed_resize_from_h,
                          p.seed_resize_from_w, opts.eta_noise_seed_delta)
+    batch_info = dict(batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+    if p.scripts is not None:
+        p.scripts.before_process_batch(p, **batch_info)
     if not p.disable_extra_networks:
         extra_networks.activate(p, p.parse_extra_network_prompts())
+    if p.scripts is not None:
+        batch_info["prompts"] = p.prompts
+        p.scripts.after_extra_networks_activate(p, **batch_info, extra_network_data=p.extra_network_data)
+        p.scripts.process_batch(p, **batch_info)
     p.setup_conds()
     if n == 0 and not _cmd_flag("no_prompt_history") and not p.nested_job:
         _write_params_txt(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
     latents = p.sample(p.c, p.uc, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
     if state.interrupted and state.sampling_step == 0:
         return False
+    if p.scripts is not None:
+        sampled = PostSampleArgs(latents)
+        p.scripts.post_sample(p, sampled)
+        latents = sampled.samples
     decoded = sampling.decode(model, latents)
+    if p.scripts is not None:
+        p.scripts.postprocess_batch(p, decoded, batch_number=n)
+        batch_list = PostprocessBatchListArgs(list(decoded))
+        p.scripts.postprocess_batch_list(p, batch_list, batch_number=n)
+        decoded = batch_list.images
     for i, image in enumerate(_to_pil(decoded)):
         p.batch_index = i
         image = _postprocess_image(p, n * p.batch_size + i, image)
@@ -904,6 +965,10 @@ def _postprocess_image(p: StableDiffusionProcessing, index: int, image):
         from modules import face_detailer
 
         image = face_detailer.detail(p, index, image)
+    if p.scripts is not None:
+        pp = PostprocessImageArgs(image)
+        p.scripts.postprocess_image(p, pp)
+        image = pp.image
     return image
 
 
@@ -916,7 +981,16 @@ def _composite(p: StableDiffusionProcessing, index: int, position: int, image):
         image = masking.apply_color_correction(corrections[position % len(corrections)], image)
     overlays = p.overlay_images
     if overlays:
-        image = masking.apply_overlay(image, p.paste_to, overlays[position % len(overlays)])
+        overlay = overlays[position % len(overlays)]
+        if p.scripts is not None:
+            ppmo = PostprocessMaskOverlayArgs(index, p.mask_for_overlay, overlay)
+            p.scripts.postprocess_maskoverlay(p, ppmo)
+            overlay = ppmo.overlay_image
+        image = masking.apply_overlay(image, p.paste_to, overlay)
+    if p.scripts is not None:
+        pp = PostprocessImageArgs(image)
+        p.scripts.postprocess_image_after_composite(p, pp)
+        image = pp.image
     return image
 
 

@@ -35,6 +35,8 @@ class SamplingRun:
     mask: Any = None  # inpainting: 1 keeps init_latent, blended in after every step (latent size)
     nmask: Any = None  # 1 - mask
     image_conditioning: Any = None  # extra UNet input channels (9-channel inpainting models)
+    # inpainting: (current, nmask, known, mask, blended, timestep, is_final) -> the latents to continue from
+    mask_blend: Callable[..., Any] | None = None
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -83,7 +85,10 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
             if mask is not None:
                 # keep the unmasked area on the init latent's path: noised to the next step's level, clean at the end
                 known = scheduler.add_noise(init_latent, noise, timesteps[i + 1:i + 2]) if i + 1 < total else init_latent
-                latents = known * mask + latents * nmask
+                blended = known * mask + latents * nmask
+                if run.mask_blend is not None:
+                    blended = run.mask_blend(latents, nmask, known, mask, blended, t, i + 1 == total)
+                latents = blended
             if run.on_step is not None:
                 run.on_step(i + 1, total, latents)
     return latents, True

@@ -97,3 +97,8 @@ options_templates.update(options_section(("ui", "Live previews and UI"), {
     "show_progress_type": OptionInfo("Approx cheap", "Live preview method"),
     "tiling": OptionInfo(False, "Tiling"),
 }))
+
+options_templates.update(options_section(("extensions", "Extensions"), {
+    "disabled_extensions": OptionInfo([], "Disabled extensions (folder names)"),
+    "disable_all_extensions": OptionInfo("none", "Disable extensions: none, extra (all but built-in) or all"),
+}))

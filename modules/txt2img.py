@@ -41,4 +41,4 @@ def as_int(value) -> int:
 
 
 def run(p: StableDiffusionProcessingTxt2Img) -> processing.Processed:
-    return processing.process_images(p)
+    return processing.process_with_scripts(p)

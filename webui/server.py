@@ -11,7 +11,7 @@ import secrets
 import socket
 import sys
 
-from modules import cmd_args, devices, job_queue, model_download, paths, sd_models, shared
+from modules import cmd_args, devices, extensions, job_queue, model_download, paths, script_callbacks, scripts, sd_models, shared
 from modules.demo_model import ensure_demo_checkpoint
 
 log = logging.getLogger("webui")
@@ -58,10 +58,33 @@ def prepare_models(opts) -> None:
         log.warning("No checkpoint found: using the random-weight demo model %s", sd_models.checkpoint_tiles())
 
 
+def parse_flags(argv: list[str] | None) -> object:
+    """Find the data dir and its settings from a first parse, let the active extensions' preload.py add their
+    flags, then parse for real (so an unknown flag is still an error)."""
+    parser = cmd_args.make_parser()
+    shared.init(cmd_args.parse(argv, parser, known_only=True))
+    extensions.list_extensions()
+    extensions.run_preload(parser)
+    return cmd_args.parse(argv, parser)
+
+
+def load_extensions(opts) -> None:
+    """Run the active extensions' install.py (unless --skip-install), import their scripts and let them add settings."""
+    if not opts.skip_install:
+        extensions.list_extensions()
+        extensions.run_install_scripts()
+    scripts.load_scripts()
+    script_callbacks.ui_settings_callback()
+    for extension in extensions.extensions:
+        state = "enabled" if extension.enabled else "disabled"
+        problems = f" ({'; '.join(extension.errors)})" if extension.errors else ""
+        log.info("Extension %s: %s, scripts loaded in %.2fs%s", extension.name, state, extension.load_time, problems)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    opts = cmd_args.parse(argv)
+    opts = parse_flags(argv)
     shared.init(opts)
     devices.request(opts.device, opts.precision)
     for folder in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
@@ -75,8 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"This server is reachable from other machines (--listen/--share/--server-name), so it needs a login.\n"
               f"No --gradio-auth was given; generated one for this run: user 'webui', password '{password}'", flush=True)
 
+    load_extensions(opts)
+    from webui import extension_assets
     from webui.ui import create_ui
 
+    script_callbacks.before_ui_callback()
     demo = create_ui()
     shared.demo = demo
     host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
@@ -84,11 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = os.path.join(paths.data_path, "outputs")
     os.makedirs(output_dir, exist_ok=True)
     demo.queue(default_concurrency_limit=None)
-    _, local_url, share_url = demo.launch(
+    app, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=opts.share, auth=credentials or None,
         prevent_thread_lock=True, inbrowser=opts.autolaunch, allowed_paths=[output_dir], quiet=True,
-        footer_links=["api", "settings"],
+        footer_links=["api", "settings"], head=extension_assets.head_html(), css=extension_assets.css(),
     )
+    script_callbacks.app_started_callback(demo, app)
     print(f"Running on local URL: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", flush=True)
     if share_url:
         print(f"Running on public URL: {share_url}", flush=True)

@@ -12,10 +12,11 @@ from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
 from webui import ui_extras, ui_img2img
-from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_html,
+from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider,
+                             error_html,
                              error_updates, infotext_html, output_panel, override_settings_box, override_settings_update,
-                             postprocess_controls, postprocess_job_options, prompt_boxes, sampler_controls, seed_controls,
-                             select_image, size_and_batch, stream_job, update_token_counter, variation_values,
+                             postprocess_controls, postprocess_job_options, prompt_boxes, sampler_controls,
+                             script_controls, seed_controls, select_image, size_and_batch, stream_job, update_token_counter, variation_values,
                              wire_generation)
 
 __all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
@@ -42,12 +43,12 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
              subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count, batch_size, styles=None,
              enable_hr=False, denoising_strength=0.7, hr_scale=2.0, hr_upscaler="Latent", hr_second_pass_steps=0,
              hr_resize_x=0, hr_resize_y=0, hr_sampler_name=HIRES_SAME_SAMPLER, hr_scheduler=HIRES_SAME_SCHEDULER,
-             hr_prompt="", hr_negative_prompt="", override_settings=None, *postprocess):
-    """Submit a txt2img job and stream its progress and live preview until it finishes. ``postprocess``: the
-    values of ``ui_common.POSTPROCESS_FIELDS``."""
+             hr_prompt="", hr_negative_prompt="", override_settings=None, *extra):
+    """Submit a txt2img job and stream its progress and live preview until it finishes. ``extra``: the values of
+    ``ui_common.POSTPROCESS_FIELDS``, then those of the scripts' controls."""
     try:
         overrides = infotext_utils.override_settings_from_labels(override_settings)
-        faces = postprocess_job_options(overrides, *postprocess)
+        faces = postprocess_job_options(overrides, *extra[:len(POSTPROCESS_FIELDS)])
         p = txt2img.make_txt2img(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
                                  *variation_values(use_variation, subseed, subseed_strength, seed_resize_from_w,
                                                    seed_resize_from_h),
@@ -56,6 +57,7 @@ def generate(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
                                  hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y, hr_sampler_name=hr_sampler_name,
                                  hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative_prompt,
                                  override_settings=overrides, **faces)
+        attach_scripts(p, "txt2img", extra)
     except UserInputError as e:
         yield error_updates(str(e))
         return
@@ -330,6 +332,7 @@ def _txt2img_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
             c["cfg_scale"] = cfg_slider("txt2img")
             seed_controls("txt2img", c)
             c["override_settings"] = override_settings_box("txt2img")
+            script_controls("txt2img", c)
         output_panel("txt2img", c, below_gallery=lambda: _send_buttons(c))
     with gr.Accordion("Extra networks", open=False, elem_id="txt2img_extra_networks"):
         with gr.Tab("Lora", elem_id="txt2img_lora_tab"):

@@ -170,9 +170,9 @@ def output_panel(tab: str, c: dict, below_gallery=None) -> None:
 
 def wire_generation(c: dict, generate, input_names: list[str], paste, paste_outputs: list) -> None:
     """The events both generation tabs have: Generate and Ctrl+Enter, Interrupt, Skip, gallery selection,
-    the token counters and the paste button."""
+    the token counters and the paste button. ``generate`` gets the named inputs, then the scripts' controls."""
     outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
-    inputs = [c[name] for name in input_names]
+    inputs = [c[name] for name in input_names] + list(c.get("script_inputs") or [])
     c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
     c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
     c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
@@ -196,6 +196,22 @@ def override_settings_update(params: dict):
 
     labels = infotext_utils.override_settings_labels(infotext_utils.override_settings_from_infotext(params))
     return gr.update(choices=labels, value=labels, visible=bool(labels))
+
+
+def script_controls(tab: str, c: dict) -> None:
+    """The always-on scripts' controls and the Script dropdown with each selectable script's controls."""
+    from modules import scripts
+
+    c["script_inputs"] = scripts.runner_for(tab == "img2img").setup_ui()
+
+
+def attach_scripts(p, tab: str, extra: tuple) -> None:
+    """Give ``p`` its tab's scripts and the values of their controls: what follows the Faces values in
+    ``generate``'s trailing arguments (the defaults when the page sent none)."""
+    from modules import scripts
+
+    script_args = list(extra[len(POSTPROCESS_FIELDS):])
+    scripts.runner_for(tab == "img2img").attach(p, script_args or None)
 
 
 POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_weight", "detailer_enabled",

@@ -6,10 +6,10 @@ import gradio as gr
 
 from modules import img2img, images, infotext_utils, processing, shared
 from modules.errors import UserInputError
-from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_updates, output_panel,
+from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider, error_updates, output_panel,
                              override_settings_box, override_settings_update, postprocess_controls, postprocess_job_options,
-                             prompt_boxes, sampler_controls, seed_controls, size_and_batch, stream_job, variation_values,
-                             wire_generation)
+                             prompt_boxes, sampler_controls, script_controls, seed_controls, size_and_batch, stream_job,
+                             variation_values, wire_generation)
 
 MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
          "batch": "Batch"}  # tab id -> label
@@ -113,11 +113,11 @@ def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_
              seed, use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count,
              batch_size, denoising_strength, mask_blur, inpainting_mask_invert, inpainting_fill, inpaint_full_res,
              inpaint_full_res_padding, stochastic_freeze, color_correction, initial_noise_multiplier, override_settings,
-             *postprocess):
+             *extra):
     """Submit an img2img job (or a folder batch) and stream its progress, as txt2img's Generate."""
     try:
         overrides = infotext_utils.override_settings_from_labels(override_settings)
-        faces = postprocess_job_options(overrides, *postprocess)
+        faces = postprocess_job_options(overrides, *extra[:len(POSTPROCESS_FIELDS)])
         if color_correction:
             overrides["img2img_color_correction"] = True
         batch = mode == "batch"
@@ -134,6 +134,7 @@ def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_
             inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=inpaint_full_res_padding,
             initial_noise_multiplier=float(initial_noise_multiplier), stochastic_freeze=stochastic_freeze,
             override_settings=overrides, validate=not batch, **faces)
+        attach_scripts(p, "img2img", extra)
         if batch:
             for folder, what in ((batch_input, "input folder"), (batch_mask, "mask folder"), (batch_output, "output folder")):
                 if (folder or "").strip() or what == "input folder":
@@ -218,6 +219,7 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
                                                           elem_id="img2img_initial_noise_multiplier")
             postprocess_controls("img2img", c)
             c["override_settings"] = override_settings_box("img2img")
+            script_controls("img2img", c)
         output_panel("img2img", c)
     return c
 
