@@ -1,0 +1,138 @@
+"""The scripts bundled as extensions in extensions-builtin/, run through the Script API on the tiny models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DenoiserCalls, noise_image, pixels
+
+
+@pytest.fixture()
+def runners(data_dir):
+    """The txt2img and img2img runners with the built-in extensions loaded; the registry is reset afterwards."""
+    from modules import extensions, script_callbacks, scripts, shared, upscaler
+
+    saved = dict(shared.opts.data)
+    upscaler.all_upscalers()
+    scripts.load_scripts()
+    yield {"txt2img": scripts.scripts_txt2img, "img2img": scripts.scripts_img2img}
+    shared.opts.data.clear()
+    shared.opts.data.update(saved)
+    script_callbacks.clear_callbacks()
+    extensions.extensions.clear()
+    scripts.scripts_data.clear()
+    scripts.scripts_txt2img = scripts.scripts_img2img = scripts.scripts_current = None
+
+
+def script_module(file_name: str):
+    from modules import scripts
+
+    return next(d.module for d in scripts.scripts_data if d.module.__name__ == file_name)
+
+
+def run_script(runner, p, title: str, args, alwayson=None):
+    from modules import processing
+    from modules.shared import state
+
+    runner.attach(p, runner.build_args(title, args, alwayson))
+    state.begin("test")
+    return processing.process_with_scripts(p)
+
+
+def img2img_job(image, **overrides):
+    from modules import processing
+
+    params = dict(prompt="a cat", seed=5, steps=4, width=64, height=64, sampler_name="Euler", denoising_strength=0.5,
+                  init_images=[image], do_not_save_samples=True, do_not_save_grid=True)
+    params.update(overrides)
+    return processing.StableDiffusionProcessingImg2Img(**params)
+
+
+def test_builtin_scripts_are_listed_on_their_tabs(runners):
+    from modules import extensions
+
+    assert {"gobig", "sd-upscale"} <= {e.name for e in extensions.active() if e.is_builtin}
+    assert "SD upscale" in runners["img2img"].titles and "SD upscale" not in runners["txt2img"].titles
+    assert "GOBIG" in runners["img2img"].titles and "GOBIG" in runners["txt2img"].titles
+
+
+def test_sd_upscale_renders_every_tile_and_joins_them(runners, tiny_model):
+    p = img2img_job(noise_image(64, 64))
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["img2img"], p, "sd upscale", ["", 32, "Lanczos", 2.0])
+    assert [image.size for image in processed.images] == [(128, 128)]
+    # 128 px with 64 px tiles overlapping by 32: 3 x 3 tiles, each rendered with int(0.5 x 4) = 2 steps
+    assert len(calls.calls) == 9 * 2
+    assert "SD upscale overlap: 32, SD upscale upscaler: Lanczos" in processed.info
+    assert p.batch_size == 1 and p.n_iter == 1
+    by_index = run_script(runners["img2img"], img2img_job(noise_image(64, 64)), "SD upscale", ["", 0, 1, 1.5])
+    assert by_index.images[0].size == (96, 96) and "SD upscale upscaler: Lanczos" in by_index.info
+
+
+def test_sd_upscale_rejects_an_overlap_as_large_as_the_tile(runners, tiny_model):
+    from modules.scripts import ScriptError
+
+    with pytest.raises(ScriptError, match="tile overlap must be between 0 and the tile size"):
+        run_script(runners["img2img"], img2img_job(noise_image(64, 64)), "SD upscale", ["", 64, "Lanczos", 2.0])
+    with pytest.raises(ScriptError, match="unknown upscaler 'Bicubic'"):
+        run_script(runners["img2img"], img2img_job(noise_image(64, 64)), "SD upscale", ["", 16, "Bicubic", 2.0])
+
+
+def test_gobig_layout_runs_from_the_outside_in_with_the_centre_last(runners):
+    gobig = script_module("gobig.py")
+    boxes = gobig.tile_layout(2048, 2048, 512, 512, 128)
+    # steps of 512 - 128 = 384 from the centred tile at 768: rings at 384/1152, then 0/1536 (clamped)
+    assert len(boxes) == 25 and boxes[-1] == (768, 768, 1280, 1280)
+    ring2 = {(x, y) for x, y, _, _ in boxes[:16]}
+    assert all(x in (0, 1536) or y in (0, 1536) for x, y in ring2)
+    assert {(x, y) for x, y, _, _ in boxes[16:24]} == {(x, y) for x in (384, 768, 1152) for y in (384, 768, 1152)} - {(768, 768)}
+    covered = np.zeros((2048, 2048), bool)
+    for x0, y0, x1, y1 in boxes:
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    assert gobig.tile_layout(1024, 1024, 512, 512, 128)[-1] == (256, 256, 768, 768)
+
+
+def test_gobig_feathering_leaves_no_seam(runners):
+    gobig = script_module("gobig.py")
+    canvas = Image.new("RGB", (128, 128), (0, 0, 0))
+    boxes = gobig.tile_layout(128, 128, 64, 64, 32)
+    tiles = [(box, Image.new("RGB", (64, 64), (30 * i, 200 - 20 * i, 100))) for i, box in enumerate(boxes)]
+    result = pixels(gobig.paste_tiles(canvas, tiles, 32))
+    # every band between tiles ramps over the overlap: a pixel differs from its neighbour by at most one ramp step
+    # (255/32 per 255 of contrast) of each of the two layers that meet there; pasted hard, tiles differ by >= 30
+    largest_contrast = 30 * (len(boxes) - 1)
+    step = max(abs(np.diff(result, axis=0)).max(), abs(np.diff(result, axis=1)).max())
+    assert step <= 2 * np.ceil(largest_contrast * 8 / 255) < 30
+    # the centre tile is pasted last: at its middle (alpha 248 of 255, as its bands meet there) it is on top
+    assert abs(result[63:65, 63:65] - (30 * 8, 200 - 160, 100)).max() <= 8
+    corner = next(tile for box, tile in tiles if box[:2] == (0, 0))
+    assert (result[0, 0] == corner.getpixel((0, 0))).all()  # edges on the canvas border are not feathered
+    mask = np.asarray(gobig.feather_mask((256, 0, 768, 512), 1024, 1024, 128))
+    assert mask[200, 0] == 0 and mask[200, 10] == 40 and mask[200, 63] == 252 and mask[200, 64] == 255  # 4 per pixel
+    assert mask[0, 200] == 255 and mask[511, 200] == 0  # top edge on the border: opaque; bottom edge inside: feathered
+
+
+def test_gobig_on_a_txt2img_result_doubles_it_through_nine_tiles(runners, tiny_model):
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=9, steps=4, width=64, height=64,
+                                                    sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["txt2img"], p, "gobig", ["Lanczos", 0.5, 32, 1, 0])
+    assert [image.size for image in processed.images] == [(128, 128)]
+    assert len(calls.calls) == 4 + 9 * 2  # the txt2img image, then 9 tiles of int(0.5 x 4) steps
+    assert "GOBIG upscaler: Lanczos, GOBIG overlap: 32, GOBIG tiles: 9, GOBIG passes: 1" in processed.infotexts[0]
+    assert "Denoising strength: 0.5" in processed.info
+
+
+def test_gobig_details_an_img2img_input_twice(runners, tiny_model):
+    source = noise_image(64, 64)
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["img2img"], img2img_job(source), "GOBIG", {"Passes": 2, "Tile overlap": 32,
+                                                                                 "Detail strength (denoising)": 0.5})
+    assert processed.images[0].size == (256, 256)
+    # pass 1: 128 px canvas, 9 tiles; pass 2: 256 px canvas, steps of 32 from the centre -> 7 x 7 tiles
+    assert len(calls.calls) == (9 + 49) * 2
+    assert "GOBIG passes: 2" in processed.info
