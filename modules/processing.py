@@ -8,6 +8,7 @@ from typing import Any
 
 from modules import devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling, shared, upscaler
 from modules.errors import UserInputError
+from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
                              PostSampleArgs)
 from modules.shared import opts, state
@@ -583,7 +584,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             latent_mask = masking.create_binary_mask(self.latent_mask, round=self.mask_round)
 
         self.overlay_images = [] if image_mask is not None else None
-        self.color_corrections = [] if opts.img2img_color_correction else None
+        preset_corrections = bool(self.color_corrections)  # set by a script (Loopback: toward the first input)
+        if not preset_corrections:
+            self.color_corrections = [] if opts.img2img_color_correction else None
         prepared = []
         for img in self.init_images:
             image = images.flatten(img, opts.img2img_background_color)
@@ -599,7 +602,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
                 image = images.resize_image(2, image.crop(crop_region), self.width, self.height)
             if image_mask is not None and self.inpainting_fill != 1:
                 image = masking.fill(image, latent_mask.resize(image.size))
-            if self.color_corrections is not None:
+            if self.color_corrections is not None and not preset_corrections:
                 self.color_corrections.append(masking.setup_color_correction(image))
             prepared.append(image)
         if len(prepared) == 1 and self.batch_size > 1:

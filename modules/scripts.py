@@ -532,7 +532,8 @@ class ScriptRunner:
         try:
             return script.run(p, *args[script.args_from:script.args_to])
         except UserInputError as e:
-            raise ScriptError(f"{script.title()}: {e}") from e
+            message = str(e) if str(e).lower().startswith(script.title().lower()) else f"{script.title()}: {e}"
+            raise ScriptError(message) from e
         except Exception as e:
             errors.report(f"Extension {script.extension_name}: script {script.title()} failed", exc_info=True)
             raise ScriptError(f"script {script.title()!r} of extension {script.extension_name!r} failed: "

@@ -136,3 +136,35 @@ def test_gobig_details_an_img2img_input_twice(runners, tiny_model):
     # pass 1: 128 px canvas, 9 tiles; pass 2: 256 px canvas, steps of 32 from the centre -> 7 x 7 tiles
     assert len(calls.calls) == (9 + 49) * 2
     assert "GOBIG passes: 2" in processed.info
+
+
+def test_loopback_feeds_each_result_back_with_the_strength_curve(runners, tiny_model):
+    p = img2img_job(noise_image(64, 64), denoising_strength=0.6)
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["img2img"], p, "Loopback", [3, 0.2, "Linear", "None"])
+    # strengths 0.6, 0.4, 0.2 of 4 steps: int(s x 4) = 2, 1, 0 model calls
+    assert len(calls.calls) == 2 + 1 + 0
+    assert len(processed.images) == 4 and processed.index_of_first_image == 1  # grid, then one image per loop
+    assert [t.split("Loopback: ")[1].split(",")[0] for t in processed.infotexts[1:]] == ["1/3", "2/3", "3/3"]
+    assert [t.split("Denoising strength: ")[1].split(",")[0] for t in processed.infotexts[1:]] == ["0.6", "0.4", "0.2"]
+    assert p.denoising_strength == 0.6
+
+
+def test_prompts_from_file_runs_one_job_per_line_with_options(runners, tiny_model):
+    from modules import processing
+    from modules.scripts import ScriptError
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="", seed=11, steps=2, width=64, height=64, sampler_name="Euler",
+                                                    do_not_save_samples=True, do_not_save_grid=True)
+    text = 'a red cube\n--prompt "a blue ball" --steps 3 --seed 77 --sampler_name k_euler_a --width 72\n\n'
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["txt2img"], p, "prompts from file or textbox", [False, False, "start", text])
+    assert len(calls.calls) == 2 + 3
+    assert [image.size for image in processed.images] == [(64, 64), (72, 64)]
+    assert processed.infotexts[0].startswith("a red cube\n") and "Seed: 11," in processed.infotexts[0]
+    assert processed.infotexts[1].startswith("a blue ball\n")
+    assert "Steps: 3, Sampler: Euler a" in processed.infotexts[1] and "Seed: 77," in processed.infotexts[1]
+    for bad, message in (("--stepz 3", "unknown option --stepz"), ("--steps many", "--steps: invalid literal"),
+                         ("--sampler_name nope", "unknown sampler 'nope'"), ("", "list of prompt inputs is empty")):
+        with pytest.raises(ScriptError, match=message):
+            run_script(runners["txt2img"], p, "Prompts from file or textbox", [False, False, "start", bad])
