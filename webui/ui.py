@@ -11,7 +11,7 @@ from modules import infotext_utils, job_queue, model_download, sd_models, sd_sam
 from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
-from webui import ui_extras, ui_img2img
+from webui import ui_extensions, ui_extras, ui_img2img
 from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider,
                              error_html,
                              error_updates, infotext_html, output_panel, override_settings_box, override_settings_update,
@@ -372,10 +372,26 @@ def paste_outputs(c: dict) -> list:
     return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]]
 
 
+def extension_ui_tabs() -> list[tuple]:
+    """The (Blocks, title, elem_id) tabs extensions add through ``on_ui_tabs``; malformed entries are reported."""
+    from modules import errors, script_callbacks
+
+    tabs = []
+    for result in script_callbacks.ui_tabs_callback():
+        for entry in result or []:
+            if isinstance(entry, (tuple, list)) and len(entry) >= 2 and isinstance(entry[0], gr.Blocks):
+                title = str(entry[1])
+                tabs.append((entry[0], title, str(entry[2]) if len(entry) > 2 else title.lower().replace(" ", "_")))
+            else:
+                errors.report(f"on_ui_tabs: ignored {entry!r}; expected (gr.Blocks, title, elem_id)")
+    return tabs
+
+
 def create_ui() -> gr.Blocks:
     sampler_names = sd_samplers.visible_sampler_names()
     schedule_labels = [s.label for s in sd_schedulers.schedulers if not s.unsupported]
     selected = sd_models.select_checkpoint()
+    extension_tabs = extension_ui_tabs()
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         with gr.Row():
             checkpoint = gr.Dropdown(_checkpoint_choices(), value=selected.title if selected else None,
@@ -391,6 +407,11 @@ def create_ui() -> gr.Blocks:
                 i2i = ui_img2img.create_tab(sampler_names, schedule_labels, _style_names())
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = ui_extras.create_tab()
+            for blocks, title, elem_id in extension_tabs:
+                with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                    blocks.render()
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions_tab = ui_extensions.create_tab()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 with gr.Row():
                     png_image = gr.Image(type="filepath", label="Source", sources=["upload", "clipboard"],
@@ -407,6 +428,7 @@ def create_ui() -> gr.Blocks:
         _wire_txt2img(t2i, demo)
         ui_img2img.wire_tab(i2i)
         ui_extras.wire_tab(extras)
+        ui_extensions.wire_tab(extensions_tab)
         t2i["send_extras"].click(send_image_to_extras, [t2i["result"]], [tabs, extras["image"]], queue=False)
         png_send_extras.click(send_png_to_extras, [png_image], [tabs, extras["image"]], queue=False)
         send_outputs = [tabs, *ui_img2img.mode_outputs(i2i)]

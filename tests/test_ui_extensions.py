@@ -1,0 +1,132 @@
+"""The Extensions tab and extension installation: git install and update on a loopback server only, install.py
+under the protected-package constraints, enable/disable, extension tabs, and the page's injected JS/CSS."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import gradio as gr
+import pytest
+
+from tests.test_scripts import FIXTURES, ext_root, titled, write_extension  # noqa: F401  (ext_root is a fixture)
+
+
+def git(folder, *args) -> str:
+    return subprocess.run(["git", "-C", str(folder), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(folder, files: dict[str, str]):
+    write_extension(folder.parent, folder.name, files)
+    git(folder, "init", "-q", "-b", "main")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-qm", "first")
+    return folder
+
+
+def test_install_from_a_git_url_then_update(ext_root, tmp_path):
+    from modules import extensions
+    from webui import ui_extensions
+
+    source = make_repo(tmp_path / "src" / "my-ext", {"scripts/mine.py": titled("Mine")})
+    table, enabled, updatable, message = ui_extensions.install(str(source), "")
+    assert "Installed my-ext" in message and "Restart" in message
+    installed = ext_root["user"] / "my-ext"
+    assert (installed / "scripts" / "mine.py").is_file() and not list(ext_root["user"].glob(".*installing"))
+    row = next(r for r in table["value"] if r[1] == "my-ext")
+    assert row[0] is True and row[2] == str(source) and row[3] == git(source, "rev-parse", "HEAD")[:8]
+    assert updatable["choices"] == ["my-ext"]
+    (source / "scripts" / "more.py").write_text(titled("More"))
+    git(source, "add", "-A")
+    git(source, "commit", "-qm", "second")
+    _, message = ui_extensions.update("my-ext")
+    assert git(source, "rev-parse", "HEAD")[:8] in message
+    assert (installed / "scripts" / "more.py").is_file()
+    assert extensions.find("my-ext").commit == git(source, "rev-parse", "HEAD")
+    *_, again = ui_extensions.install(str(source), "")
+    assert "already installed" in again
+    *_, bad = ui_extensions.install("ext::sh -c touch% /tmp/pwned", "")
+    assert "is not a git URL" in bad
+    *_, escape = ui_extensions.install(str(source), "../outside")
+    assert "may only contain" in escape and not (ext_root["user"].parent / "outside").exists()
+
+
+def test_install_and_update_do_not_exist_on_a_non_local_server(ext_root, tmp_path, monkeypatch):
+    from modules import extensions, shared
+    from webui import ui_extensions
+
+    source = make_repo(tmp_path / "src" / "remote-ext", {"scripts/r.py": titled("R")})
+    monkeypatch.setattr(shared.cmd_opts, "webui_is_non_local", True)
+    *_, message = ui_extensions.install(str(source), "")
+    assert "only possible when the server is bound to 127.0.0.1" in message
+    assert not (ext_root["user"] / "remote-ext").exists()
+    with pytest.raises(PermissionError):
+        extensions.update("remote-ext")
+    with gr.Blocks() as demo:
+        c = ui_extensions.create_tab()
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert "install" not in c and "extensions_install_button" not in ids and "extensions_update_button" not in ids
+    assert "extensions_install_unavailable" in ids and "extensions_table" in ids
+    monkeypatch.setattr(shared.cmd_opts, "webui_is_non_local", False)
+    with gr.Blocks() as demo:
+        c = ui_extensions.create_tab()
+    assert "install" in c and "extensions_install_button" in {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+
+
+def test_enable_disable_from_the_tab_is_saved(ext_root):
+    from modules import extensions, scripts, shared
+    from webui import ui_extensions
+
+    write_extension(ext_root["user"], "one", {"scripts/a.py": titled("One")})
+    write_extension(ext_root["user"], "two", {"scripts/b.py": titled("Two")})
+    scripts.load_scripts()
+    table, message = ui_extensions.apply_enabled(["two"])
+    assert shared.opts.disabled_extensions == ["one"] and "Restart" in message
+    assert [r[:2] for r in table["value"]] == [[False, "one"], [True, "two"]]
+    scripts.load_scripts()
+    assert [e.name for e in extensions.active()] == ["two"]
+
+
+def test_install_script_runs_under_the_constraints(ext_root, monkeypatch):
+    from modules import extensions, scripts
+
+    write_extension(ext_root["user"], "greedy", {
+        "install.py": "import launch\nlaunch.run_pip('install torch==2.0.0', 'an older torch')\n"})
+    write_extension(ext_root["user"], "raw-pip", {
+        "install.py": "import subprocess, sys\n"
+                      "subprocess.check_call([sys.executable, '-m', 'pip', 'install', 'gradio==5.0.0'])\n"})
+    shutil.copytree(os.path.join(FIXTURES, "example-a1111"), ext_root["user"] / "example-a1111")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # the resolver refuses before anything is downloaded
+    scripts.load_scripts()
+    for name in ("greedy", "raw-pip"):
+        assert not extensions.run_install_script(extensions.find(name))
+        failure = extensions.find(name).errors[-1]
+        assert failure.startswith("install.py failed") and "ResolutionImpossible" in failure, failure
+    example = extensions.find("example-a1111")
+    assert extensions.run_install_script(example) and example.errors == []
+    from importlib.metadata import version
+
+    assert version("torch").startswith("2.13.0") and version("gradio") == "6.31.0"
+
+
+def test_extension_tabs_settings_and_assets_reach_the_page(ext_root, data_dir):
+    from modules import script_callbacks, scripts, shared
+    from webui import extension_assets, ui
+
+    shutil.copytree(os.path.join(FIXTURES, "example-a1111"), ext_root["user"] / "example-a1111")
+    write_extension(ext_root["user"], "tabby", {"scripts/tab.py": (
+        "import gradio as gr\nfrom modules import script_callbacks\n\n"
+        "def tabs():\n    with gr.Blocks(analytics_enabled=False) as block:\n"
+        "        gr.Textbox('hello from a tab', elem_id='tabby_text')\n    return [(block, 'Tabby', 'tabby')]\n\n"
+        "script_callbacks.on_ui_tabs(tabs)\n")})
+    scripts.load_scripts()
+    script_callbacks.ui_settings_callback()
+    assert shared.opts.example_stamp_note == "hello"
+    demo = ui.create_ui()
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"tab_tabby", "tabby_text", "tab_extensions", "txt2img_script_dropdown"} <= ids
+    assert "script_txt2img_example_stamp_enabled" in ids  # the always-on script's controls
+    head = extension_assets.head_html()
+    assert 'data-source="example-a1111/javascript/example.js"' in head and "exampleExtensionLoaded" in head
+    assert "#example-extension-marker" in extension_assets.css()
