@@ -413,6 +413,9 @@ class ScriptRunner:
         whose first entry is the dropdown (0 = None)."""
         import gradio as gr
 
+        from modules import upscaler
+
+        upscaler.all_upscalers()  # scripts build their upscaler choices from shared.sd_upscalers
         self.inputs = [None]
         self.infotext_fields, self.paste_field_names = [], []
         for script in self.alwayson_scripts:

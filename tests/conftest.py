@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 
 import pytest
 
@@ -213,3 +214,42 @@ def fake_face(monkeypatch):
     face = face_detection.Face((16, 16, 24, 24), np.array([[23.2, 25.1], [32.8, 25.1]], np.float32))
     monkeypatch.setattr(face_detection, "detect", lambda image, min_size=32: [face])
     return face
+
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "extensions")
+
+
+@pytest.fixture()
+def ext_root(data_dir, tmp_path, monkeypatch):
+    """Empty built-in and user extension folders; the script registry is reset afterwards."""
+    from modules import extensions, paths, script_callbacks, scripts, shared
+
+    builtin, user = tmp_path / "extensions-builtin", tmp_path / "extensions"
+    builtin.mkdir()
+    user.mkdir()
+    monkeypatch.setattr(paths, "extensions_builtin_dir", str(builtin))
+    monkeypatch.setattr(paths, "extensions_dir", str(user))
+    saved = dict(shared.opts.data)
+    yield {"builtin": builtin, "user": user}
+    shared.opts.data.clear()
+    shared.opts.data.update(saved)
+    script_callbacks.clear_callbacks()
+    extensions.extensions.clear()
+    scripts.scripts_data.clear()
+    scripts.scripts_txt2img = scripts.scripts_img2img = scripts.scripts_current = None
+
+
+def write_extension(root, name: str, files: dict[str, str]):
+    folder = root / name
+    for relative, text in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return folder
+
+
+def titled(title: str, body: str = "", show: str = "True") -> str:
+    """A script file with one Script class; ``body`` holds extra methods, indented for the class body."""
+    head = (f"import modules.scripts as scripts\n\n\nclass Script(scripts.Script):\n"
+            f"    def title(self):\n        return {title!r}\n\n    def show(self, is_img2img):\n        return {show}\n")
+    return head + textwrap.dedent(body).replace("\n", "\n    ").rstrip() + "\n"

@@ -6,50 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import textwrap
 
 import pytest
 
-from tests.conftest import noise_image, pixels
-
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "extensions")
-
-
-@pytest.fixture()
-def ext_root(data_dir, tmp_path, monkeypatch):
-    """Empty built-in and user extension folders; the script registry is reset afterwards."""
-    from modules import extensions, paths, script_callbacks, scripts, shared
-
-    builtin, user = tmp_path / "extensions-builtin", tmp_path / "extensions"
-    builtin.mkdir()
-    user.mkdir()
-    monkeypatch.setattr(paths, "extensions_builtin_dir", str(builtin))
-    monkeypatch.setattr(paths, "extensions_dir", str(user))
-    saved = dict(shared.opts.data)
-    yield {"builtin": builtin, "user": user}
-    shared.opts.data.clear()
-    shared.opts.data.update(saved)
-    script_callbacks.clear_callbacks()
-    extensions.extensions.clear()
-    scripts.scripts_data.clear()
-    scripts.scripts_txt2img = scripts.scripts_img2img = scripts.scripts_current = None
-
-
-def write_extension(root, name: str, files: dict[str, str]):
-    folder = root / name
-    for relative, text in files.items():
-        path = folder / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return folder
-
-
-def titled(title: str, body: str = "", show: str = "True") -> str:
-    """A script file with one Script class; ``body`` holds extra methods, indented for the class body."""
-    head = (f"import modules.scripts as scripts\n\n\nclass Script(scripts.Script):\n"
-            f"    def title(self):\n        return {title!r}\n\n    def show(self, is_img2img):\n        return {show}\n")
-    return head + textwrap.dedent(body).replace("\n", "\n    ").rstrip() + "\n"
-
+from tests.conftest import FIXTURES, noise_image, pixels, titled, write_extension
 
 def loaded_titles() -> list[str]:
     from modules import scripts
@@ -313,3 +273,41 @@ def test_img2img_jobs_run_the_selected_script(ext_root, tiny_model):
     runner.attach(fresh, runner.build_args("Seed sweep", [2, 0, False]))
     processed = processing.process_with_scripts(fresh)
     assert [t.split("Seed: ")[1].split(",")[0] for t in processed.infotexts] == ["7", "8"]
+
+
+def test_compatibility_modules_extensions_import(data_dir, tmp_path):
+    import gradio as gr
+    import torch
+
+    from modules import safe, sd_samplers_common
+    from modules.shared import state
+    from modules.ui_components import FormRow, InputAccordion, ToolButton
+
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    assert torch.equal(safe.load_with_extra(str(path))["w"], torch.ones(2))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"w": Payload()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    with safe.Extra(None), pytest.raises(Exception, match="refused to load"):
+        safe.unsafe_torch_load(str(tmp_path / "evil.pt"))
+    with gr.Blocks() as demo:
+        with FormRow():
+            ToolButton("🔄", elem_id="tool")
+        with InputAccordion(True, label="Feature", elem_id="feature") as enabled:
+            gr.Slider(0, 1, label="Inside", elem_id="inside")
+    assert enabled.value is True and isinstance(enabled.accordion, gr.Accordion)
+    def descendants(block):
+        for child in getattr(block, "children", []):
+            yield child
+            yield from descendants(child)
+
+    assert list(descendants(enabled.accordion))[1] is enabled  # the checkbox heads the accordion's content (in a Form)
+    assert {"tool", "feature", "inside"} <= {
+        getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    before = state.id_live_preview
+    sd_samplers_common.store_latent(torch.zeros(2, 4, 8, 8))
+    assert state.current_latent.shape == (4, 8, 8) and state.id_live_preview == before + 1

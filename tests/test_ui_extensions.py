@@ -9,7 +9,7 @@ import subprocess
 import gradio as gr
 import pytest
 
-from tests.test_scripts import FIXTURES, ext_root, titled, write_extension  # noqa: F401  (ext_root is a fixture)
+from tests.conftest import FIXTURES, titled, write_extension
 
 
 def git(folder, *args) -> str:
