@@ -8,7 +8,6 @@ not already satisfied (a quick version check otherwise), then serve the UI.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -16,13 +15,13 @@ import venv
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
-from modules.launch_utils import git_clone, is_installed, run, run_pip  # noqa: E402,F401  (extension install.py files call these)
+# git_clone, is_installed, run and run_pip are what extension install.py files call as launch.*
+from modules.launch_utils import git_clone, is_installed, pinned_requirements, run, run_pip  # noqa: E402,F401
 
 VENV_DIR = os.environ.get("venv_dir") or os.path.join(ROOT, "venv")
 CONSTRAINTS = os.path.join(ROOT, "constraints.txt")
 REQUIREMENTS = os.path.join(ROOT, "requirements.txt")
 TEST_REQUIREMENTS = os.path.join(ROOT, "requirements-test.txt")
-PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)")
 
 
 def venv_python() -> str:
@@ -45,18 +44,13 @@ def unsatisfied(files: list[str]) -> list[str]:
 
     missing = []
     for path in files:
-        with open(path, encoding="utf8") as f:
-            for line in f:
-                m = PIN.match(line)
-                if not m:
-                    continue
-                name, wanted = m.groups()
-                try:
-                    installed = version(name).split("+")[0]
-                except PackageNotFoundError:
-                    installed = None
-                if installed != wanted:
-                    missing.append(f"{name}=={wanted}")
+        for name, wanted in pinned_requirements(path).items():
+            try:
+                installed = version(name).split("+")[0]
+            except PackageNotFoundError:
+                installed = None
+            if installed != wanted:
+                missing.append(f"{name}=={wanted}")
     return missing
 
 

@@ -200,16 +200,17 @@ def run_install_script(extension: Extension) -> bool:
         failure = None if result.returncode == 0 else (result.stderr.strip() or result.stdout.strip())[-2000:]
     except subprocess.TimeoutExpired:
         failure = f"did not finish within {INSTALL_TIMEOUT} s"
-    changed = {name: (old, new) for (name, old), new in zip(before.items(), launch_utils.installed_versions(before).values())
-               if old != new}
+    after = launch_utils.installed_versions(before)
+    problems = []
+    changed = [f"{name} {old} -> {after[name]}" for name, old in before.items() if after[name] != old]
     if changed:
-        pairs = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items())
-        extension.errors.append(f"install.py changed protected packages ({pairs}); run `python launch.py --reinstall`")
+        problems.append(f"install.py changed protected packages ({', '.join(changed)}); run `python launch.py --reinstall`")
     if failure:
-        extension.errors.append(f"install.py failed: {failure}")
-    for message in extension.errors[-2:] if (failure or changed) else []:
+        problems.append(f"install.py failed: {failure}")
+    for message in problems:
+        extension.errors.append(message)
         errors.report(f"Extension {extension.name}: {message}")
-    return not failure and not changed
+    return not problems
 
 
 def run_install_scripts() -> None:

@@ -33,15 +33,16 @@ def is_installed(package: str) -> bool:
     return True
 
 
+def pinned_requirements(path: str) -> dict[str, str]:
+    """name -> version of every ``name==version`` line of a requirements file."""
+    with open(path, encoding="utf8") as f:
+        return dict(match.groups() for match in map(_PIN.match, f) if match)
+
+
 def protected_pins() -> dict[str, str]:
     """name -> pinned version of the protected packages, from requirements.txt."""
-    pins = {}
-    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf8") as f:
-        for line in f:
-            match = _PIN.match(line)
-            if match and match.group(1).lower().replace("-", "_") in PROTECTED:
-                pins[match.group(1)] = match.group(2)
-    return pins
+    pins = pinned_requirements(os.path.join(ROOT, "requirements.txt"))
+    return {name: version for name, version in pins.items() if name.lower().replace("-", "_") in PROTECTED}
 
 
 def extension_constraints_file() -> str:
@@ -79,7 +80,8 @@ def run(command: str | list[str], desc: str | None = None, errdesc: str | None =
 
 def run_pip(command: str, desc: str | None = None, live: bool = False) -> str:
     """``pip <command>`` with the extension constraints applied."""
-    args = [python, "-m", "pip", *shlex.split(command), "--prefer-binary", "-c", extension_constraints_file()]
+    constraints = os.environ.get("PIP_CONSTRAINT") or extension_constraints_file()  # set for install.py already
+    args = [python, "-m", "pip", *shlex.split(command), "--prefer-binary", "-c", constraints]
     return run(args, desc=f"Installing {desc}" if desc else None, errdesc=f"Couldn't install {desc or command}", live=live)
 
 

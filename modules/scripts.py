@@ -298,13 +298,12 @@ def load_module(path: str):
 
 
 def load_scripts() -> None:
-    """(Re)discover extensions and script classes, timing each extension; a script that fails to import is
-    reported with its extension's name and skipped."""
+    """Import the script classes of the listed extensions (``extensions.list_extensions``), timing each extension;
+    a script that fails to import is reported with its extension's name and skipped."""
     global current_basedir, scripts_txt2img, scripts_img2img, scripts_current
     script_callbacks.clear_callbacks()
     scripts_data.clear()
     postprocessing_scripts_data.clear()
-    extensions.list_extensions()
     for entry in list_script_files():
         ext = entry.extension
         started = time.perf_counter()
@@ -336,16 +335,15 @@ def load_scripts() -> None:
 
 
 def reload_scripts() -> None:
+    """Rescan the extension folders (settings and flags decide which are active), then load their scripts."""
     script_callbacks.script_unloaded_callback()
+    extensions.list_extensions()
     load_scripts()
 
 
-def extension_of(path: str | None) -> str:
-    """The folder name of the extension a script file belongs to ("scripts" for the install dir's own)."""
-    for ext in extensions.extensions:
-        if path and os.path.commonpath([os.path.abspath(path), os.path.abspath(ext.path)]) == os.path.abspath(ext.path):
-            return ext.name
-    return "scripts"
+def extension_of(data: ScriptClassData) -> str:
+    """The folder name of the extension a script class comes from ("scripts" for the install dir's own)."""
+    return "scripts" if data.basedir == paths.script_path else os.path.basename(data.basedir)
 
 
 def _component_default(component) -> Any:
@@ -382,12 +380,12 @@ class ScriptRunner:
             try:
                 script = data.script_class()
                 script.filename = data.path
-                script.extension_name = extension_of(data.path)
+                script.extension_name = extension_of(data)
                 script.is_txt2img, script.is_img2img, script.tabname = not self.is_img2img, self.is_img2img, tabname
                 visibility = script.show(self.is_img2img)
                 title = script.title()
             except Exception as e:
-                errors.report(f"Extension {extension_of(data.path)}: script {data.script_class.__name__} cannot be "
+                errors.report(f"Extension {extension_of(data)}: script {data.script_class.__name__} cannot be "
                               f"created: {type(e).__name__}: {e}", exc_info=True)
                 continue
             script.name = title.lower()
@@ -601,5 +599,5 @@ class ScriptRunner:
 def runner_for(is_img2img: bool) -> ScriptRunner:
     """The tab's runner, loading the scripts on first use."""
     if scripts_txt2img is None:
-        load_scripts()
+        reload_scripts()
     return scripts_img2img if is_img2img else scripts_txt2img

@@ -2,6 +2,7 @@
 a diffusers folder, loaded through the real discovery and loading code."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -219,24 +220,35 @@ def fake_face(monkeypatch):
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "extensions")
 
 
+@contextlib.contextmanager
+def isolated_script_registry():
+    """Settings restored, and the extension list, scripts, runners and callbacks emptied, when the block ends."""
+    from modules import extensions, script_callbacks, scripts, shared
+
+    saved = dict(shared.opts.data)
+    try:
+        yield
+    finally:
+        shared.opts.data.clear()
+        shared.opts.data.update(saved)
+        script_callbacks.clear_callbacks()
+        extensions.extensions.clear()
+        scripts.scripts_data.clear()
+        scripts.scripts_txt2img = scripts.scripts_img2img = scripts.scripts_current = None
+
+
 @pytest.fixture()
 def ext_root(data_dir, tmp_path, monkeypatch):
     """Empty built-in and user extension folders; the script registry is reset afterwards."""
-    from modules import extensions, paths, script_callbacks, scripts, shared
+    from modules import paths
 
     builtin, user = tmp_path / "extensions-builtin", tmp_path / "extensions"
     builtin.mkdir()
     user.mkdir()
     monkeypatch.setattr(paths, "extensions_builtin_dir", str(builtin))
     monkeypatch.setattr(paths, "extensions_dir", str(user))
-    saved = dict(shared.opts.data)
-    yield {"builtin": builtin, "user": user}
-    shared.opts.data.clear()
-    shared.opts.data.update(saved)
-    script_callbacks.clear_callbacks()
-    extensions.extensions.clear()
-    scripts.scripts_data.clear()
-    scripts.scripts_txt2img = scripts.scripts_img2img = scripts.scripts_current = None
+    with isolated_script_registry():
+        yield {"builtin": builtin, "user": user}
 
 
 def write_extension(root, name: str, files: dict[str, str]):

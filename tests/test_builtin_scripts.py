@@ -5,24 +5,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DenoiserCalls, noise_image, pixels
+from tests.conftest import DenoiserCalls, isolated_script_registry, noise_image, pixels
 
 
 @pytest.fixture()
 def runners(data_dir):
     """The txt2img and img2img runners with the built-in extensions loaded; the registry is reset afterwards."""
-    from modules import extensions, script_callbacks, scripts, shared, upscaler
+    from modules import scripts
 
-    saved = dict(shared.opts.data)
-    upscaler.all_upscalers()
-    scripts.load_scripts()
-    yield {"txt2img": scripts.scripts_txt2img, "img2img": scripts.scripts_img2img}
-    shared.opts.data.clear()
-    shared.opts.data.update(saved)
-    script_callbacks.clear_callbacks()
-    extensions.extensions.clear()
-    scripts.scripts_data.clear()
-    scripts.scripts_txt2img = scripts.scripts_img2img = scripts.scripts_current = None
+    with isolated_script_registry():
+        scripts.reload_scripts()
+        yield {"txt2img": scripts.scripts_txt2img, "img2img": scripts.scripts_img2img}
 
 
 def script_module(file_name: str):

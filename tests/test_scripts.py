@@ -27,7 +27,7 @@ def test_scripts_load_builtin_first_then_user_sorted_with_metadata_ordering(ext_
                                                "metadata.ini": "[Extension]\nName = beta\n[scripts/x.py]\nBefore = zeta\n"})
     write_extension(ext_root["user"], "gamma", {"scripts/g.py": titled("gamma g"),
                                                 "metadata.ini": "[Extension]\nRequires = not-installed\n"})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     # listing order is built-in, then user extensions sorted; metadata.ini moves beta x before zeta and alpha a after alpha b
     assert loaded_titles() == ["beta x", "zeta one", "alpha b", "alpha a"]
     gamma = extensions.find("gamma")
@@ -41,7 +41,7 @@ def test_a_broken_extension_is_reported_by_name_and_the_others_load(ext_root):
 
     write_extension(ext_root["user"], "broken", {"scripts/bad.py": "import does_not_exist_anywhere\n"})
     write_extension(ext_root["user"], "fine", {"scripts/ok.py": titled("fine ok")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     assert loaded_titles() == ["fine ok"]
     broken = extensions.find("broken")
     assert broken.errors and "bad.py" in broken.errors[0] and "does_not_exist_anywhere" in broken.errors[0]
@@ -52,21 +52,21 @@ def test_disable_persists_and_safe_mode_loads_nothing(ext_root, monkeypatch):
 
     write_extension(ext_root["builtin"], "core-ext", {"scripts/c.py": titled("core")})
     write_extension(ext_root["user"], "user-ext", {"scripts/u.py": titled("user")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     assert loaded_titles() == ["core", "user"]
     extensions.set_enabled("user-ext", False)
     with open(shared.config_filename(), encoding="utf8") as f:
         assert json.load(f)["disabled_extensions"] == ["user-ext"]
-    scripts.load_scripts()
+    scripts.reload_scripts()
     assert loaded_titles() == ["core"]
     assert [e.name for e in extensions.extensions if not e.enabled] == ["user-ext"]
     extensions.set_enabled("user-ext", True)
     monkeypatch.setattr(shared.cmd_opts, "disable_extensions", True)
-    scripts.load_scripts()
+    scripts.reload_scripts()
     assert loaded_titles() == [] and extensions.active() == []
     monkeypatch.setattr(shared.cmd_opts, "disable_extensions", False)
     monkeypatch.setattr(shared.cmd_opts, "disable_extra_extensions", True, raising=False)
-    scripts.load_scripts()
+    scripts.reload_scripts()
     assert loaded_titles() == ["core"]
     from modules.errors import UserInputError
 
@@ -96,7 +96,7 @@ def test_always_on_hooks_run_in_the_reference_order_with_their_ui_values(ext_roo
     from modules.shared import state
 
     write_extension(ext_root["user"], "recorder", {"scripts/rec.py": titled("Recorder", RECORDER, "scripts.AlwaysVisible")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=False)
     assert [s.title() for s in runner.alwayson_scripts] == ["Recorder"] and runner.selectable_scripts == []
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=3, steps=3, width=64, height=64,
@@ -123,7 +123,7 @@ def test_inpainting_calls_mask_blend_every_step_and_the_overlay_hook(ext_root, t
     from modules import scripts
 
     write_extension(ext_root["user"], "recorder", {"scripts/rec.py": titled("Recorder", RECORDER, "scripts.AlwaysVisible")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=True)
     cls = runner.alwayson_scripts[0].__class__
     cls.calls.clear()
@@ -160,7 +160,7 @@ def test_a_failing_hook_only_fails_that_hook_and_names_the_extension(ext_root, t
 
     write_extension(ext_root["user"], "flaky", {"scripts/f.py": titled("Flaky", FAILING_PROCESS, "scripts.AlwaysVisible")})
     write_extension(ext_root["user"], "recorder", {"scripts/rec.py": titled("Recorder", RECORDER, "scripts.AlwaysVisible")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=False)
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a", seed=1, steps=2, width=64, height=64, sampler_name="Euler",
                                                     do_not_save_samples=True, do_not_save_grid=True)
@@ -178,7 +178,7 @@ def test_a_failing_selectable_script_fails_the_job_with_the_extension_name(ext_r
     from modules.scripts import ScriptError
 
     write_extension(ext_root["user"], "crashy", {"scripts/c.py": titled("Crashy", FAILING_RUN)})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=False)
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a", steps=2, width=64, height=64, sampler_name="Euler")
     runner.attach(p, runner.build_args("crashy"))
@@ -192,7 +192,7 @@ def test_api_style_arguments(ext_root):
 
     shutil.copytree(os.path.join(FIXTURES, "example-a1111"), ext_root["user"] / "example-a1111")
     write_extension(ext_root["user"], "recorder", {"scripts/rec.py": titled("Recorder", RECORDER, "scripts.AlwaysVisible")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=False)
     titles = [s.title() for s in runner.alwayson_scripts]
     defaults = runner.ensure_args()
@@ -226,7 +226,7 @@ def test_the_a1111_example_extension_runs_unmodified(ext_root, tiny_model, tmp_p
     from modules.shared import opts, state
 
     shutil.copytree(os.path.join(FIXTURES, "example-a1111"), ext_root["user"] / "example-a1111")
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=False)
     with gr.Blocks():
         inputs = runner.setup_ui()
@@ -265,7 +265,7 @@ def test_img2img_jobs_run_the_selected_script(ext_root, tiny_model):
     from modules import processing, scripts
 
     shutil.copytree(os.path.join(FIXTURES, "example-a1111"), ext_root["user"] / "example-a1111")
-    scripts.load_scripts()
+    scripts.reload_scripts()
     runner = scripts.runner_for(is_img2img=True)
     fresh = processing.StableDiffusionProcessingImg2Img(prompt="x", seed=7, steps=2, width=64, height=64,
                                                         sampler_name="Euler", init_images=[noise_image(64, 64)],

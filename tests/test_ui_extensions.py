@@ -80,11 +80,11 @@ def test_enable_disable_from_the_tab_is_saved(ext_root):
 
     write_extension(ext_root["user"], "one", {"scripts/a.py": titled("One")})
     write_extension(ext_root["user"], "two", {"scripts/b.py": titled("Two")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     table, message = ui_extensions.apply_enabled(["two"])
     assert shared.opts.disabled_extensions == ["one"] and "Restart" in message
     assert [r[:2] for r in table["value"]] == [[False, "one"], [True, "two"]]
-    scripts.load_scripts()
+    scripts.reload_scripts()
     assert [e.name for e in extensions.active()] == ["two"]
 
 
@@ -98,7 +98,7 @@ def test_install_script_runs_under_the_constraints(ext_root, monkeypatch):
                       "subprocess.check_call([sys.executable, '-m', 'pip', 'install', 'gradio==5.0.0'])\n"})
     shutil.copytree(os.path.join(FIXTURES, "example-a1111"), ext_root["user"] / "example-a1111")
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # the resolver refuses before anything is downloaded
-    scripts.load_scripts()
+    scripts.reload_scripts()
     for name in ("greedy", "raw-pip"):
         assert not extensions.run_install_script(extensions.find(name))
         failure = extensions.find(name).errors[-1]
@@ -120,7 +120,7 @@ def test_extension_tabs_settings_and_assets_reach_the_page(ext_root, data_dir):
         "def tabs():\n    with gr.Blocks(analytics_enabled=False) as block:\n"
         "        gr.Textbox('hello from a tab', elem_id='tabby_text')\n    return [(block, 'Tabby', 'tabby')]\n\n"
         "script_callbacks.on_ui_tabs(tabs)\n")})
-    scripts.load_scripts()
+    scripts.reload_scripts()
     script_callbacks.ui_settings_callback()
     assert shared.opts.example_stamp_note == "hello"
     demo = ui.create_ui()
@@ -130,3 +130,16 @@ def test_extension_tabs_settings_and_assets_reach_the_page(ext_root, data_dir):
     head = extension_assets.head_html()
     assert 'data-source="example-a1111/javascript/example.js"' in head and "exampleExtensionLoaded" in head
     assert "#example-extension-marker" in extension_assets.css()
+
+
+def test_start_up_keeps_what_install_py_reported(ext_root, monkeypatch):
+    from modules import extensions, shared
+    from webui import server, ui_extensions
+
+    write_extension(ext_root["user"], "failing", {"install.py": "raise SystemExit('cannot set up the thing')\n",
+                                                  "scripts/f.py": titled("Failing")})
+    extensions.list_extensions()
+    monkeypatch.setattr(shared.cmd_opts, "skip_install", False)
+    server.load_extensions(shared.cmd_opts)
+    assert "cannot set up the thing" in extensions.find("failing").errors[-1]
+    assert "cannot set up the thing" in next(r for r in ui_extensions.table_rows() if r[1] == "failing")[6]

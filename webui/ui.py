@@ -13,11 +13,10 @@ from modules.errors import UserInputError
 from modules.shared import opts
 from webui import ui_extensions, ui_extras, ui_img2img
 from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider,
-                             error_html,
-                             error_updates, infotext_html, output_panel, override_settings_box, override_settings_update,
-                             postprocess_controls, postprocess_job_options, prompt_boxes, sampler_controls,
-                             script_controls, seed_controls, select_image, size_and_batch, stream_job, update_token_counter, variation_values,
-                             wire_generation)
+                             error_html, error_updates, infotext_html, output_panel, override_settings_box,
+                             override_settings_update, postprocess_controls, postprocess_job_options, prompt_boxes,
+                             sampler_controls, script_controls, seed_controls, select_image, size_and_batch, stream_job,
+                             update_token_counter, variation_values, wire_generation)
 
 __all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
 HIRES_SAME_SAMPLER = "Use same sampler"

@@ -29,7 +29,7 @@ def sampler_name(text: str) -> str:
 
 
 FIELDS = {
-    "sd_model": None, "outpath_samples": str, "outpath_grids": str, "prompt_for_display": str, "prompt": str,
+    "outpath_samples": str, "outpath_grids": str, "prompt_for_display": str, "prompt": str,
     "negative_prompt": str, "styles": list, "seed": int, "subseed_strength": float, "subseed": int,
     "seed_resize_from_h": int, "seed_resize_from_w": int, "sampler_index": int, "sampler_name": sampler_name,
     "scheduler": str, "batch_size": int, "n_iter": int, "steps": int, "cfg_scale": float, "width": int, "height": int,
@@ -50,9 +50,9 @@ def parse_line(line: str) -> dict:
         if not word.startswith("--"):
             raise UserInputError(f"expected --option in {line!r}, got {word!r}")
         key = word[2:]
-        if key not in FIELDS or FIELDS[key] is None:
+        if key not in FIELDS:
             raise UserInputError(f"unknown option --{key}; known options: "
-                                 f"{', '.join('--' + k for k, v in FIELDS.items() if v is not None)}")
+                                 f"{', '.join('--' + k for k in FIELDS)}")
         if position + 1 >= len(words):
             raise UserInputError(f"--{key} needs a value")
         if FIELDS[key] is list:
