@@ -11,6 +11,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from modules.grid_annotations import GridAnnotation, draw_grid_annotations, draw_prompt_matrix, get_font  # noqa: F401
+
 invalid_filename_chars = '#<>:"/\\|?*\n\r\t'
 invalid_filename_prefix = " "
 invalid_filename_postfix = " ."

@@ -28,7 +28,7 @@ def get_fixed_seed(seed: Any) -> int:
 
 
 def fix_seed(p: "StableDiffusionProcessing") -> None:
-    p.seed = get_fixed_seed(p.seed)
+    p.seed = [get_fixed_seed(s) for s in p.seed] if isinstance(p.seed, list) else get_fixed_seed(p.seed)
     p.subseed = get_fixed_seed(p.subseed)
 
 
@@ -851,13 +851,19 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         face_restoration.find(opts.face_restoration_model)
     p.tiling = bool(p.tiling if p.tiling is not None else opts.tiling)
 
-    seed = get_fixed_seed(p.seed)
+    seeds = [get_fixed_seed(s) for s in p.seed] if isinstance(p.seed, list) else None  # one seed per image
+    seed = seeds[0] if seeds else get_fixed_seed(p.seed)
     subseed = get_fixed_seed(p.subseed)
-    p.seed, p.subseed = seed, subseed
+    p.seed, p.subseed = seeds or seed, subseed
     p.setup_prompts()
     count = len(p.all_prompts)
     frozen = bool(getattr(p, "stochastic_freeze", False))
-    p.all_seeds = [int(seed) if p.subseed_strength > 0 or frozen else int(seed) + i for i in range(count)]
+    if seeds is not None:
+        if len(seeds) < count:
+            raise UserInputError(f"seed: {len(seeds)} seeds given for {count} images")
+        p.all_seeds = seeds[:count]
+    else:
+        p.all_seeds = [int(seed) if p.subseed_strength > 0 or frozen else int(seed) + i for i in range(count)]
     p.all_subseeds = [int(subseed) + (0 if frozen else i) for i in range(count)]
     if frozen:
         p.extra_generation_params["Stochastic freeze"] = True

@@ -161,3 +161,35 @@ def test_prompts_from_file_runs_one_job_per_line_with_options(runners, tiny_mode
                          ("--sampler_name nope", "unknown sampler 'nope'"), ("", "list of prompt inputs is empty")):
         with pytest.raises(ScriptError, match=message):
             run_script(runners["txt2img"], p, "Prompts from file or textbox", [False, False, "start", bad])
+
+
+def test_prompt_matrix_renders_every_combination_under_labels(runners, tiny_model):
+    from modules import processing
+    from modules.scripts import ScriptError
+
+    def job(prompt="a cat|red hat|in space"):
+        return processing.StableDiffusionProcessingTxt2Img(prompt=prompt, seed=21, steps=2, width=64, height=64,
+                                                           sampler_name="Euler", do_not_save_samples=True,
+                                                           do_not_save_grid=True)
+
+    processed = run_script(runners["txt2img"], job(), "prompt matrix", [False, False, "positive", "comma", 0])
+    grid, cells = processed.images[0], processed.images[1:]
+    assert processed.index_of_first_image == 1 and len(cells) == 4
+    assert [t.split("\n")[0] for t in processed.infotexts[1:]] == [
+        "a cat", "a cat, red hat", "a cat, in space", "a cat, red hat, in space"]
+    assert all("Seed: 21," in t for t in processed.infotexts[1:])  # the same seed unless asked otherwise
+    # 2 x 2 cells, the row labels take 3/4 of a cell on the left and the column labels a band on top
+    pad_left, pad_top = grid.width - 128, grid.height - 128
+    assert pad_left == 48 and 10 < pad_top < 64
+    assert np.array_equal(pixels(grid.crop((pad_left + 64, pad_top + 64, pad_left + 128, pad_top + 128))), pixels(cells[3]))
+    top_band = pixels(grid.crop((pad_left, 0, grid.width, pad_top)))
+    left_label, right_label = top_band[:, :64], top_band[:, 64:]
+    # column 0 leaves "red hat" out (grey #999999, struck through), column 1 includes it (black)
+    assert (left_label == 153).all(axis=2).sum() > 20 and left_label.min() >= 153
+    assert (right_label < 60).all(axis=2).sum() > 5
+
+    seeds = run_script(runners["txt2img"], job(), "Prompt matrix", [True, True, "positive", "space", 0])
+    assert [t.split("\n")[0] for t in seeds.infotexts[1:3]] == ["a cat", "red hat a cat"]
+    assert [int(t.split("Seed: ")[1].split(",")[0]) for t in seeds.infotexts[1:]] == [21, 22, 23, 24]
+    with pytest.raises(ScriptError, match="no '\\|' separated parts"):
+        run_script(runners["txt2img"], job("a cat"), "Prompt matrix", [False, False, "positive", "comma", 0])
