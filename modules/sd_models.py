@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from modules import hashes, model_files, paths
+from modules import hashes, model_files, paths, script_callbacks
 from modules.model_loader import Components
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -20,7 +20,6 @@ checkpoint_aliases: dict[str, "CheckpointInfo"] = {}
 _loaded: "collections.OrderedDict[str, SDModel]" = collections.OrderedDict()
 _current: "SDModel | None" = None
 _lock = threading.RLock()
-model_loaded_callbacks: list = []
 
 
 class CheckpointInfo:
@@ -211,8 +210,7 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
             _current.to("cpu")
         _current = load_model(info)
         opts.set("sd_model_checkpoint", info.title)
-        for callback in model_loaded_callbacks:
-            callback(_current)
+        script_callbacks.model_loaded_callback(_current)
         return _current
 
 

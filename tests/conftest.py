@@ -68,6 +68,7 @@ def tiny_model(registry):
     saved = dict(opts.data)
     info = sd_models.get_closet_checkpoint_match("tiny.safetensors")
     model = sd_models.reload_model_weights(info=info)
+    opts.set("sd_model_checkpoint", info.title)  # also when the model was already loaded and the setting reset
     state.begin("test")
     yield model
     opts.data.clear()

@@ -193,3 +193,115 @@ def test_prompt_matrix_renders_every_combination_under_labels(runners, tiny_mode
     assert [int(t.split("Seed: ")[1].split(",")[0]) for t in seeds.infotexts[1:]] == [21, 22, 23, 24]
     with pytest.raises(ScriptError, match="no '\\|' separated parts"):
         run_script(runners["txt2img"], job("a cat"), "Prompt matrix", [False, False, "positive", "comma", 0])
+
+
+def xyz_args(x=("Nothing", ""), y=("Nothing", ""), z=("Nothing", ""), legend=True, lone=False, sub_grids=False,
+             keep_random=False, vary=(False, False, False), margin=0, csv_mode=True):
+    """X/Y/Z plot arguments in A1111's order; each axis is (type, values text[, values dropdown])."""
+    axes = [(*axis, []) if len(axis) == 2 else axis for axis in (x, y, z)]
+    return [*axes[0], *axes[1], *axes[2], legend, lone, sub_grids, keep_random, *vary, margin, csv_mode]
+
+
+def txt2img_job(**overrides):
+    from modules import processing
+
+    params = dict(prompt="a cat", seed=3, steps=2, width=64, height=64, sampler_name="Euler", do_not_save_samples=True,
+                  do_not_save_grid=True)
+    params.update(overrides)
+    return processing.StableDiffusionProcessingTxt2Img(**params)
+
+
+def test_xyz_value_syntax(runners):
+    xyz = script_module("xyz_grid.py")
+    assert xyz.expand_numbers(["1-5"], int) == [1, 2, 3, 4, 5]
+    assert xyz.expand_numbers(["1-9 (+3)", "20"], int) == [1, 4, 7, 20]
+    assert xyz.expand_numbers(["10-1 (-4)"], int) == [10, 6, 2]
+    assert xyz.expand_numbers(["1-2 [3]"], float) == [1.0, 1.5, 2.0]
+    assert xyz.expand_numbers(["0.5-1.5 (+0.25)"], float) == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert xyz.split_values('a, "b, c" ,d') == ["a", "b, c", "d"]
+    for bad, message in ((["1-5 (-1)"], "goes away"), (["many"], "not a number"), (["1-100000"], "at most 500")):
+        with pytest.raises(Exception, match=message):
+            xyz.expand_numbers(bad, int)
+    cost = xyz.AxisOption("Checkpoint name", str, xyz.do_nothing, cost=1.0)
+    seed = xyz.AxisOption("Seed", int, xyz.do_nothing)
+    order = xyz.job_order([(seed, [1, 2]), (cost, ["a", "b", "a"]), (xyz.axis_options[0], [0])])
+    assert order == [(0, 0, 0), (1, 0, 0), (0, 2, 0), (1, 2, 0), (0, 1, 0), (1, 1, 0)]
+
+
+def test_xyz_plot_renders_a_labelled_grid_of_every_cell(runners, tiny_model):
+    from modules import infotext_utils
+
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["txt2img"], txt2img_job(), "x/y/z plot",
+                               xyz_args(x=("Steps", "1-2"), y=("CFG Scale", "3, 7.5"), lone=True))
+    assert len(calls.calls) == (1 + 2) * 2
+    grid, cells = processed.images[0], processed.images[1:]
+    assert processed.index_of_first_image == 1 and len(cells) == 4
+    assert [(t.split("Steps: ")[1].split(",")[0], t.split("CFG scale: ")[1].split(",")[0]) for t in processed.infotexts[1:]] == [
+        ("1", "3"), ("2", "3"), ("1", "7.5"), ("2", "7.5")]
+    pad_left, pad_top = grid.width - 128, grid.height - 128
+    assert pad_left == 48 and pad_top > 0  # row labels on the left, column labels on top
+    assert np.array_equal(pixels(grid.crop((pad_left + 64, pad_top, pad_left + 128, pad_top + 64))), pixels(cells[1]))
+    assert (pixels(grid.crop((pad_left, 0, grid.width, pad_top))) < 60).all(axis=2).sum() > 5  # text drawn
+    params = infotext_utils.parse_generation_parameters(processed.infotexts[0])
+    assert params["Script"] == "X/Y/Z plot" and params["X Type"] == "Steps" and params["X Values"] == "1-2"
+    assert params["Y Type"] == "CFG Scale" and params["Y Values"] == "3, 7.5" and "Z Type" not in params
+
+    plain = run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot", xyz_args(x=("Steps", "1-2"), legend=False))
+    assert [image.size for image in plain.images] == [(128, 64)]
+
+
+def test_xyz_plot_loads_each_checkpoint_once(runners, tiny_model):
+    from modules import script_callbacks, sd_models
+
+    loaded = []
+    script_callbacks.on_model_loaded(lambda model: loaded.append(model.sd_checkpoint_info.model_name))
+    processed = run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot",
+                           xyz_args(x=("Checkpoint name", "tiny.safetensors, other, tiny.safetensors"),
+                                    y=("Seed", "1, 2"), lone=True))
+    assert loaded == ["sub_other"]  # grouped by checkpoint: tiny's four cells, then other's two
+    cells = [pixels(image) for image in processed.images[1:]]
+    assert np.array_equal(cells[0], cells[2]) and not np.array_equal(cells[0], cells[1])
+    assert [t.split("Model: ")[1].split(",")[0] for t in processed.infotexts[1:4]] == ["tiny", "sub_other", "tiny"]
+    assert sd_models.select_checkpoint().model_name == "tiny"  # the setting is restored after the plot
+
+
+def test_xyz_plot_prompt_sr_sampler_schedule_hires_and_z(runners, tiny_model):
+    from modules.scripts import ScriptError
+
+    processed = run_script(runners["txt2img"], txt2img_job(prompt="a cat, masterpiece"), "X/Y/Z plot",
+                           xyz_args(x=("Prompt S/R", "cat, dog"), y=("Sampler", "", ["Euler", "DPM++ 2M"]),
+                                    z=("Schedule type", "Automatic, Exponential"), lone=True, sub_grids=True,
+                                    csv_mode=False))
+    grids, lone = processed.images[:3], processed.images[3:]
+    assert processed.index_of_first_image == 3 and len(lone) == 8
+    assert grids[0].width > 2 * grids[1].width - 1 and grids[1].size == grids[2].size
+    prompts = [t.split("\n")[0] for t in processed.infotexts[3:]]
+    assert prompts == ["a cat, masterpiece", "a dog, masterpiece"] * 4
+    assert ["Sampler: DPM++ 2M," in t for t in processed.infotexts[3:7]] == [False, False, True, True]
+    assert ["Schedule type: Exponential" in t for t in processed.infotexts[3:]] == [False] * 4 + [True] * 4
+
+    hires = run_script(runners["txt2img"], txt2img_job(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent"), "X/Y/Z plot",
+                       xyz_args(x=("Hires steps", "1, 2"), y=("Denoising", "0.5"), lone=True))
+    assert [image.size for image in hires.images[1:]] == [(96, 96)] * 2
+    assert ["Hires steps: 1" in hires.infotexts[1], "Hires steps: 2" in hires.infotexts[2]] == [True, True]
+
+    for args, message in ((xyz_args(x=("Sampler", "Euler, Nope")), "unknown sampler 'Nope'"),
+                          (xyz_args(x=("Prompt S/R", "horse, dog")), "did not find 'horse'"),
+                          (xyz_args(x=("Warp factor", "9")), "unknown axis type 'Warp factor'"),
+                          (xyz_args(x=("Checkpoint name", "missing")), "unknown checkpoint 'missing'"),
+                          (xyz_args(x=("Steps", "")), "Steps: no values given")):
+        with pytest.raises(ScriptError, match=message):
+            run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot", args)
+
+
+def test_xyz_plot_on_img2img_takes_axes_by_index(runners, tiny_model):
+    xyz = script_module("xyz_grid.py")
+    labels = [opt.label for opt in xyz.Script().current_axis_options(True)]
+    assert "Hires steps" not in labels and "Initial noise multiplier" in labels
+    processed = run_script(runners["img2img"], img2img_job(noise_image(64, 64), steps=4), "X/Y/Z plot",
+                           xyz_args(x=(labels.index("Denoising"), "0.25, 0.5"), y=("Seed", "-1"), lone=True))
+    assert len(processed.images) == 3
+    seeds = {t.split("Seed: ")[1].split(",")[0] for t in processed.infotexts[1:]}
+    assert len(seeds) == 1 and "-1" not in seeds  # -1 fixed once for the whole plot
+    assert "Fixed Y Values: " + seeds.pop() in processed.infotexts[0]
