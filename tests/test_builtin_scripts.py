@@ -305,3 +305,54 @@ def test_xyz_plot_on_img2img_takes_axes_by_index(runners, tiny_model):
     seeds = {t.split("Seed: ")[1].split(",")[0] for t in processed.infotexts[1:]}
     assert len(seeds) == 1 and "-1" not in seeds  # -1 fixed once for the whole plot
     assert "Fixed Y Values: " + seeds.pop() in processed.infotexts[0]
+
+
+def test_outpainting_border_sizes_and_matched_noise(runners):
+    outpainting = script_module("outpainting.py")
+    assert outpainting.border_sizes(100, 64, 128, outpainting.DIRECTIONS) == (142, 142, 128, 128)  # 384 x 320
+    assert outpainting.border_sizes(100, 64, 128, ["left"]) == (156, 0, 0, 0)  # 256 wide, height kept
+    with pytest.raises(Exception, match="directions must be some of"):
+        outpainting.border_sizes(64, 64, 64, ["sideways"])
+
+    rng = np.random.default_rng(1)
+    image = np.zeros((64, 96, 3))
+    image[:, :48] = rng.random((64, 48, 3)) * [0.2, 0.6, 0.3] + [0.5, 0.1, 0.2]  # reddish texture on the left
+    mask = np.zeros((64, 96))
+    mask[:, 48:] = 1
+    filled = outpainting.matched_noise(image, mask, falloff=1.0, colour_variation=0.05)
+    assert np.array_equal(filled[:, :48], image[:, :48])  # known pixels untouched
+    fill, known = filled[:, 48:].reshape(-1, 3), image[:, :48].reshape(-1, 3)
+    assert np.allclose(fill.mean(axis=0), known.mean(axis=0), atol=0.01)  # the known pixels' colours
+    assert np.allclose(np.percentile(fill, [10, 50, 90], axis=0), np.percentile(known, [10, 50, 90], axis=0), atol=0.02)
+    assert fill.std(axis=0).min() > 0.03  # noise, not a flat colour
+    assert np.array_equal(filled, outpainting.matched_noise(image, mask))  # deterministic
+
+
+def test_poor_mans_outpainting_grows_the_image_tile_by_tile(runners, tiny_model):
+    source = noise_image(64, 64, seed=3)
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["img2img"], img2img_job(source, steps=4, denoising_strength=0.75),
+                               "Poor man's outpainting", [32, 2, "fill", ["left", "right", "up", "down"]])
+    result = processed.images[0]
+    assert result.size == (128, 128)
+    # 3 x 3 tiles of 64 px overlapping by 32; the centre one lies inside the picture and is skipped
+    assert len(calls.calls) == 8 * 3
+    # away from the blurred mask edge the picture is exactly the input, at its new place
+    assert np.array_equal(pixels(result)[50:78, 50:78], pixels(source)[18:46, 18:46])
+    assert pixels(result)[:16].mean() > 5  # the new border is painted, not left black
+    assert "Masked content: fill" in processed.info and "Mask blur: 4" in processed.info
+
+
+def test_outpainting_mk2_expands_one_side_at_a_time(runners, tiny_model):
+    from modules.scripts import ScriptError
+
+    source = noise_image(64, 64, seed=4)
+    with DenoiserCalls() as calls:
+        processed = run_script(runners["img2img"], img2img_job(source, steps=4, denoising_strength=0.5),
+                               "Outpainting mk2", ["", 64, 2, ["left", "down"], 1.0, 0.05])
+    assert [image.size for image in processed.images] == [(128, 128)]
+    assert len(calls.calls) == 2 * 2  # one img2img per side, int(4 x 0.5) steps each
+    assert np.array_equal(pixels(processed.images[0])[0:36, 96:128], pixels(source)[0:36, 32:64])
+    assert "Masked content: original" in processed.info and "Mask blur: 8," in processed.info
+    with pytest.raises(ScriptError, match="pixels to expand must be between 8 and 256"):
+        run_script(runners["img2img"], img2img_job(source), "Outpainting mk2", ["", 0, 2, ["left"], 1.0, 0.05])
