@@ -423,6 +423,7 @@ class ScriptRunner:
         self.dropdown = gr.Dropdown(["None", *self.titles], value="None", type="index", label="Script",
                                     elem_id=f"{self._tab}_script_dropdown")
         self.inputs[0] = self.dropdown
+        self.infotext_fields.append((self.dropdown, self._pasted_script))
         for script in self.selectable_scripts:
             with gr.Group(visible=False, elem_id=f"{self._tab}_script_{script.elem_id('group')}") as group:
                 self._create_script_ui(script)
@@ -433,6 +434,15 @@ class ScriptRunner:
                                  [self.dropdown], groups, queue=False, show_progress="hidden")
         self.default_args = [0] + [_component_default(c) for c in self.inputs[1:]]
         return self.inputs
+
+    def _pasted_script(self, params: dict):
+        """The Script dropdown after a paste: the infotext's ``Script`` when this tab has it, else None."""
+        import gradio as gr
+
+        title = params.get("Script")
+        if title is None:
+            return gr.update(value="None")
+        return gr.update(value=title) if title in self.titles else gr.skip()
 
     @property
     def _tab(self) -> str:

@@ -233,3 +233,45 @@ def test_extras_tab_upscales_an_uploaded_png_and_keeps_its_infotext(server):
         assert image.info["parameters"] == "a lighthouse\nSteps: 9, Seed: 77"
         assert image.info["extras"] == text.strip()
     assert len(list((data_dir / "outputs" / "extras-images").glob("*.png"))) == 1
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    """Pick ``option`` in the Gradio dropdown ``elem_id``, in the option list its input controls (the lists of
+    other dropdowns can still be in the page)."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    page.locator(f"#{box.get_attribute('aria-controls')} [role=option][aria-label='{option}']").click()
+
+
+def test_xyz_plot_from_the_script_dropdown(server):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    url, data_dir = server
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, url)
+        _type_and_count(page, "txt2img_prompt", "a lighthouse", "txt2img_token_counter", "2/75")
+        _set_number(page, "txt2img_width", 64)
+        _set_number(page, "txt2img_height", 64)
+        _set_number(page, "txt2img_steps", 2)
+        assert not page.locator("#script_txt2img_xyz_plot_x_type").is_visible()
+        _choose(page, "txt2img_script_dropdown", "X/Y/Z plot")
+        page.wait_for_selector("#script_txt2img_xyz_plot_x_type", state="visible")
+        _choose(page, "script_txt2img_xyz_plot_y_type", "Sampler")
+        # an axis with choices swaps its text box for a multi-select of the choices
+        page.wait_for_selector("#script_txt2img_xyz_plot_y_values_dropdown", state="visible")
+        page.wait_for_selector("#script_txt2img_xyz_plot_y_values textarea", state="hidden")
+        _choose(page, "script_txt2img_xyz_plot_y_type", "Nothing")
+        page.wait_for_selector("#script_txt2img_xyz_plot_y_values_dropdown", state="hidden")
+        _choose(page, "script_txt2img_xyz_plot_x_type", "Steps")
+        page.fill("#script_txt2img_xyz_plot_x_values textarea", "1-3")
+        page.click("#txt2img_generate")
+        page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('X Type')",
+                               timeout=180_000)
+        info = page.locator("#html_info_txt2img").inner_text()
+        body = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+        browser.close()
+    assert "Script: X/Y/Z plot, X Type: Steps, X Values: 1-3" in info
+    with Image.open(io.BytesIO(body)) as grid:
+        assert grid.width == 3 * 64 and grid.height > 64  # three cells under a band of labels
+    assert len(list((data_dir / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))) == 1

@@ -356,3 +356,25 @@ def test_outpainting_mk2_expands_one_side_at_a_time(runners, tiny_model):
     assert "Masked content: original" in processed.info and "Mask blur: 8," in processed.info
     with pytest.raises(ScriptError, match="pixels to expand must be between 8 and 256"):
         run_script(runners["img2img"], img2img_job(source), "Outpainting mk2", ["", 0, 2, ["left"], 1.0, 0.05])
+
+
+def test_pasting_an_xyz_infotext_selects_the_script_and_fills_its_axes(runners, tiny_model):
+    import gradio as gr
+
+    from modules import processing
+    from webui import ui
+
+    with gr.Blocks():
+        runners["txt2img"].setup_ui()
+    processed = run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot",
+                           xyz_args(x=("Steps", "1-2"), y=("Seed", "5, 6"), legend=False))
+    updates = ui.paste_parameters(processed.infotexts[0])[len(ui.PASTE_FIELDS) + 1:]
+    pasted = {component.elem_id: update.get("value") for component, update
+              in zip(ui.script_paste_components("txt2img"), updates) if "value" in update}
+    assert pasted["txt2img_script_dropdown"] == "X/Y/Z plot"
+    assert pasted["script_txt2img_xyz_plot_x_type"] == "Steps" and pasted["script_txt2img_xyz_plot_x_values"] == "1-2"
+    assert pasted["script_txt2img_xyz_plot_y_type"] == "Seed" and pasted["script_txt2img_xyz_plot_y_values"] == "5, 6"
+    assert "script_txt2img_xyz_plot_z_type" not in pasted  # the infotext has no Z axis: left as it is
+    plain = processing.create_infotext(txt2img_job(), ["a cat"], [1], [1])
+    updates = ui.paste_parameters(plain)[len(ui.PASTE_FIELDS) + 1:]
+    assert updates[0]["value"] == "None"  # an ordinary infotext deselects the script

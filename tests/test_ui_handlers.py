@@ -125,7 +125,7 @@ def test_paste_fills_hires_fields_and_override_settings(tiny_model):
     assert values["hr_upscaler"] == "Latent (nearest-exact)" and values["hr_second_pass_steps"] == 8
     assert values["hr_sampler_name"] == "DDIM" and values["hr_scheduler"] == "Use same scheduler"
     assert values["hr_prompt"] == "a castle, detailed" and values["hr_resize_x"] == 0
-    override = updates[-1]
+    override = updates[len(ui.PASTE_FIELDS)]
     assert override["value"] == ["Clip skip: 2"] and override["visible"] is True  # the model hash matches no local file
 
 

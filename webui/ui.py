@@ -15,8 +15,9 @@ from webui import ui_extensions, ui_extras, ui_img2img
 from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider,
                              error_html, error_updates, infotext_html, output_panel, override_settings_box,
                              override_settings_update, postprocess_controls, postprocess_job_options, prompt_boxes,
-                             sampler_controls, script_controls, seed_controls, select_image, size_and_batch, stream_job,
-                             update_token_counter, variation_values, wire_generation)
+                             sampler_controls, script_controls, script_paste_components, script_paste_updates,
+                             seed_controls, select_image, size_and_batch, stream_job, update_token_counter,
+                             variation_values, wire_generation)
 
 __all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
 HIRES_SAME_SAMPLER = "Use same sampler"
@@ -151,10 +152,10 @@ def paste_parameters(text: str) -> list:
     per name in ``PASTE_FIELDS`` (fields the infotext does not carry are skipped), then the override settings."""
     parsed = read_infotext(text)
     if parsed is None:
-        return [gr.skip()] * (len(PASTE_FIELDS) + 1)
+        return [gr.skip()] * (len(PASTE_FIELDS) + 1) + script_paste_updates("txt2img", None)
     values = infotext_utils.txt2img_fields_from_infotext(parsed[1])
     return [gr.update(value=values[name]) if name in values else gr.skip() for name in PASTE_FIELDS] + \
-        [override_settings_update(parsed[1])]
+        [override_settings_update(parsed[1])] + script_paste_updates("txt2img", parsed[1])
 
 
 def read_png_info(path: str | None):
@@ -176,7 +177,8 @@ def read_png_info(path: str | None):
 
 
 def send_to_txt2img(text: str) -> list:
-    return [gr.Tabs(selected="txt2img"), *paste_parameters(text or "")] if text else [gr.skip()] * (2 + len(PASTE_FIELDS))
+    return [gr.Tabs(selected="txt2img"), *paste_parameters(text or "")] if text else \
+        [gr.skip()] * (2 + len(PASTE_FIELDS) + len(script_paste_components("txt2img")))
 
 
 def change_checkpoint(title: str):
@@ -368,7 +370,7 @@ def _wire_txt2img(c: dict, demo: gr.Blocks) -> None:
 
 
 def paste_outputs(c: dict) -> list:
-    return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]]
+    return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]] + script_paste_components("txt2img")
 
 
 def extension_ui_tabs() -> list[tuple]:

@@ -205,6 +205,55 @@ def script_controls(tab: str, c: dict) -> None:
     c["script_inputs"] = scripts.runner_for(tab == "img2img").setup_ui()
 
 
+def _script_paste_fields(tab: str) -> list:
+    """The (control, infotext key or function) pairs of the tab's scripts; none before the page built them."""
+    from modules import scripts
+
+    runner = scripts.scripts_img2img if tab == "img2img" else scripts.scripts_txt2img
+    return list(runner.infotext_fields) if runner is not None else []
+
+
+def script_paste_components(tab: str) -> list:
+    """The controls scripts fill from a pasted infotext (their ``infotext_fields``)."""
+    return [component for component, _ in _script_paste_fields(tab)]
+
+
+def script_paste_updates(tab: str, params: dict | None) -> list:
+    """One update per ``script_paste_components(tab)``: a field's infotext key, or its function of the parsed
+    infotext (A1111's ``infotext_fields``); keys the infotext lacks are left alone."""
+    from modules import errors
+
+    updates = []
+    for component, key in _script_paste_fields(tab):
+        if params is None:
+            updates.append(gr.skip())
+        elif callable(key):
+            try:
+                value = key(params)
+            except Exception as e:
+                errors.report(f"pasting into a script's field failed: {type(e).__name__}: {e}", exc_info=True)
+                value = gr.skip()
+            updates.append(value if isinstance(value, dict) else gr.update(value=value))
+        elif key in params:
+            updates.append(gr.update(value=_pasted_value(component, params[key])))
+        else:
+            updates.append(gr.skip())
+    return updates
+
+
+def _pasted_value(component, value):
+    """An infotext value (a string) in the type of the control it goes into."""
+    if isinstance(component, gr.Checkbox):
+        return str(value).lower() == "true"
+    if isinstance(component, (gr.Slider, gr.Number)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return component.value
+        return int(number) if number.is_integer() else number
+    return value
+
+
 def attach_scripts(p, tab: str, extra: tuple) -> None:
     """Give ``p`` its tab's scripts and the values of their controls: what follows the Faces values in
     ``generate``'s trailing arguments (the defaults when the page sent none)."""

@@ -8,7 +8,8 @@ from modules import img2img, images, infotext_utils, processing, shared
 from modules.errors import UserInputError
 from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider, error_updates, output_panel,
                              override_settings_box, override_settings_update, postprocess_controls, postprocess_job_options,
-                             prompt_boxes, sampler_controls, script_controls, seed_controls, size_and_batch, stream_job,
+                             prompt_boxes, sampler_controls, script_controls, script_paste_components,
+                             script_paste_updates, seed_controls, size_and_batch, stream_job,
                              variation_values, wire_generation)
 
 MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
@@ -42,10 +43,10 @@ def paste_parameters(text: str, require_text: bool = False) -> list:
 
     parsed = ui.read_infotext(text) if (text or "").strip() or not require_text else None
     if parsed is None:
-        return [gr.skip()] * (len(PASTE_FIELDS) + 1)
+        return [gr.skip()] * (len(PASTE_FIELDS) + 1) + script_paste_updates("img2img", None)
     values = _radio_labels(infotext_utils.img2img_fields_from_infotext(parsed[1]))
     return [gr.update(value=values[name]) if name in values else gr.skip() for name in PASTE_FIELDS] + \
-        [override_settings_update(parsed[1])]
+        [override_settings_update(parsed[1])] + script_paste_updates("img2img", parsed[1])
 
 
 def show_in_mode(image, target: str) -> list:
@@ -64,7 +65,7 @@ def mode_outputs(c: dict) -> list:
 
 
 def paste_outputs(c: dict) -> list:
-    return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]]
+    return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]] + script_paste_components("img2img")
 
 
 def mask_from_layers(editor: dict | None):
