@@ -11,7 +11,13 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from modules.grid_annotations import GridAnnotation, draw_grid_annotations, draw_prompt_matrix, get_font  # noqa: F401
+from modules import grid_annotations
+
+# grid labels live in their own module; these are the A1111 names scripts import from here
+GridAnnotation = grid_annotations.GridAnnotation
+draw_grid_annotations = grid_annotations.draw_grid_annotations
+draw_prompt_matrix = grid_annotations.draw_prompt_matrix
+get_font = grid_annotations.get_font
 
 invalid_filename_chars = '#<>:"/\\|?*\n\r\t'
 invalid_filename_prefix = " "

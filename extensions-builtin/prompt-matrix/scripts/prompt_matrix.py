@@ -7,7 +7,6 @@ import gradio as gr
 import modules.scripts as scripts
 from modules import images, processing
 from modules.errors import UserInputError
-from modules.processing import Processed
 from modules.shared import opts, state
 
 MAX_PARTS = 8  # 256 images
