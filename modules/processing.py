@@ -250,7 +250,14 @@ class StableDiffusionProcessing:
             model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=float(self.cfg_scale), steps=steps,
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
             should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
-            **img2img)
+            extra_noise=self._extra_noise() if img2img else 0.0, **img2img)
+
+    def _extra_noise(self) -> float:
+        """The ``img2img_extra_noise`` setting for a pass that starts from an image; recorded in the infotext."""
+        extra = float(opts.img2img_extra_noise or 0)
+        if extra > 0:
+            self.extra_generation_params["Extra noise"] = extra
+        return extra
 
     def _mask_blend_hook(self):
         """The scripts' ``on_mask_blend`` as the sampler's blend callback (None without scripts)."""

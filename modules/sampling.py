@@ -37,6 +37,7 @@ class SamplingRun:
     image_conditioning: Any = None  # extra UNet input channels (9-channel inpainting models)
     # inpainting: (current, nmask, known, mask, blended, timestep, is_final) -> the latents to continue from
     mask_blend: Callable[..., Any] | None = None
+    extra_noise: float = 0.0  # img2img/hires: the starting noise added once more, times this (A1111 "Extra noise")
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -72,6 +73,10 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
         if len(timesteps) == 0:
             return init_latent, True
         latents = scheduler.add_noise(init_latent, noise, timesteps[:1])
+        if run.extra_noise > 0:
+            params = script_callbacks.ExtraNoiseParams(noise, init_latent, latents)
+            script_callbacks.extra_noise_callback(params)
+            latents = latents + params.noise * run.extra_noise
     mask, nmask = (m.to(device=device, dtype=torch.float32) if m is not None else None for m in (run.mask, run.nmask))
     step_kwargs = _step_kwargs(scheduler, run)
     total = len(timesteps)

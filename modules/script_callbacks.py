@@ -86,11 +86,11 @@ def _register(category: str, callback: Callable, name: str | None) -> None:
     callback_map[f"callbacks_{category}"].append(ScriptCallback(caller, callback, name or getattr(callback, "__name__", "callback")))
 
 
-def _run(category: str, *args: Any) -> list:
+def _run(category: str, *args: Any, **kwargs: Any) -> list:
     results = []
     for c in list(callback_map[f"callbacks_{category}"]):
         try:
-            results.append(c.callback(*args))
+            results.append(c.callback(*args, **kwargs))
         except Exception as e:
             errors.display(e, f"{category} callback {c.name} ({c.script})")
     return results
@@ -100,8 +100,8 @@ def _make(category: str):
     def register(callback: Callable, *, name: str | None = None) -> None:
         _register(category, callback, name)
 
-    def run(*args: Any) -> list:
-        return _run(category, *args)
+    def run(*args: Any, **kwargs: Any) -> list:
+        return _run(category, *args, **kwargs)
 
     register.__name__ = f"on_{category}"
     run.__name__ = f"{category}_callback"

@@ -336,9 +336,41 @@ def load_scripts() -> None:
 
 def reload_scripts() -> None:
     """Rescan the extension folders (settings and flags decide which are active), then load their scripts."""
+    if scripts_txt2img is not None:  # scripts were loaded before: this is a reload
+        script_callbacks.before_reload_callback()
     script_callbacks.script_unloaded_callback()
     extensions.list_extensions()
     load_scripts()
+
+
+def announce_components(page, tabs: dict) -> None:
+    """Call the component hooks (``on_before_component``/``on_after_component`` callbacks and the scripts'
+    ``before_component``/``after_component``) for every component of the built ``page``, in creation order.
+
+    A1111 calls them while each component is created, by patching Gradio; without patching they run once the page
+    exists (still inside its Blocks, so event listeners can be added). Components a hook creates are therefore
+    not placed next to the one announced. ``tabs`` maps "txt2img"/"img2img" to their tab blocks: a tab's
+    components also go to that tab's scripts, as in A1111."""
+    import gradio as gr
+
+    def walk(block):
+        for child in getattr(block, "children", None) or []:
+            yield child
+            yield from walk(child)
+
+    owners = {id(c): runner for name, runner in (("txt2img", scripts_txt2img), ("img2img", scripts_img2img))
+              if runner is not None and name in tabs for c in walk(tabs[name])}
+    components = sorted((c for c in walk(page) if isinstance(c, gr.components.Component)), key=lambda c: c._id)
+    for component in components:
+        kwargs = {"elem_id": component.elem_id, "label": getattr(component, "label", None),
+                  "value": getattr(component, "value", None)}
+        runner = owners.get(id(component))
+        script_callbacks.before_component_callback(component, **kwargs)
+        if runner is not None:
+            runner.before_component(component, **kwargs)
+        script_callbacks.after_component_callback(component, **kwargs)
+        if runner is not None:
+            runner.after_component(component, **kwargs)
 
 
 def extension_of(data: ScriptClassData) -> str:
@@ -461,6 +493,26 @@ class ScriptRunner:
         script.args_to = len(self.inputs)
         self.infotext_fields += list(script.infotext_fields or [])
         self.paste_field_names += list(script.paste_field_names or [])
+
+    def before_component(self, component, **kwargs) -> None:
+        self._component_hooks("before", component, kwargs)
+
+    def after_component(self, component, **kwargs) -> None:
+        self._component_hooks("after", component, kwargs)
+
+    def _component_hooks(self, when: str, component, kwargs: dict) -> None:
+        """A script's ``on_<when>_component`` callbacks for this elem_id, then its ``<when>_component``; a failure
+        is reported with the extension's name and the other scripts still run."""
+        for script in self.scripts:
+            callbacks = [cb for elem_id, cb in getattr(script, f"on_{when}_component_elem_id") or []
+                         if elem_id == kwargs.get("elem_id")]
+            try:
+                for callback in callbacks:
+                    callback(OnComponent(component=component))
+                getattr(script, f"{when}_component")(component, **kwargs)
+            except Exception as e:
+                errors.report(f"Extension {script.extension_name}: {script.title()} {when}_component failed: "
+                              f"{type(e).__name__}: {e}", exc_info=True)
 
     def ensure_args(self) -> list:
         """Every script's default argument values, building the controls in a detached Gradio context when the

@@ -7,9 +7,10 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
-from tests.conftest import FIXTURES, noise_image, pixels, titled, write_extension
+from tests.conftest import FIXTURES, img2img, noise_image, pixels, titled, write_extension
 
 def loaded_titles() -> list[str]:
     from modules import scripts
@@ -311,3 +312,44 @@ def test_compatibility_modules_extensions_import(data_dir, tmp_path):
     before = state.id_live_preview
     sd_samplers_common.store_latent(torch.zeros(2, 4, 8, 8))
     assert state.current_latent.shape == (4, 8, 8) and state.id_live_preview == before + 1
+
+
+def test_extra_noise_setting_and_its_callback(ext_root, tiny_model):
+    import torch
+
+    from modules import script_callbacks
+    from modules.shared import opts
+
+    def run():
+        return img2img([noise_image(64, 64)], steps=4, denoising_strength=0.5)[1]
+
+    calls = []
+    plain = run()
+    script_callbacks.on_extra_noise(lambda params: calls.append(params))
+    assert run().images and calls == []  # off by default
+    opts.set("img2img_extra_noise", 0.5)
+    noisier = run()
+    assert len(calls) == 1 and calls[0].noise.shape == calls[0].x.shape == (1, 4, 8, 8)
+    assert "Extra noise: 0.5" in noisier.info and not np.array_equal(pixels(noisier.images[0]), pixels(plain.images[0]))
+
+    def silence(params):
+        params.noise = torch.zeros_like(params.noise)
+
+    script_callbacks.on_extra_noise(silence)
+    assert np.array_equal(pixels(run().images[0]), pixels(plain.images[0]))
+
+
+def test_reloading_scripts_announces_it_first(ext_root):
+    from modules import script_callbacks, scripts
+
+    write_extension(ext_root["user"], "reloader", {"scripts/reloader.py": (
+        "from modules import script_callbacks\nimport modules.scripts as scripts\n\n"
+        "events = []\nscript_callbacks.on_before_reload(lambda: events.append('before_reload'))\n"
+        "script_callbacks.on_script_unloaded(lambda: events.append('unloaded'))\n")})
+    scripts.reload_scripts()
+    import sys
+
+    events = sys.modules["reloader.py"].events
+    assert events == []
+    scripts.reload_scripts()
+    assert events == ["before_reload", "unloaded"] and script_callbacks.callback_map["callbacks_before_reload"]

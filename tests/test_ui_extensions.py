@@ -143,3 +143,57 @@ def test_start_up_keeps_what_install_py_reported(ext_root, monkeypatch):
     server.load_extensions(shared.cmd_opts)
     assert "cannot set up the thing" in extensions.find("failing").errors[-1]
     assert "cannot set up the thing" in next(r for r in ui_extensions.table_rows() if r[1] == "failing")[6]
+
+
+WATCHER = '''import gradio as gr
+
+import modules.scripts as scripts
+from modules import script_callbacks
+
+seen = []
+script_callbacks.on_before_component(lambda component, **kwargs: seen.append(("before", kwargs["elem_id"])))
+script_callbacks.on_after_component(lambda component, **kwargs: seen.append(("after", kwargs["elem_id"])))
+
+
+class Script(scripts.Script):
+    def __init__(self):
+        self.own = []
+        self.on_after_component(self.found_prompt, elem_id="txt2img_prompt")
+
+    def found_prompt(self, params):
+        self.own.append(("callback", params.component.elem_id))
+        params.component.change(lambda text: None, [params.component], None)  # extensions wire events here
+
+    def title(self):
+        return "Watcher"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def after_component(self, component, **kwargs):
+        self.own.append(kwargs["elem_id"])
+'''
+
+
+def test_component_hooks_see_every_component_and_their_tab(ext_root, data_dir):
+    import sys
+
+    from modules import scripts
+    from webui import ui
+
+    write_extension(ext_root["user"], "watcher", {"scripts/watcher.py": WATCHER})
+    scripts.reload_scripts()
+    ui.create_ui()
+    seen = sys.modules["watcher.py"].seen
+    ids = [elem_id for when, elem_id in seen if when == "after"]
+    assert {"setting_sd_model_checkpoint", "txt2img_prompt", "img2img_prompt", "extras_image"} <= set(ids)
+    position = seen.index(("before", "txt2img_prompt"))
+    assert seen[position + 1] == ("after", "txt2img_prompt")  # before, then after, for each component
+    assert ids.index("setting_sd_model_checkpoint") < ids.index("txt2img_prompt") < ids.index("img2img_prompt")
+    txt2img_watcher = scripts.scripts_txt2img.title_map["watcher"]
+    img2img_watcher = scripts.scripts_img2img.title_map["watcher"]
+    # each tab's script instance sees that tab's components only; the elem_id callback fired once, for its id
+    assert "txt2img_prompt" in txt2img_watcher.own and "img2img_prompt" not in txt2img_watcher.own
+    assert "img2img_prompt" in img2img_watcher.own and "txt2img_prompt" not in img2img_watcher.own
+    assert txt2img_watcher.own.count(("callback", "txt2img_prompt")) == 1
+    assert not any(isinstance(entry, tuple) for entry in img2img_watcher.own)

@@ -7,7 +7,8 @@ import os
 
 import gradio as gr
 
-from modules import infotext_utils, job_queue, model_download, sd_models, sd_samplers, sd_schedulers, shared, txt2img
+from modules import (infotext_utils, job_queue, model_download, scripts, sd_models, sd_samplers, sd_schedulers, shared,
+                     txt2img)
 from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
@@ -402,9 +403,9 @@ def create_ui() -> gr.Blocks:
         notice = gr.Markdown(_model_notice(), elem_id="model_notice")
         model_status = gr.HTML("", elem_id="model_status")
         with gr.Tabs() as tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img") as txt2img_tab:
                 t2i = _txt2img_tab(sampler_names, schedule_labels)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img") as img2img_tab:
                 i2i = ui_img2img.create_tab(sampler_names, schedule_labels, _style_names())
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = ui_extras.create_tab()
@@ -444,4 +445,5 @@ def create_ui() -> gr.Blocks:
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)
+        scripts.announce_components(demo, {"txt2img": txt2img_tab, "img2img": img2img_tab})
     return demo

@@ -207,6 +207,7 @@ axis_options = [
     AxisOption("Eta", float, apply_field("eta")),
     AxisOption("Clip skip", int, apply_override("CLIP_stop_at_last_layers")),
     AxisOption("Denoising", float, apply_field("denoising_strength")),
+    AxisOption("Extra noise", float, apply_override("img2img_extra_noise")),
     AxisOptionImg2Img("Initial noise multiplier", float, apply_field("initial_noise_multiplier")),
     AxisOptionTxt2Img("Hires upscaler", str, apply_field("hr_upscaler"),
                       confirm=confirm_in("Hires upscaler", hires_upscaler_names), choices=hires_upscaler_names),
