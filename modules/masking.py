@@ -112,7 +112,8 @@ def setup_color_correction(image: Image.Image) -> np.ndarray:
     return np.asarray(to_lab.apply(image.convert("RGB")))
 
 
-def _match_channel(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def match_histogram(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``source``'s values mapped so that their distribution is ``reference``'s (one channel; any shapes)."""
     values, inverse, counts = np.unique(source.ravel(), return_inverse=True, return_counts=True)
     ref_values, ref_counts = np.unique(reference.ravel(), return_counts=True)
     quantiles = np.cumsum(counts) / source.size
@@ -125,5 +126,5 @@ def apply_color_correction(correction: np.ndarray, original_image: Image.Image) 
     correction toward the init image)."""
     to_lab, to_rgb = _lab_transforms()
     lab = np.asarray(to_lab.apply(original_image.convert("RGB")))
-    matched = np.stack([_match_channel(lab[..., c], correction[..., c]) for c in range(3)], axis=-1)
+    matched = np.stack([match_histogram(lab[..., c], correction[..., c]) for c in range(3)], axis=-1)
     return to_rgb.apply(Image.fromarray(np.clip(matched.round(), 0, 255).astype(np.uint8), "LAB"))

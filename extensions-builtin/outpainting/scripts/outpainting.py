@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import modules.scripts as scripts
-from modules import images, processing
+from modules import images, masking, processing
 from modules.errors import UserInputError
 from modules.processing import Processed
 from modules.shared import opts, state
@@ -143,17 +143,6 @@ def _low_pass(height: int, width: int) -> np.ndarray:
     return 1 / ((y[:, None] ** 2 + 1) * (x[None, :] ** 2 + 1))
 
 
-def _match_histogram(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per channel, give the (N, C) ``values`` the distribution of the (M, C) ``reference`` keeping their ranks."""
-    matched = np.empty_like(values)
-    quantiles = np.linspace(0, 1, len(reference))
-    for channel in range(values.shape[1]):
-        ranks = np.argsort(np.argsort(values[:, channel], kind="stable"), kind="stable")
-        positions = ranks / max(len(values) - 1, 1)
-        matched[:, channel] = np.interp(positions, quantiles, np.sort(reference[:, channel]))
-    return matched
-
-
 def matched_noise(image: np.ndarray, mask: np.ndarray, falloff: float = 1.0, colour_variation: float = 0.05,
                   seed: int = 0) -> np.ndarray:
     """Fill the masked part of ``image`` (H, W, 3, values 0..1; ``mask`` (H, W), 1 = fill) with noise whose
@@ -176,7 +165,8 @@ def matched_noise(image: np.ndarray, mask: np.ndarray, falloff: float = 1.0, col
     shaped = np.real(_ifft(np.abs(noise_spectrum) ** 2 * magnitude ** falloff * phase))
     shaped = (shaped - shaped.min()) / max(np.ptp(shaped), 1e-12)
     fill = mask > 1e-6
-    shaped[fill] = _match_histogram(shaped[fill], image[reference])
+    known_colours = image[reference]
+    shaped[fill] = np.stack([masking.match_histogram(shaped[fill][:, c], known_colours[:, c]) for c in range(3)], axis=1)
     return np.clip(known + shaped * (1 - keep), 0, 1)
 
 
