@@ -25,6 +25,8 @@ def make_parser() -> argparse.ArgumentParser:
     add("--models-dir", type=str, default=None, help="models root (default: <data-dir>/models)")
     add("--ckpt", type=str, default=None, help="checkpoint to load at start (added to the list)")
     add("--ckpt-dir", type=str, default=None, help="extra directory scanned for checkpoints")
+    add("--vae-dir", type=str, default=None, help="extra directory scanned for VAE files")
+    add("--vae-path", type=str, default=None, help="VAE file to use always (the SD VAE setting is then ignored)")
     add("--embeddings-dir", type=str, default=None, help="extra directory scanned for textual-inversion embeddings")
     add("--lora-dir", type=str, default=None, help="extra directory scanned for LoRA networks")
     for family in ("esrgan", "realesrgan", "codeformer", "gfpgan"):

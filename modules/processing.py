@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sampling, shared, upscaler
+from modules import (devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae, sampling,
+                     shared, upscaler)
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
@@ -833,7 +834,7 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     try:
         for key, value in p.override_settings.items():
             opts.set(key, value)
-        sd_models.reload_model_weights()
+        sd_vae.reload_vae_weights(sd_models.reload_model_weights())
         return process_images_inner(p)
     finally:
         if p.override_settings_restore_afterwards:
@@ -847,6 +848,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     model = sd_models.get_sd_model()
     info = model.sd_checkpoint_info
     p.sd_model_name, p.sd_model_hash = info.model_name, info.shorthash
+    p.sd_vae_name, p.sd_vae_hash = sd_vae.loaded_vae_name(model), sd_vae.loaded_vae_hash(model)
     p.clip_skip = int(opts.CLIP_stop_at_last_layers)
     kind = "img2img" if isinstance(p, StableDiffusionProcessingImg2Img) else "txt2img"
     p.outpath_samples = p.outpath_samples or _output_dir(kind, grid=False)

@@ -152,6 +152,8 @@ class SDModel(Components):
     sd_checkpoint_info: CheckpointInfo | None = None
     device: Any = None
     dtype: Any = None
+    loaded_vae_file: str | None = None  # a separate VAE file in use (sd_vae); None: the checkpoint's own
+    own_vae_state: dict | None = None  # the checkpoint's own VAE weights, kept once another VAE is loaded
 
     is_sd1 = True
     is_sd2 = False

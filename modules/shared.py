@@ -11,10 +11,12 @@ from modules import cmd_args, paths
 from modules.options import OptionHTML, OptionInfo, Options, options_section  # noqa: F401  (re-exported for scripts)
 from modules.shared_options import options_templates
 from modules.shared_state import State
+from modules.shared_total_tqdm import TotalTQDM
 
 cmd_opts = cmd_args.parse([])
 opts = Options(options_templates)
 state = State()
+total_tqdm = TotalTQDM()
 
 latent_upscale_modes = {
     "Latent": {"mode": "bilinear", "antialias": False},

@@ -48,6 +48,8 @@ options_templates.update(options_section(("sd", "Stable Diffusion"), {
     "sd_model_checkpoint": OptionInfo(None, "Stable Diffusion checkpoint", infotext="Model hash"),
     "sd_checkpoints_keep_in_cpu": OptionInfo(True, "Keep cached checkpoints in RAM rather than VRAM"),
     "sd_checkpoint_cache": OptionInfo(2, "Checkpoints to keep in RAM (LRU; 1 keeps only the loaded one)"),
+    "sd_vae": OptionInfo("Automatic", "SD VAE (Automatic: a VAE named like the checkpoint, else its own; None: its own)",
+                         infotext="VAE"),
     "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip", infotext="Clip skip"),
     "emphasis": OptionInfo("Original", "Emphasis mode (Original, No norm, Ignore, None)", infotext="Emphasis"),
     "comma_padding_backtrack": OptionInfo(20, "Prompt word wrap length limit (tokens moved to the next chunk after a comma)"),

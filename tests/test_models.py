@@ -159,3 +159,47 @@ def test_legacy_non_zip_torch_checkpoint_loads(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(3)}}, path, _use_new_zipfile_serialization=False)
     assert model_files.detect_format(str(path)) == model_files.TORCH_PICKLE
     assert model_files.read_shapes(str(path)) == {"w": (3,)}
+
+
+def test_a_separate_vae_file_replaces_the_models_vae_and_none_restores_it(tiny_model, data_dir, tmp_path, monkeypatch):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from modules import sd_vae, shared
+    from modules.errors import UserInputError
+
+    other = model_files.read_state_dict(str(data_dir / "models" / "Stable-diffusion" / "sub" / "other.safetensors"))
+    ldm_vae = {k[len("first_stage_model."):]: v for k, v in other.items() if k.startswith("first_stage_model.")}
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    save_file(ldm_vae, str(folder / "mse.safetensors"))  # the LDM layout, as vae-ft-mse-840000 ships
+    save_file(ldm_vae, str(folder / "tiny.vae.safetensors"))  # named like the checkpoint: Automatic picks it
+    save_file({k: v.contiguous() for k, v in tiny_model.vae.state_dict().items()}, str(folder / "own.safetensors"))
+    monkeypatch.setattr(shared.cmd_opts, "vae_dir", str(folder))
+    sd_vae.refresh_vae_list()
+    assert {"mse.safetensors", "tiny.vae.safetensors", "own.safetensors"} <= set(sd_vae.vae_dict)
+    try:
+        shared.opts.set("sd_vae", "None")
+        own = txt2img(seed=9)
+        assert "VAE" not in own.info
+        shared.opts.set("sd_vae", "mse.safetensors")
+        swapped = txt2img(seed=9)
+        digest = hashes.sha256(str(folder / "mse.safetensors"), "vae/mse.safetensors")[:10]
+        assert f"VAE hash: {digest}, VAE: mse.safetensors" in swapped.info
+        assert not np.array_equal(pixels(own.images[0]), pixels(swapped.images[0]))
+        shared.opts.set("sd_vae", "own.safetensors")  # diffusers' layout
+        assert np.array_equal(pixels(txt2img(seed=9).images[0]), pixels(own.images[0]))
+        shared.opts.set("sd_vae", "Automatic")
+        automatic = txt2img(seed=9)
+        assert "VAE: tiny.vae.safetensors" in automatic.info
+        assert np.array_equal(pixels(automatic.images[0]), pixels(swapped.images[0]))
+        shared.opts.set("sd_vae", "None")
+        assert np.array_equal(pixels(txt2img(seed=9).images[0]), pixels(own.images[0]))
+        shared.opts.set("sd_vae", "missing.pt")
+        with pytest.raises(UserInputError, match="no VAE file named 'missing.pt'"):
+            txt2img(seed=9)
+    finally:
+        shared.opts.set("sd_vae", "None")
+        sd_vae.reload_vae_weights()
+        monkeypatch.undo()
+        sd_vae.refresh_vae_list()

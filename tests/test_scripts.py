@@ -309,6 +309,12 @@ def test_compatibility_modules_extensions_import(data_dir, tmp_path):
     assert list(descendants(enabled.accordion))[1] is enabled  # the checkbox heads the accordion's content (in a Form)
     assert {"tool", "feature", "inside"} <= {
         getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    from modules import shared
+
+    shared.total_tqdm.updateTotal(3)
+    shared.total_tqdm.update()
+    assert (shared.total_tqdm._tqdm.n, shared.total_tqdm._tqdm.total) == (1, 3)
+    shared.total_tqdm.clear()
     before = state.id_live_preview
     sd_samplers_common.store_latent(torch.zeros(2, 4, 8, 8))
     assert state.current_latent.shape == (4, 8, 8) and state.id_live_preview == before + 1

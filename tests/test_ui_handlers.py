@@ -179,3 +179,17 @@ def test_png_info_sends_to_img2img_with_every_field(tiny_model, tmp_path):
     assert fields["seed"] == 77 and fields["denoising_strength"] == 0.4 and fields["mask_blur"] == 6
     assert fields["inpainting_fill"] == "latent noise" and fields["inpaint_full_res"] == "Whole picture"
     assert fields["inpainting_mask_invert"] == "Inpaint masked" and fields["initial_noise_multiplier"] == 1.0
+
+
+def test_the_vae_dropdown_saves_the_setting(tiny_model, data_dir):
+    import json
+
+    from modules import sd_vae
+    from modules.shared import opts
+
+    assert sd_vae.choices()[:2] == ["Automatic", "None"]
+    assert ui.change_vae("None") == "" and opts.sd_vae == "None"
+    with open(data_dir / "config.json", encoding="utf8") as f:
+        assert json.load(f)["sd_vae"] == "None"
+    assert "not found" in ui.change_vae("nothing.safetensors") and opts.sd_vae == "None"
+    opts.set("sd_vae", "Automatic")

@@ -11,7 +11,8 @@ import secrets
 import socket
 import sys
 
-from modules import cmd_args, devices, extensions, job_queue, model_download, paths, script_callbacks, scripts, sd_models, shared
+from modules import (cmd_args, devices, extensions, job_queue, model_download, paths, script_callbacks, scripts, sd_models,
+                     sd_vae, shared)
 from modules.demo_model import ensure_demo_checkpoint
 
 log = logging.getLogger("webui")
@@ -56,6 +57,7 @@ def prepare_models(opts) -> None:
         ensure_demo_checkpoint(paths.models_path)
         sd_models.list_models()
         log.warning("No checkpoint found: using the random-weight demo model %s", sd_models.checkpoint_tiles())
+    sd_vae.refresh_vae_list()
 
 
 def parse_flags(argv: list[str] | None) -> object:

@@ -7,8 +7,8 @@ import os
 
 import gradio as gr
 
-from modules import (infotext_utils, job_queue, model_download, scripts, sd_models, sd_samplers, sd_schedulers, shared,
-                     txt2img)
+from modules import (infotext_utils, job_queue, model_download, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae,
+                     shared, txt2img)
 from modules.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
@@ -193,6 +193,20 @@ def change_checkpoint(title: str):
         return error_html(job.error or job.status), _model_notice()
     opts.save(_config_file())
     return "", _model_notice()
+
+
+def change_vae(name: str) -> str:
+    """Save the SD VAE setting; the next job loads it."""
+    if name not in sd_vae.choices():
+        return error_html(f"VAE {name!r} not found")
+    opts.set("sd_vae", name)
+    opts.save(_config_file())
+    return ""
+
+
+def refresh_vae_choices():
+    sd_vae.refresh_vae_list()
+    return gr.update(choices=sd_vae.choices())
 
 
 def refresh_checkpoints():
@@ -398,6 +412,8 @@ def create_ui() -> gr.Blocks:
         with gr.Row():
             checkpoint = gr.Dropdown(_checkpoint_choices(), value=selected.title if selected else None,
                                      label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
+            vae = gr.Dropdown(sd_vae.choices(), value=opts.sd_vae if opts.sd_vae in sd_vae.choices() else "Automatic",
+                              label="SD VAE", elem_id="setting_sd_vae", scale=2)
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
             download = gr.Button("Download SD 1.5", elem_id="download_sd15", scale=1)
         notice = gr.Markdown(_model_notice(), elem_id="model_notice")
@@ -444,6 +460,8 @@ def create_ui() -> gr.Blocks:
                          [*send_outputs, *ui_img2img.paste_outputs(i2i)], queue=False)
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
+        refresh.click(refresh_vae_choices, None, [vae], queue=False)
+        vae.input(change_vae, [vae], [model_status], queue=False)
         download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)
         scripts.announce_components(demo, {"txt2img": txt2img_tab, "img2img": img2img_tab})
     return demo

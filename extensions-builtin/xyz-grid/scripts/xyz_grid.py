@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image
 
 import modules.scripts as scripts
-from modules import images, processing, sd_models, sd_samplers, sd_schedulers, shared, upscaler
+from modules import images, processing, sd_models, sd_samplers, sd_schedulers, sd_vae, shared, upscaler
 from modules.errors import UserInputError
 from modules.processing import Processed
 from modules.shared import opts, state
@@ -202,6 +202,8 @@ axis_options = [
                       confirm=confirm_samplers, choices=sd_samplers.visible_sampler_names),
     AxisOption("Checkpoint name", str, apply_checkpoint, format_value=format_remove_path, confirm=confirm_checkpoints,
                cost=1.0, choices=lambda: sorted(sd_models.checkpoint_tiles(), key=str.casefold)),
+    AxisOption("VAE", str, apply_override("sd_vae"), cost=0.7, confirm=confirm_in("VAE", sd_vae.choices),
+               choices=sd_vae.choices),
     AxisOption("Schedule type", str, apply_field("scheduler"), confirm=confirm_schedulers,
                choices=scheduler_names),
     AxisOption("Eta", float, apply_field("eta")),
