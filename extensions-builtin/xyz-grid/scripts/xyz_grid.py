@@ -87,40 +87,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def confirm_in(label: str, known) -> callable:
-    """A confirm function: every value must be one of ``known()``."""
-    def confirm(p, xs):
-        names = list(known())
-        for x in xs:
-            if x not in names:
-                raise UserInputError(f"{label}: unknown value {x!r}; choose from: {', '.join(names)}")
-    return confirm
-
-
-def confirm_samplers(p, xs):
-    for x in xs:
-        if sd_samplers.find_sampler(x) is None:
-            raise UserInputError(f"Sampler: unknown sampler {x!r}; choose from: {', '.join(sd_samplers.visible_sampler_names())}")
-
-
-def confirm_checkpoints(p, xs):
-    for x in xs:
-        if sd_models.get_closet_checkpoint_match(x) is None:
-            raise UserInputError(f"Checkpoint name: unknown checkpoint {x!r}; choose from: "
-                                 f"{', '.join(sd_models.checkpoint_tiles())}")
-
-
-def confirm_schedulers(p, xs):
-    for x in xs:
-        if sd_schedulers.find(x) is None:
-            raise UserInputError(f"Schedule type: unknown value {x!r}; choose from: {', '.join(scheduler_names())}")
-
-
-def confirm_sizes(p, xs):
-    for x in xs:
-        parse_size(x)
-
-
 def hires_upscaler_names() -> list[str]:
     return [*shared.latent_upscale_modes, *(u.name for u in upscaler.all_upscalers())]
 
@@ -131,6 +97,31 @@ def scheduler_names() -> list[str]:
 
 def style_names() -> list[str]:
     return list(shared.prompt_styles.styles)
+
+
+def confirm_found(label: str, noun: str, find, names) -> callable:
+    """A confirm function: ``find(value)`` must find every value; the error lists ``names()``."""
+    def confirm(p, xs):
+        for x in xs:
+            if find(x) is None:
+                raise UserInputError(f"{label}: unknown {noun} {x!r}; choose from: {', '.join(names())}")
+    return confirm
+
+
+def confirm_in(label: str, known) -> callable:
+    """A confirm function: every value must be one of ``known()``."""
+    return confirm_found(label, "value", lambda x: x if x in known() else None, known)
+
+
+confirm_samplers = confirm_found("Sampler", "sampler", sd_samplers.find_sampler, sd_samplers.visible_sampler_names)
+confirm_checkpoints = confirm_found("Checkpoint name", "checkpoint", sd_models.get_closet_checkpoint_match,
+                                    sd_models.checkpoint_tiles)
+confirm_schedulers = confirm_found("Schedule type", "value", sd_schedulers.find, scheduler_names)
+
+
+def confirm_sizes(p, xs):
+    for x in xs:
+        parse_size(x)
 
 
 def format_value_add_label(p, opt, x):
