@@ -153,6 +153,7 @@ class SDModel(Components):
     device: Any = None
     dtype: Any = None
     loaded_vae_file: str | None = None  # a separate VAE file in use (sd_vae); None: the checkpoint's own
+    loaded_vae_hash: str | None = None  # its sha256[:10], read once when it is loaded
     own_vae_state: dict | None = None  # the checkpoint's own VAE weights, kept once another VAE is loaded
 
     is_sd1 = True

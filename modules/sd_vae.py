@@ -91,9 +91,7 @@ def reload_vae_weights(sd_model: Any = None, vae_file: str | None = None) -> Any
     from modules.shared import opts
 
     model = sd_model or sd_models.get_sd_model()
-    if vae_file is None:
-        if not vae_dict:
-            refresh_vae_list()
+    if vae_file is None:  # the list is scanned at start-up, by 🔄, and when a named VAE is not in it
         vae_file = resolve(opts.sd_vae, model.sd_checkpoint_info)
     if getattr(model, "loaded_vae_file", None) == vae_file:
         return model
@@ -103,6 +101,7 @@ def reload_vae_weights(sd_model: Any = None, vae_file: str | None = None) -> Any
     parameter = next(model.vae.parameters())
     model.vae.load_state_dict({k: v.to(device=parameter.device, dtype=parameter.dtype) for k, v in state.items()})
     model.loaded_vae_file = vae_file
+    model.loaded_vae_hash = hashes.sha256(vae_file, f"vae/{os.path.basename(vae_file)}")[:10] if vae_file else None
     return model
 
 
@@ -113,6 +112,5 @@ def loaded_vae_name(model: Any) -> str | None:
 
 
 def loaded_vae_hash(model: Any) -> str | None:
-    """The first 10 hex digits of the loaded VAE file's sha256 (infotext ``VAE hash``)."""
-    path = getattr(model, "loaded_vae_file", None)
-    return hashes.sha256(path, f"vae/{os.path.basename(path)}")[:10] if path else None
+    """The first 10 hex digits of the loaded VAE file's sha256 (infotext ``VAE hash``), taken when it was loaded."""
+    return getattr(model, "loaded_vae_hash", None)

@@ -290,12 +290,11 @@ def job_order(axes: list[tuple[AxisOption, list]]) -> list[tuple[int, ...]]:
     cells = [(ix, iy, iz) for iz in range(len(axes[2][1])) for iy in range(len(axes[1][1]))
              for ix in range(len(axes[0][1]))]
     by_cost = sorted((axis for axis in range(3) if axes[axis][0].cost > 0), key=lambda axis: -axes[axis][0].cost)
-
-    def first_seen(axis: int, index: int) -> int:
+    first_seen = {}  # (axis, value index) -> index of the value's first occurrence on that axis
+    for axis in by_cost:
         values = [repr(v) for v in axes[axis][1]]
-        return values.index(values[index])
-
-    return sorted(cells, key=lambda cell: tuple(first_seen(axis, cell[axis]) for axis in by_cost))
+        first_seen.update({(axis, i): values.index(value) for i, value in enumerate(values)})
+    return sorted(cells, key=lambda cell: tuple(first_seen[axis, cell[axis]] for axis in by_cost))
 
 
 def cell_job(p):
