@@ -14,6 +14,15 @@ def make_parser() -> argparse.ArgumentParser:
     add("--share", action="store_true", help="create a public gradio.live link (requires authentication)")
     add("--gradio-auth", type=str, default=None, help='credentials "user:pass[,user2:pass2]"')
     add("--gradio-auth-path", type=str, default=None, help="file with credentials, one user:pass per line or comma-separated")
+    add("--api", action="store_true",
+        help="serve the HTTP API (/sdapi/v1) on a --listen/--share/--server-name server too (always on for 127.0.0.1)")
+    add("--api-auth", type=str, default=None,
+        help='credentials "user:pass[,user2:pass2]"; they, like --gradio-auth, open every route (page and API)')
+    add("--api-log", action="store_true", help="log every API request")
+    add("--nowebui", action="store_true", help="serve the API only, without the web page")
+    add("--cors-allow-origins", type=str, default=None, help="comma-separated origins allowed to call the server from a browser")
+    add("--cors-allow-origins-regex", type=str, default=None, help="regular expression of origins allowed, as above")
+    add("--max-queued-jobs", type=int, default=64, help="jobs that may wait in the queue; more are refused (HTTP 503)")
     add("--autolaunch", action="store_true", help="open the UI in the system's browser")
     # install
     add("--skip-install", action="store_true", help="do not check or install Python packages")

@@ -171,28 +171,38 @@ def _pnginfo(info: str | None, existing: dict | None, section: str) -> PngImageP
     return pnginfo
 
 
-def save_image_with_geninfo(image: Image.Image, geninfo: str | None, filename: str, extension: str | None = None,
-                            existing_pnginfo: dict | None = None, pnginfo_section_name: str = "parameters") -> None:
-    """Write ``image`` with its infotext (PNG text chunk, or EXIF UserComment for JPEG/WebP), atomically."""
+IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "avif": "AVIF"}
+
+
+def write_image_with_geninfo(image: Image.Image, geninfo: str | None, fp, extension: str,
+                             existing_pnginfo: dict | None = None, pnginfo_section_name: str = "parameters") -> None:
+    """Encode ``image`` into ``fp`` (a path or a binary file) with its infotext: a PNG text chunk (plus the
+    other string items of ``existing_pnginfo``), or EXIF UserComment for JPEG/WebP/AVIF."""
     from modules.shared import opts
 
-    extension = (extension or os.path.splitext(filename)[1]).lower().lstrip(".")
-    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "avif": "AVIF"}.get(extension)
+    fmt = IMAGE_FORMATS.get(extension.lower().lstrip("."))
     if fmt is None:
         raise ValueError(f"unsupported image format {extension!r}")
     geninfo = geninfo if opts.enable_pnginfo else None
-    tmp = f"{filename}.tmp"
     if fmt == "PNG":
-        image.save(tmp, format="PNG", pnginfo=_pnginfo(geninfo, existing_pnginfo, pnginfo_section_name))
+        image.save(fp, format="PNG", pnginfo=_pnginfo(geninfo, existing_pnginfo, pnginfo_section_name))
     elif fmt in ("JPEG", "WEBP", "AVIF"):
         if image.mode != "RGB":
             image = image.convert("RGB")
         exif = Image.Exif()
         if geninfo:
             exif[0x8769] = {0x9286: b"UNICODE\0" + geninfo.encode("utf-16-be")}  # Exif IFD: UserComment
-        image.save(tmp, format=fmt, quality=opts.jpeg_quality, exif=exif)
+        image.save(fp, format=fmt, quality=opts.jpeg_quality, exif=exif)
     else:
-        image.save(tmp, format=fmt, comment=geninfo or "")
+        image.save(fp, format=fmt, comment=geninfo or "")
+
+
+def save_image_with_geninfo(image: Image.Image, geninfo: str | None, filename: str, extension: str | None = None,
+                            existing_pnginfo: dict | None = None, pnginfo_section_name: str = "parameters") -> None:
+    """Write ``image`` with its infotext (PNG text chunk, or EXIF UserComment for JPEG/WebP), atomically."""
+    extension = extension or os.path.splitext(filename)[1]
+    tmp = f"{filename}.tmp"
+    write_image_with_geninfo(image, geninfo, tmp, extension, existing_pnginfo, pnginfo_section_name)
     os.replace(tmp, filename)
 
 
@@ -263,11 +273,16 @@ def read(fp) -> Image.Image:
 
     try:
         image = Image.open(fp)
+    except Image.DecompressionBombError as e:
+        raise UserInputError(f"image: refused, it decodes to too many pixels ({e})") from None
     except (OSError, ValueError) as e:
         raise UserInputError(f"image: not a readable image ({e})") from None
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise UserInputError(f"image: {image.width}x{image.height} is larger than {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
-    image.load()
+    try:
+        image.load()
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"image: the file is damaged or truncated ({e})") from None
     return image
 
 

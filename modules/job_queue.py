@@ -2,6 +2,10 @@
 
 Each job has an id, progress (step, ETA, live preview) and a result that stays available after the
 browser tab or HTTP client that asked for it has gone. The UI and the HTTP API submit here.
+
+Fairness: every job belongs to a client (the UI, or an API caller by user name or address). Jobs of one
+client run in the order they came; between clients the worker takes turns, so one client that queues
+fifty jobs does not make another wait for all fifty.
 """
 from __future__ import annotations
 
@@ -19,6 +23,15 @@ from modules.shared import state
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 KEEP_FINISHED = 100
+MAX_PENDING = 64
+
+
+class QueueFull(RuntimeError):
+    """More jobs wait than the queue accepts (``JobQueue.max_pending``)."""
+
+
+class DuplicateJobId(ValueError):
+    """A job with the requested id exists already."""
 
 
 @dataclass
@@ -33,6 +46,8 @@ class Job:
     result: Any = None
     error: str | None = None
     error_is_user_input: bool = False
+    client: str = ""
+    meta: dict = field(default_factory=dict)  # what the submitter needs to answer later (e.g. the API's echo)
     final_progress: dict | None = None
     done_event: threading.Event = field(default_factory=threading.Event)
 
@@ -41,19 +56,29 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self) -> None:
-        self._pending: collections.deque[Job] = collections.deque()
+    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+        self.max_pending = max_pending
+        self._pending: "collections.OrderedDict[str, collections.deque[Job]]" = collections.OrderedDict()  # by client
         self._jobs: "collections.OrderedDict[str, Job]" = collections.OrderedDict()
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._current: Job | None = None
         self._counter = itertools.count(1)
 
-    def submit(self, func: Callable[[], Any], description: str = "", job_id: str | None = None) -> Job:
-        job = Job(job_id or f"task({uuid.uuid4().hex[:15]})", description or f"job {next(self._counter)}", func)
+    def submit(self, func: Callable[[], Any], description: str = "", job_id: str | None = None, client: str = "",
+               meta: dict | None = None) -> Job:
+        """Queue ``func``; raises :class:`QueueFull` when ``max_pending`` jobs wait already and
+        :class:`DuplicateJobId` when ``job_id`` is taken."""
+        job = Job(job_id or f"task({uuid.uuid4().hex[:15]})", description or f"job {next(self._counter)}", func,
+                  client=client, meta=dict(meta or {}))
         with self._cond:
+            if job.id in self._jobs:
+                raise DuplicateJobId(f"a job with id {job.id!r} exists already")
+            waiting = sum(len(jobs) for jobs in self._pending.values())
+            if waiting >= self.max_pending:
+                raise QueueFull(f"the queue is full ({waiting} jobs waiting); try again when some have finished")
             self._jobs[job.id] = job
-            self._pending.append(job)
+            self._pending.setdefault(client, collections.deque()).append(job)
             self._trim()
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._run, name="job-queue", daemon=True)
@@ -68,12 +93,30 @@ class JobQueue:
     def current(self) -> Job | None:
         return self._current
 
+    def jobs(self) -> list[Job]:
+        """Known jobs, oldest first: waiting, running and the last ``KEEP_FINISHED`` finished ones."""
+        with self._cond:
+            return list(self._jobs.values())
+
+    def pending(self) -> list[Job]:
+        """Waiting jobs in the order they will run (clients take turns)."""
+        with self._cond:
+            return self._run_order()
+
+    def _run_order(self) -> list[Job]:
+        queues = [list(jobs) for jobs in self._pending.values()]
+        order = []
+        for turn in range(max((len(q) for q in queues), default=0)):
+            order += [q[turn] for q in queues if turn < len(q)]
+        return order
+
     def position(self, job: Job) -> int:
         """0 while running or finished; n when n jobs run or wait ahead of it."""
         with self._cond:
             if job.status != QUEUED:
                 return 0
-            ahead = list(self._pending).index(job) if job in self._pending else 0
+            order = self._run_order()
+            ahead = order.index(job) if job in order else 0
             return ahead + (1 if self._current is not None else 0)
 
     def cancel(self, job_id: str) -> bool:
@@ -82,7 +125,9 @@ class JobQueue:
             job = self._jobs.get(job_id)
             if job is None or job.status != QUEUED:
                 return False
-            self._pending.remove(job)
+            self._pending[job.client].remove(job)
+            if not self._pending[job.client]:
+                del self._pending[job.client]
             job.status = CANCELLED
             job.finished = time.time()
             job.done_event.set()
@@ -126,7 +171,11 @@ class JobQueue:
             with self._cond:
                 while not self._pending:
                     self._cond.wait()
-                job = self._pending.popleft()
+                client, jobs = next(iter(self._pending.items()))
+                job = jobs.popleft()
+                del self._pending[client]
+                if jobs:  # the client's next job waits for the other clients' turns
+                    self._pending[client] = jobs
                 self._current = job
             job.status = RUNNING
             job.started = time.time()

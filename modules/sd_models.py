@@ -6,6 +6,7 @@ keeps the last ``opts.sd_checkpoint_cache`` loaded models in RAM so switching ba
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import threading
 from dataclasses import dataclass
@@ -215,6 +216,20 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
         opts.set("sd_model_checkpoint", info.title)
         script_callbacks.model_loaded_callback(_current)
         return _current
+
+
+def unload_model_weights() -> None:
+    """Forget every loaded model (the RAM cache included) so their memory is freed; the next job loads
+    the ``sd_model_checkpoint`` setting again."""
+    global _current
+    from modules import devices
+
+    with _lock:
+        _loaded.clear()
+        _current = None
+    gc.collect()
+    if devices.device.type == "cuda":
+        devices.torch_gc()
 
 
 def get_sd_model() -> SDModel:

@@ -17,12 +17,15 @@ from modules.demo_model import ensure_demo_checkpoint
 
 log = logging.getLogger("webui")
 DEFAULT_PORT = 7860
+API_TITLE = "Stable Diffusion web UI API"
 
 
 def parse_credentials(opts) -> list[tuple[str, str]]:
+    """Every account of --gradio-auth, --gradio-auth-path and --api-auth: one login for the page and the API."""
     entries: list[str] = []
-    if opts.gradio_auth:
-        entries += opts.gradio_auth.split(",")
+    for flag in (opts.gradio_auth, getattr(opts, "api_auth", None)):
+        if flag:
+            entries += flag.split(",")
     if opts.gradio_auth_path:
         with open(opts.gradio_auth_path, encoding="utf8") as f:
             for line in f:
@@ -32,7 +35,7 @@ def parse_credentials(opts) -> list[tuple[str, str]]:
         if not entry:
             continue
         if ":" not in entry:
-            raise SystemExit(f"--gradio-auth: {entry!r} is not of the form user:password")
+            raise SystemExit(f"--gradio-auth/--api-auth: {entry!r} is not of the form user:password")
         user, password = entry.split(":", 1)
         credentials.append((user, password))
     return credentials
@@ -83,6 +86,49 @@ def load_extensions(opts) -> None:
         log.info("Extension %s: %s, scripts loaded in %.2fs%s", extension.name, state, extension.load_time, problems)
 
 
+def app_middleware(opts, credentials: list[tuple[str, str]]) -> list:
+    """Middleware of the whole app: CORS for the origins the flags allow, then the one login every route needs."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    from modules.api.auth import BasicAuthMiddleware
+
+    middleware = []
+    if opts.cors_allow_origins or opts.cors_allow_origins_regex:
+        origins = [o.strip() for o in (opts.cors_allow_origins or "").split(",") if o.strip()]
+        middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=opts.cors_allow_origins_regex,
+                                     allow_methods=["*"], allow_headers=["*"], allow_credentials=True))
+    if credentials:
+        middleware.append(Middleware(BasicAuthMiddleware, credentials=dict(credentials)))
+    return middleware
+
+
+def api_enabled(opts) -> bool:
+    """On by default on a loopback bind; a server reachable from other machines needs --api (or --nowebui)."""
+    return not opts.webui_is_non_local or opts.api or opts.nowebui
+
+
+def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]]):
+    """--nowebui: the API and the routes extensions add, on uvicorn without the page; returns the server."""
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from modules.api.api import Api
+
+    app = FastAPI(title=API_TITLE, docs_url="/docs", redoc_url="/redoc",
+                  middleware=app_middleware(opts, credentials))
+    Api(app)
+    script_callbacks.app_started_callback(None, app)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="api-server", daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -100,27 +146,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"This server is reachable from other machines (--listen/--share/--server-name), so it needs a login.\n"
               f"No --gradio-auth was given; generated one for this run: user 'webui', password '{password}'", flush=True)
 
+    job_queue.queue.max_pending = max(1, opts.max_queued_jobs)
     load_extensions(opts)
-    from webui import extension_assets
-    from webui.ui import create_ui
-
-    script_callbacks.before_ui_callback()
-    demo = create_ui()
-    shared.demo = demo
     host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
     port = free_port(host, opts.port or DEFAULT_PORT)
-    output_dir = os.path.join(paths.data_path, "outputs")
-    os.makedirs(output_dir, exist_ok=True)
-    demo.queue(default_concurrency_limit=None)
-    app, local_url, share_url = demo.launch(
-        server_name=host, server_port=port, share=opts.share, auth=credentials or None,
-        prevent_thread_lock=True, inbrowser=opts.autolaunch, allowed_paths=[output_dir], quiet=True,
-        footer_links=["api", "settings"], head=extension_assets.head_html(), css=extension_assets.css(),
-    )
-    script_callbacks.app_started_callback(demo, app)
+    demo = api_server = None
+    if opts.nowebui:
+        api_server = serve_api_only(opts, host, port, credentials)
+    else:
+        demo = launch_webui(opts, host, port, credentials)
     print(f"Running on local URL: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", flush=True)
-    if share_url:
-        print(f"Running on public URL: {share_url}", flush=True)
+    if api_enabled(opts):
+        print(f"API: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/sdapi/v1 (docs at /docs)", flush=True)
     if sd_models.checkpoints_list and not opts.skip_load_model_at_start:
         job_queue.queue.submit(sd_models.reload_model_weights, "load model")
     try:
@@ -130,7 +167,39 @@ def main(argv: list[str] | None = None) -> None:
                 break
     except KeyboardInterrupt:
         pass
-    demo.close()
+    if demo is not None:
+        demo.close()
+    if api_server is not None:
+        api_server.should_exit = True
+
+
+def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]]):
+    """Build the page, serve it (with the API routes when enabled) and return the Blocks."""
+    from webui import extension_assets
+    from webui.ui import create_ui
+
+    script_callbacks.before_ui_callback()
+    demo = create_ui()
+    shared.demo = demo
+    output_dir = os.path.join(paths.data_path, "outputs")
+    os.makedirs(output_dir, exist_ok=True)
+    demo.queue(default_concurrency_limit=None)
+    app_kwargs = {"middleware": app_middleware(opts, credentials)}
+    if api_enabled(opts):
+        app_kwargs.update(docs_url="/docs", redoc_url="/redoc", title=API_TITLE)
+    app, _, share_url = demo.launch(
+        server_name=host, server_port=port, share=opts.share, prevent_thread_lock=True, inbrowser=opts.autolaunch,
+        allowed_paths=[output_dir], quiet=True, footer_links=["api", "settings"], head=extension_assets.head_html(),
+        css=extension_assets.css(), app_kwargs=app_kwargs,
+    )
+    if api_enabled(opts):
+        from modules.api.api import Api
+
+        Api(app)
+    script_callbacks.app_started_callback(demo, app)
+    if share_url:
+        print(f"Running on public URL: {share_url}", flush=True)
+    return demo
 
 
 if __name__ == "__main__":

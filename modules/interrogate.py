@@ -1,0 +1,132 @@
+"""CLIP interrogator: a BLIP caption of the image, followed by the terms of the category lists that CLIP
+ranks closest to it (A1111's "Interrogate CLIP").
+
+Weights are transformers model folders under ``models/interrogate``:
+- ``blip/``: a BLIP captioning model (``BlipForConditionalGeneration``, e.g. Salesforce/blip-image-captioning-large);
+- ``clip/``: a CLIP model (``CLIPModel``, e.g. openai/clip-vit-large-patch14);
+- ``*.txt`` next to them: category lists, one term per line (``mediums.txt``, ``movements.txt``, ...). Each
+  file adds its best ``TOP_TERMS`` terms; a file name ending in ``-<k>`` (``flavors-3.txt``) adds ``k``.
+Nothing is downloaded: a missing file is reported by name (HTTP 503 from the API).
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any
+
+from modules import paths
+
+TOP_TERMS = 1
+CAPTION_MAX_TOKENS = 48
+REQUIRED_FILES = ("config.json", "model.safetensors")
+
+
+class UnknownInterrogator(LookupError):
+    status_code = 404
+
+
+class InterrogatorFilesMissing(RuntimeError):
+    status_code = 503
+
+
+def folder() -> str:
+    return os.path.join(paths.models_path, "interrogate")
+
+
+def missing_files() -> list[str]:
+    """Paths of the files the CLIP interrogator needs that are not there."""
+    missing = [os.path.join(folder(), sub, name) for sub in ("blip", "clip") for name in REQUIRED_FILES
+               if not os.path.isfile(os.path.join(folder(), sub, name))]
+    if not category_files():
+        missing.append(os.path.join(folder(), "<category>.txt (at least one term list)"))
+    return missing
+
+
+def category_files() -> list[str]:
+    if not os.path.isdir(folder()):
+        return []
+    return sorted(os.path.join(folder(), name) for name in os.listdir(folder()) if name.endswith(".txt"))
+
+
+def _terms_per_file(path: str) -> int:
+    match = re.search(r"-(\d+)$", os.path.splitext(os.path.basename(path))[0])
+    return int(match.group(1)) if match else TOP_TERMS
+
+
+class ClipInterrogator:
+    """Loads both models on first use and keeps them (on the CPU between calls when ``interrogate_keep_models_in_memory``
+    is off, as in A1111)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, Any]:
+        from transformers import BlipForConditionalGeneration, BlipProcessor, CLIPModel, CLIPProcessor
+
+        blip_dir, clip_dir = os.path.join(folder(), "blip"), os.path.join(folder(), "clip")
+        return {"blip": BlipForConditionalGeneration.from_pretrained(blip_dir, local_files_only=True).eval(),
+                "blip_processor": BlipProcessor.from_pretrained(blip_dir, local_files_only=True),
+                "clip": CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval(),
+                "clip_processor": CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)}
+
+    def interrogate(self, image) -> str:
+        """``caption, term, term, ...`` for a PIL RGB image."""
+        import torch
+
+        from modules import devices
+
+        missing = missing_files()
+        if missing:
+            raise InterrogatorFilesMissing(f"CLIP interrogator files are missing: {', '.join(missing)}")
+        with self._lock:
+            if self._models is None:
+                self._models = self._load()
+            m = self._models
+            device = devices.device
+            with torch.inference_mode():
+                m["blip"].to(device)
+                inputs = m["blip_processor"](images=image, return_tensors="pt").to(device)
+                tokens = m["blip"].generate(**inputs, max_new_tokens=CAPTION_MAX_TOKENS, num_beams=1, do_sample=False)
+                caption = m["blip_processor"].decode(tokens[0], skip_special_tokens=True).strip()
+                m["blip"].to("cpu")
+                terms = self._rank_terms(image, device)
+            return ", ".join([caption, *terms]) if caption else ", ".join(terms)
+
+    def _rank_terms(self, image, device) -> list[str]:
+        import torch
+
+        m = self._models
+        clip, processor = m["clip"].to(device), m["clip_processor"]
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"].to(device)
+        image_features = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixels), dim=-1)
+        chosen = []
+        for path in category_files():
+            with open(path, encoding="utf8") as f:
+                terms = [line.strip() for line in f if line.strip()]
+            if not terms:
+                continue
+            text = processor.tokenizer(terms, padding=True, truncation=True, return_tensors="pt").to(device)
+            text_features = torch.nn.functional.normalize(clip.get_text_features(**text), dim=-1)
+            scores = (image_features @ text_features.T)[0]
+            for index in scores.topk(min(_terms_per_file(path), len(terms))).indices.tolist():
+                chosen.append(terms[index])
+        clip.to("cpu")
+        return chosen
+
+
+clip_interrogator = ClipInterrogator()
+
+
+def find(model: str) -> ClipInterrogator:
+    """The interrogator for an API ``model`` name; "deepdanbooru" is recognised but not available."""
+    name = (model or "clip").strip().lower()
+    if name == "clip":
+        missing = missing_files()
+        if missing:
+            raise InterrogatorFilesMissing(f"CLIP interrogator files are missing: {', '.join(missing)}")
+        return clip_interrogator
+    if name == "deepdanbooru":
+        raise InterrogatorFilesMissing("deepdanbooru is not available: this web UI has no DeepDanbooru tagger")
+    raise UnknownInterrogator(f"Model not found: {model!r}; use \"clip\"")

@@ -1,0 +1,423 @@
+"""The /sdapi/v1 routes on the tiny models, in process (FastAPI's test client): shapes, strictness, scripts,
+settings, queue behaviour and the login middleware."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import noise_image, pixels, titled, write_extension
+
+BASE = "/sdapi/v1"
+SMALL = {"prompt": "a cat", "steps": 3, "width": 64, "height": 64, "seed": 1234, "sampler_name": "Euler"}
+
+
+def b64(image: Image.Image, data_uri: bool = False) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    text = base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + text if data_uri else text
+
+
+def decoded(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+def make_client(middleware=None):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules.api.api import Api
+
+    app = FastAPI(middleware=middleware or [], docs_url="/docs")
+    Api(app)
+    return app, TestClient(app)
+
+
+@pytest.fixture()
+def client(tiny_model):
+    from modules import job_queue, scripts
+
+    scripts.runner_for(False)  # scripts loaded (built-in extensions)
+    _, test_client = make_client()
+    saved_limit = job_queue.queue.max_pending
+    with test_client:
+        yield test_client
+    job_queue.queue.max_pending = saved_limit
+
+
+def test_txt2img_answers_like_a1111(client):
+    from tests.conftest import txt2img
+
+    response = client.post(f"{BASE}/txt2img", json={**SMALL, "batch_size": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])  # a JSON string that clients decode a second time
+    assert info["all_seeds"] == [1234, 1235] and info["seed"] == 1234 and info["steps"] == 3
+    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1  # the grid comes first
+    first = decoded(body["images"][1])
+    assert first.format == "PNG" and first.size == (64, 64)
+    assert first.info["parameters"] == info["infotexts"][1]  # the PNG keeps its parameters chunk
+    assert "Seed: 1234" in first.info["parameters"] and "Sampler: Euler" in first.info["parameters"]
+    assert body["parameters"]["steps"] == 3 and body["parameters"]["cfg_scale"] == 7.0  # echo with defaults
+    assert response.headers["X-Task-Id"].startswith("task(") and float(response.headers["X-Process-Time"]) > 0
+    same = txt2img(prompt="a cat", seed=1234, steps=3, batch_size=2, sampler_name="Euler")
+    assert np.array_equal(pixels(first), pixels(same.images[1]))  # the same image the engine makes
+
+
+def test_api_defaults_and_legacy_sampler_names(client):
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "sampler_name": None, "steps": 2}).json()
+    assert json.loads(body["info"])["sampler_name"] == "Euler"  # the API default is sampler_index "Euler"
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "sampler_name": "", "sampler_index": "DPM++ 2M Karras",
+                                                "scheduler": "automatic", "steps": 2}).json()
+    text = json.loads(body["info"])["infotexts"][0]
+    assert "Sampler: DPM++ 2M," in text and "Schedule type: Karras" in text
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "sampler_name": "k_euler_a", "steps": 2}).json()
+    assert json.loads(body["info"])["sampler_name"] == "Euler a"
+
+
+def test_img2img_with_mask_from_data_uri_and_bare_base64(client):
+    source = noise_image(64, 64, seed=3)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half
+    response = client.post(f"{BASE}/img2img", json={
+        **SMALL, "init_images": [b64(source, data_uri=True)], "mask": b64(mask), "mask_blur": 0, "inpainting_fill": 1,
+        "inpaint_full_res": False, "denoising_strength": 0.9})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    result = pixels(decoded(body["images"][0]))
+    assert np.array_equal(result[:, 40:], pixels(source)[:, 40:])  # the kept half is the input, exactly
+    assert np.abs(result[:, :24] - pixels(source)[:, :24]).mean() > 10  # the masked half was repainted
+    assert body["parameters"]["init_images"] is None and body["parameters"]["mask"] is None  # not echoed by default
+    echoed = client.post(f"{BASE}/img2img", json={**SMALL, "steps": 2, "init_images": [b64(source)],
+                                                  "include_init_images": True}).json()
+    assert echoed["parameters"]["init_images"] == [b64(source)]
+
+
+def test_override_settings_apply_and_are_restored_even_when_the_job_fails(client):
+    from modules.shared import opts
+
+    opts.set("CLIP_stop_at_last_layers", 1)
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2,
+                                                "override_settings": {"CLIP_stop_at_last_layers": 2}}).json()
+    assert "Clip skip: 2" in json.loads(body["info"])["infotexts"][0]
+    assert opts.CLIP_stop_at_last_layers == 1
+    failed = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2, "override_settings": {
+        "CLIP_stop_at_last_layers": 3, "sd_vae": "missing.safetensors"}})
+    assert failed.status_code == 422 and "missing.safetensors" in failed.json()["detail"]
+    assert opts.CLIP_stop_at_last_layers == 1 and opts.sd_vae == "Automatic"
+
+
+def test_infotext_fills_the_fields_the_request_did_not_set(client):
+    infotext = "a dog\nNegative prompt: ugly\nSteps: 2, Sampler: Euler a, CFG scale: 5, Seed: 77, Size: 64x64"
+    body = client.post(f"{BASE}/txt2img", json={"infotext": infotext, "seed": 99, "sampler_name": None}).json()
+    info = json.loads(body["info"])
+    assert (info["prompt"], info["negative_prompt"], info["steps"], info["cfg_scale"]) == ("a dog", "ugly", 2, 5.0)
+    assert info["seed"] == 99 and info["sampler_name"] == "Euler a" and (info["width"], info["height"]) == (64, 64)
+
+
+ECHO_SCRIPT = titled("Echo Args", """
+def ui(self, is_img2img):
+    import gradio as gr
+    return [gr.Slider(0, 1, value=0.5, label="Strength"), gr.Textbox(value="x", label="Word", elem_id="echo_word")]
+
+def run(self, p, strength, word):
+    from modules import processing
+    p.extra_generation_params["Echo"] = f"{strength}/{word}"
+    return processing.process_images(p)
+""")
+TAGGER_SCRIPT = titled("Tagger", """
+def show(self, is_img2img):
+    return scripts.AlwaysVisible
+
+def ui(self, is_img2img):
+    import gradio as gr
+    return [gr.Checkbox(False, label="Enabled"), gr.Textbox(value="plain", label="Tag")]
+
+def process(self, p, enabled, tag):
+    if enabled:
+        p.extra_generation_params["Tag"] = tag
+""")
+
+
+@pytest.fixture()
+def script_client(tiny_model, ext_root):
+    from modules import scripts
+
+    write_extension(ext_root["user"], "api-scripts", {"scripts/echo.py": ECHO_SCRIPT, "scripts/tagger.py": TAGGER_SCRIPT})
+    scripts.reload_scripts()
+    _, test_client = make_client()
+    with test_client:
+        yield test_client
+
+
+def _infotext(response) -> str:
+    assert response.status_code == 200, response.text
+    return json.loads(response.json()["info"])["infotexts"][0]
+
+
+def test_scripts_by_title_with_positional_or_named_arguments(script_client):
+    post = lambda **extra: script_client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2, **extra})  # noqa: E731
+    assert "Echo: 0.25/hi" in _infotext(post(script_name="echo args", script_args=[0.25, "hi"]))
+    assert "Echo: 0.5/yo" in _infotext(post(script_name="ECHO ARGS", script_args={"echo_word": "yo"}))
+    assert "Echo: 0.5/x" in _infotext(post(script_name="Echo Args"))  # defaults, nothing kept from before
+    tagged = _infotext(post(alwayson_scripts={"TAGGER": {"args": [True]}}))
+    assert "Tag: plain" in tagged and "Echo" not in tagged
+    assert "Tag:" not in _infotext(post())  # the next request starts from the defaults again
+    for extra, status, message in (
+            ({"script_name": "nope"}, 422, "Script 'nope' not found"),
+            ({"script_name": "echo args", "script_args": [1, 2, 3]}, 422, "takes 2 argument(s), got 3"),
+            ({"script_name": "echo args", "script_args": {"colour": 1}}, 422, "has no argument 'colour'"),
+            ({"alwayson_scripts": {"missing": {"args": []}}}, 422, "script 'missing' not found"),
+            ({"alwayson_scripts": {"echo args": {"args": []}}}, 422, "is a selectable script")):
+        response = post(**extra)
+        assert response.status_code == status and message in response.json()["detail"], response.text
+    assert script_client.get(f"{BASE}/scripts").json()["txt2img"] == ["echo args", "tagger"]
+    info = {(s["name"], s["is_img2img"]): s for s in script_client.get(f"{BASE}/script-info").json()}
+    assert info[("tagger", False)]["is_alwayson"] and [a["label"] for a in info[("echo args", True)]["args"]] == ["Strength", "Word"]
+    assert info[("echo args", False)]["args"][0] | {"label": None} == {"label": None, "value": 0.5, "minimum": 0, "maximum": 1,
+                                                                         "step": 0.01, "choices": None}
+
+
+def _png_bomb() -> str:
+    """A PNG header claiming 30000x30000 pixels (900 megapixels) and no real data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")).decode()
+
+
+GOOD_IMAGE = b64(noise_image(64, 64))
+BAD_INPUTS = [
+    ("txt2img", {"width": 0}, "width must be a multiple of 8 between 64 and 2048, got 0"),
+    ("txt2img", {"height": -64}, "height must be a multiple of 8"),
+    ("txt2img", {"width": 100}, "width must be a multiple of 8"),
+    ("txt2img", {"width": 100000, "height": 100000}, "between 64 and 2048"),
+    ("txt2img", {"steps": 0}, "steps must be an integer between 1 and 150, got 0"),
+    ("txt2img", {"steps": 10 ** 6}, "steps must be an integer between 1 and 150"),
+    ("txt2img", {"steps": 2.5}, "steps: Input should be a valid integer"),
+    ("txt2img", {"cfg_scale": float("nan")}, "cfg_scale: Input should be a finite number"),
+    ("txt2img", {"cfg_scale": 1e9}, "cfg_scale must be between 0 and 30"),
+    ("txt2img", {"batch_size": 1000}, "batch_size must be an integer between 1 and 8"),
+    ("txt2img", {"sampler_name": "Nope"}, "Unknown sampler 'Nope'"),
+    ("txt2img", {"scheduler": "Sideways"}, "Unknown schedule type 'Sideways'"),
+    ("txt2img", {"enable_hr": True, "hr_upscaler": "Nope"}, "hr_upscaler: unknown upscaler 'Nope'"),
+    ("txt2img", {"override_settings": {"no_such_setting": 1}}, "unknown setting(s) 'no_such_setting'"),
+    ("txt2img", {"override_settings": {"sd_model_checkpoint": "nowhere"}}, "unknown checkpoint 'nowhere'"),
+    ("txt2img", {"width": "wide"}, "width: Input should be a valid integer"),
+    ("img2img", {}, "init_images: at least one input image is required"),
+    ("img2img", {"init_images": ["!!not base64!!"]}, "init_images[0]: invalid base64"),
+    ("img2img", {"init_images": ["data:text/plain;base64,aGVsbG8="]}, "MIME type 'text/plain'"),
+    ("img2img", {"init_images": [base64.b64encode(b"just text").decode()]}, "init_images[0]: not a readable image"),
+    ("img2img", {"init_images": [_png_bomb()]}, "init_images[0]:"),
+    ("img2img", {"init_images": ["https://example.com/cat.png"]}, "image URLs are not fetched"),
+    ("img2img", {"init_images": [GOOD_IMAGE], "mask": b64(Image.new("L", (32, 32)))},
+     "mask: 32x32 does not match the first init image's 64x64"),
+    ("img2img", {"init_images": [GOOD_IMAGE], "denoising_strength": 2}, "denoising_strength must be between 0 and 1"),
+    ("img2img", {"init_images": [GOOD_IMAGE], "inpainting_fill": 9}, "inpainting_fill must be 0, 1, 2 or 3"),
+    ("extra-single-image", {"image": GOOD_IMAGE, "upscaler_1": "Nope"}, "Unknown upscaler 'Nope'"),
+    ("extra-single-image", {"image": GOOD_IMAGE, "upscaling_resize": 100}, "upscaling_resize: 100.0 is outside"),
+    ("extra-batch-images", {"imageList": [{"data": "%%%", "name": "a.png"}]}, "imageList[0].data: invalid base64"),
+    ("png-info", {"image": "%%%"}, "image: invalid base64"),
+    ("options", {"no_such_setting": 1}, "unknown setting(s) 'no_such_setting'"),
+    ("options", {"sd_model_checkpoint": "nowhere"}, "unknown checkpoint 'nowhere'"),
+    ("options", {"jpeg_quality": "high"}, "'jpeg_quality' cannot be 'high'"),
+]
+
+
+@pytest.mark.parametrize("endpoint,body,message", BAD_INPUTS, ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_a_4xx_naming_the_problem(client, endpoint, body, message):
+    from modules.shared import opts
+
+    before = dict(opts.data)
+    payload = json.dumps({**SMALL, **body} if endpoint in ("txt2img", "img2img") else body)  # NaN as Python writes it
+    response = client.post(f"{BASE}/{endpoint}", content=payload, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()
+    assert set(error) == {"error", "detail", "body", "errors"} and message in error["detail"], error
+    assert "Traceback" not in response.text
+    assert opts.data == before  # nothing was half-applied
+    assert client.get(f"{BASE}/progress").status_code == 200  # and the server keeps answering
+
+
+def test_options_round_trip_and_checkpoint_switch(client, registry):
+    from modules import sd_models, shared
+
+    options = client.get(f"{BASE}/options").json()
+    assert options["sd_model_checkpoint"].startswith("tiny.safetensors") and options["jpeg_quality"] == 80
+    assert client.post(f"{BASE}/options", json={"jpeg_quality": 77}).status_code == 200
+    assert client.get(f"{BASE}/options").json()["jpeg_quality"] == 77
+    other = sd_models.get_closet_checkpoint_match("other")
+    assert client.post(f"{BASE}/options", json={"sd_model_checkpoint": other.title}).status_code == 200
+    assert sd_models.current_model().sd_checkpoint_info is other  # clients switch models this way
+    with open(shared.config_filename(), encoding="utf8") as f:
+        saved = json.load(f)
+    assert saved["sd_model_checkpoint"] == other.title and saved["jpeg_quality"] == 77
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2}).json()
+    assert json.loads(body["info"])["sd_model_name"] == "sub_other"
+
+
+def test_cmd_flags_hide_credentials(client, monkeypatch):
+    from modules import shared
+
+    monkeypatch.setattr(shared.cmd_opts, "gradio_auth", "alice:hunter2", raising=False)
+    monkeypatch.setattr(shared.cmd_opts, "api_auth", "bob:swordfish", raising=False)
+    response = client.get(f"{BASE}/cmd-flags")
+    flags = response.json()
+    assert flags["gradio_auth"] == flags["api_auth"] == "<redacted>"
+    assert "hunter2" not in response.text and "swordfish" not in response.text
+    assert flags["port"] is None and "data_dir" in flags
+
+
+def test_lists_fill_client_dropdowns(client):
+    get = lambda path: client.get(f"{BASE}/{path}").json()  # noqa: E731
+    samplers = {s["name"]: s for s in get("samplers")}
+    assert "k_euler_a" in samplers["Euler a"]["aliases"] and samplers["DPM++ 2M"]["options"]["scheduler"] == "karras"
+    schedulers = {s["name"]: s["label"] for s in get("schedulers")}
+    assert schedulers["karras"] == "Karras" and "polyexponential" not in schedulers  # only usable ones
+    assert {"Lanczos", "Nearest", "None"} <= {u["name"] for u in get("upscalers")}
+    assert {"name": "Latent (bicubic antialiased)"} in get("latent-upscale-modes")
+    models = {m["model_name"]: m for m in get("sd-models")}
+    assert re.fullmatch(r"[0-9a-f]{10}", models["tiny"]["hash"]) and models["tiny"]["title"] == f"tiny.safetensors [{models['tiny']['hash']}]"
+    assert set(get("embeddings")) == {"loaded", "skipped"}
+    assert get("hypernetworks") == [] and isinstance(get("loras"), list) and isinstance(get("sd-vae"), list)
+    assert {e["name"] for e in get("extensions")} >= {"xyz-grid"}
+    assert get("memory")["ram"]["total"] > 0
+    assert all(set(style) == {"name", "prompt", "negative_prompt"} for style in get("prompt-styles"))
+
+
+def test_png_info_reads_back_what_txt2img_wrote(client):
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2, "negative_prompt": "blurry"}).json()
+    info = client.post(f"{BASE}/png-info", json={"image": "data:image/png;base64," + body["images"][0]}).json()
+    assert info["info"] == json.loads(body["info"])["infotexts"][0]
+    assert info["parameters"]["Prompt"] == "a cat" and info["parameters"]["Negative prompt"] == "blurry"
+    assert info["parameters"]["Seed"] == "1234" and info["parameters"]["Steps"] == "2"
+    assert client.post(f"{BASE}/png-info", json={"image": b64(noise_image(8, 8))}).json()["info"] == ""
+
+
+def test_extras_single_and_batch(client):
+    source = noise_image(32, 32, seed=5)
+    body = client.post(f"{BASE}/extra-single-image", json={"image": b64(source, data_uri=True), "upscaler_1": "Nearest",
+                                                            "upscaling_resize": 2}).json()
+    result = decoded(body["image"])
+    assert result.size == (64, 64) and np.array_equal(pixels(result), pixels(source.resize((64, 64), Image.NEAREST)))
+    assert "Postprocess upscale by: 2" in body["html_info"] and "Postprocess upscaler: Nearest" in body["html_info"]
+    batch = client.post(f"{BASE}/extra-batch-images", json={"upscaler_1": "Nearest", "upscaling_resize": 3, "imageList": [
+        {"data": b64(source), "name": "a.png"}, {"data": b64(noise_image(16, 16)), "name": "b.png"}]}).json()
+    assert [decoded(image).size for image in batch["images"]] == [(96, 96), (48, 48)]
+
+
+def test_a_job_whose_client_left_finishes_is_saved_and_can_be_fetched(client, data_dir):
+    """The request runs in a thread that nobody waits for; the result is fetched by its id afterwards."""
+    request = {**SMALL, "steps": 2, "force_task_id": "task(keepme)", "save_images": True, "seed": 4321}
+    threading.Thread(target=lambda: client.post(f"{BASE}/txt2img", json=request), daemon=True).start()
+    deadline, job = time.time() + 60, {}
+    while time.time() < deadline:
+        response = client.get(f"{BASE}/jobs/task(keepme)")
+        job = response.json() if response.status_code == 200 else {}
+        if job.get("status") == "done":
+            break
+        time.sleep(0.1)
+    assert job["status"] == "done" and job["description"] == "txt2img"
+    info = json.loads(job["result"]["info"])
+    assert info["seed"] == 4321 and decoded(job["result"]["images"][0]).info["parameters"] == info["infotexts"][0]
+    saved = list((data_dir / "outputs" / "txt2img-images").rglob("*4321*.png"))
+    assert saved, "save_images should write the result"
+    assert "task(keepme)" in [j["id"] for j in client.get(f"{BASE}/jobs").json()]
+    again = client.post(f"{BASE}/txt2img", json=request)
+    assert again.status_code == 409 and "exists already" in again.json()["detail"]
+    assert client.get(f"{BASE}/jobs/task(unknown)").status_code == 404
+
+
+@pytest.fixture()
+def blocked_queue():
+    """The job queue's worker held by a job until ``release`` is set; yields (running job, release)."""
+    from modules import job_queue
+    from modules.shared import state
+
+    release, started = threading.Event(), threading.Event()
+
+    def hold():
+        state.job_count, state.sampling_steps, state.sampling_step = 1, 10, 5
+        import torch
+
+        state.current_latent = torch.zeros(4, 8, 8)
+        started.set()
+        deadline = time.time() + 30
+        while not release.is_set() and not state.interrupted and time.time() < deadline:
+            time.sleep(0.01)
+        return "interrupted" if state.interrupted else "released"
+
+    job = job_queue.queue.submit(hold, "hold")
+    assert started.wait(30)
+    yield job, release
+    release.set()
+    job.wait(30)
+
+
+def test_full_queue_answers_503(client, blocked_queue):
+    from modules import job_queue
+
+    job_queue.queue.max_pending = 1
+    waiting = job_queue.queue.submit(lambda: None, "waiting")
+    response = client.post(f"{BASE}/txt2img", json=SMALL)
+    assert response.status_code == 503 and "the queue is full" in response.json()["detail"]
+    blocked_queue[1].set()
+    assert waiting.wait(30)
+
+
+def test_progress_shows_the_running_job_and_its_preview(client, blocked_queue):
+    job, release = blocked_queue
+    progress = client.get(f"{BASE}/progress").json()
+    assert progress["progress"] == pytest.approx(0.5) and progress["id_task"] == job.id
+    assert progress["state"]["job_count"] == 1 and progress["state"]["sampling_step"] == 5
+    assert decoded(progress["current_image"]).size == (64, 64)  # the live preview, at output size
+    assert client.get(f"{BASE}/progress", params={"skip_current_image": True}).json()["current_image"] is None
+
+
+def test_interrupt_stops_the_running_job_only(client, blocked_queue):
+    job, _ = blocked_queue
+    results = {}
+    waiting = threading.Thread(target=lambda: results.update(r=client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2})))
+    waiting.start()
+    time.sleep(0.3)  # the request's job now waits behind the running one
+    assert client.post(f"{BASE}/interrupt").json() == {}
+    assert job.wait(30) and job.result == "interrupted"
+    waiting.join(60)
+    assert results["r"].status_code == 200 and len(results["r"].json()["images"]) == 1  # the queued job ran in full
+
+
+def test_one_login_covers_api_extension_routes_and_docs(tiny_model):
+    from starlette.middleware import Middleware
+
+    from modules.api.auth import BasicAuthMiddleware
+
+    app, test_client = make_client([Middleware(BasicAuthMiddleware, credentials={"alice": "pw"})])
+    app.get("/extension/ping")(lambda: {"pong": True})  # a route an extension adds in on_app_started
+    for path in (f"{BASE}/samplers", "/extension/ping", "/docs", "/openapi.json"):
+        refused = test_client.get(path)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic ")
+        assert refused.json()["detail"] == "Incorrect username or password"
+        assert test_client.get(path, auth=("alice", "wrong")).status_code == 401
+        assert test_client.get(path, auth=("mallory", "pw")).status_code == 401
+        assert test_client.get(path, auth=("alice", "pw")).status_code == 200
+    assert test_client.post(f"{BASE}/txt2img", json=SMALL).status_code == 401
+
+
+def test_interrogate_names_missing_files_and_unknown_models(client, data_dir):
+    image = b64(noise_image(32, 32))
+    missing = client.post(f"{BASE}/interrogate", json={"image": image, "model": "clip"})
+    assert missing.status_code == 503 and "interrogate" in missing.json()["detail"]
+    assert "model.safetensors" in missing.json()["detail"]
+    unknown = client.post(f"{BASE}/interrogate", json={"image": image, "model": "nope"})
+    assert unknown.status_code == 404 and "Model not found" in unknown.json()["detail"]
+
