@@ -18,6 +18,8 @@ from modules.demo_model import ensure_demo_checkpoint
 log = logging.getLogger("webui")
 DEFAULT_PORT = 7860
 API_TITLE = "Stable Diffusion web UI API"
+# Gradio's launch() calls this itself, without credentials; it only runs the page's start-up events once
+GRADIO_OPEN_PATHS = frozenset({"/gradio_api/startup-events"})
 
 
 def parse_credentials(opts) -> list[tuple[str, str]]:
@@ -99,7 +101,7 @@ def app_middleware(opts, credentials: list[tuple[str, str]]) -> list:
         middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=opts.cors_allow_origins_regex,
                                      allow_methods=["*"], allow_headers=["*"], allow_credentials=True))
     if credentials:
-        middleware.append(Middleware(BasicAuthMiddleware, credentials=dict(credentials)))
+        middleware.append(Middleware(BasicAuthMiddleware, credentials=dict(credentials), open_paths=GRADIO_OPEN_PATHS))
     return middleware
 
 

@@ -34,14 +34,16 @@ def check_basic_auth(header: bytes | None, credentials: dict[str, str]) -> str |
 
 class BasicAuthMiddleware:
     """Answers 401 (with ``WWW-Authenticate: Basic``) to any HTTP or websocket request without valid credentials;
-    the user name of an accepted request is in ``scope["state"]["user"]``."""
+    the user name of an accepted request is in ``scope["state"]["user"]``. ``open_paths`` are exact paths
+    answered without a login (only Gradio's start-up trigger, which its launcher calls without credentials)."""
 
-    def __init__(self, app, credentials: dict[str, str]) -> None:
+    def __init__(self, app, credentials: dict[str, str], open_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.credentials = dict(credentials)
+        self.open_paths = frozenset(open_paths)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] not in ("http", "websocket") or not self.credentials:
+        if scope["type"] not in ("http", "websocket") or not self.credentials or scope.get("path") in self.open_paths:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization")
