@@ -55,8 +55,7 @@ def _terms_per_file(path: str) -> int:
 
 
 class ClipInterrogator:
-    """Loads both models on first use and keeps them (on the CPU between calls when ``interrogate_keep_models_in_memory``
-    is off, as in A1111)."""
+    """Loads both models on first use and keeps them in RAM; each is on the compute device only while it runs."""
 
     def __init__(self) -> None:
         self._models: dict[str, Any] | None = None
@@ -95,12 +94,10 @@ class ClipInterrogator:
             return ", ".join([caption, *terms]) if caption else ", ".join(terms)
 
     def _rank_terms(self, image, device) -> list[str]:
-        import torch
-
         m = self._models
         clip, processor = m["clip"].to(device), m["clip_processor"]
         pixels = processor(images=image, return_tensors="pt")["pixel_values"].to(device)
-        image_features = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixels), dim=-1)
+        image_features = _unit(clip.get_image_features(pixel_values=pixels))
         chosen = []
         for path in category_files():
             with open(path, encoding="utf8") as f:
@@ -108,12 +105,20 @@ class ClipInterrogator:
             if not terms:
                 continue
             text = processor.tokenizer(terms, padding=True, truncation=True, return_tensors="pt").to(device)
-            text_features = torch.nn.functional.normalize(clip.get_text_features(**text), dim=-1)
+            text_features = _unit(clip.get_text_features(**text))
             scores = (image_features @ text_features.T)[0]
             for index in scores.topk(min(_terms_per_file(path), len(terms))).indices.tolist():
                 chosen.append(terms[index])
         clip.to("cpu")
         return chosen
+
+
+def _unit(features):
+    """Projected CLIP embeddings scaled to length 1 (transformers 5 wraps them in an output object)."""
+    import torch
+
+    tensor = features if isinstance(features, torch.Tensor) else features.pooler_output
+    return torch.nn.functional.normalize(tensor, dim=-1)
 
 
 clip_interrogator = ClipInterrogator()

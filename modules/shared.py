@@ -50,6 +50,10 @@ def __getattr__(name: str) -> Any:
         return getattr(paths, name)
     if name == "prompt_styles":
         return reload_styles()
+    if name == "interrogator":  # A1111 scripts call shared.interrogator.interrogate(pil_image)
+        from modules import interrogate
+
+        return interrogate.clip_interrogator
     raise AttributeError(name)
 
 

@@ -421,3 +421,44 @@ def test_interrogate_names_missing_files_and_unknown_models(client, data_dir):
     unknown = client.post(f"{BASE}/interrogate", json={"image": image, "model": "nope"})
     assert unknown.status_code == 404 and "Model not found" in unknown.json()["detail"]
 
+
+
+def test_interrogate_captions_with_blip_and_ranks_terms_with_clip(client, tmp_path, monkeypatch):
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from modules import interrogate, paths
+    from tests.weights import write_interrogator
+
+    monkeypatch.setattr(paths, "models_path", str(tmp_path))
+    monkeypatch.setattr(interrogate, "clip_interrogator", interrogate.ClipInterrogator())
+    folder = tmp_path / "interrogate"
+    mediums, flavors = ["an oil painting", "a photograph", "a pencil sketch"], ["red", "blue", "green", "grey"]
+    write_interrogator(str(folder), {"mediums.txt": mediums, "flavors-2.txt": flavors})
+    blip = str(folder / "blip" / "model.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(blip)
+    bias = next(k for k in state if k.endswith("predictions.bias"))
+    state[bias][9] = 100.0  # the tiny captioner says "cat" (token 9) until it runs out of tokens
+    save_file(state, blip, metadata={"format": "pt"})
+    image = noise_image(40, 40, seed=11)
+    response = client.post(f"{BASE}/interrogate", json={"image": b64(image), "model": "CLIP"})
+    assert response.status_code == 200, response.text
+    caption = response.json()["caption"]
+    clip = CLIPModel.from_pretrained(str(folder / "clip")).eval()
+    processor = CLIPProcessor.from_pretrained(str(folder / "clip"))
+    with torch.no_grad():
+        picture = clip.get_image_features(**processor(images=image, return_tensors="pt")).pooler_output
+
+        def best(terms, k):
+            text = clip.get_text_features(**processor.tokenizer(terms, padding=True, return_tensors="pt")).pooler_output
+            scores = torch.nn.functional.cosine_similarity(picture, text)
+            return [terms[i] for i in scores.topk(k).indices.tolist()]
+
+    expected_terms = best(flavors, 2) + best(mediums, 1)  # files in name order; "-2" asks for two terms
+    words = caption.split(", ")
+    assert words[0].split() == ["cat"] * interrogate.CAPTION_MAX_TOKENS and words[1:] == expected_terms
+    from modules import shared
+
+    assert shared.interrogator.interrogate(image) == caption  # the Script API's shared.interrogator

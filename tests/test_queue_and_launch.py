@@ -52,6 +52,24 @@ def test_queued_job_can_be_cancelled():
     assert first.wait(10) and second.status == job_queue.CANCELLED and second.result is None
 
 
+def test_clients_take_turns_and_a_full_queue_refuses_more():
+    queue = job_queue.JobQueue(max_pending=5)
+    gate, started, order = threading.Event(), threading.Event(), []
+    blocker = queue.submit(lambda: started.set() or gate.wait(5), "blocker", client="ui")
+    assert started.wait(10)
+    jobs = [queue.submit(lambda n=n: order.append(n), n, client="api:a") for n in ("a1", "a2", "a3")]
+    jobs += [queue.submit(lambda n=n: order.append(n), n, client="api:b") for n in ("b1", "b2")]
+    assert [j.description for j in queue.pending()] == ["a1", "b1", "a2", "b2", "a3"]
+    assert queue.position(jobs[2]) == 5  # the blocker, a1, b1, a2, b2 run first
+    with pytest.raises(job_queue.QueueFull, match="the queue is full"):
+        queue.submit(lambda: None, client="api:c")
+    with pytest.raises(job_queue.DuplicateJobId):
+        queue.submit(lambda: None, job_id=blocker.id)
+    gate.set()
+    assert all(job.wait(10) for job in jobs)
+    assert order == ["a1", "b1", "a2", "b2", "a3"]  # FIFO per client, turns between clients
+
+
 def test_unknown_flag_is_a_clear_error():
     result = subprocess.run([sys.executable, "launch.py", "--skip-install", "--no-such-flag"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

@@ -109,3 +109,33 @@ def write_gfpgan(path: str, seed: int = 0):
     model = gfpgan(seed)
     _save(model.state_dict(), path, "params_ema")
     return model
+
+
+def write_interrogator(folder: str, terms: dict[str, list[str]], seed: int = 0) -> None:
+    """Tiny random-weight BLIP captioner and CLIP model saved as transformers folders (``folder/blip``,
+    ``folder/clip``), plus term lists, in the layout ``modules.interrogate`` reads."""
+    import torch
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer)
+
+    from modules import paths
+
+    torch.manual_seed(seed)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "cat", "dog", "red", "blue"]
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(words)}, bos_token="[DEC]")
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    blip_config = BlipConfig(text_config=dict(vocab_size=len(words), bos_token_id=5, sep_token_id=3, pad_token_id=0,
+                                              eos_token_id=3, encoder_hidden_size=32, **small),
+                             vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=32)
+    blip = BlipForConditionalGeneration(blip_config)
+    blip.save_pretrained(os.path.join(folder, "blip"))
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(os.path.join(folder, "blip"))
+    clip_tokenizer = CLIPTokenizer.from_pretrained(os.path.join(paths.configs_path, "clip_tokenizer"))
+    clip_config = CLIPConfig(text_config=dict(vocab_size=len(clip_tokenizer), max_position_embeddings=77, **small),
+                             vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=16)
+    CLIPModel(clip_config).save_pretrained(os.path.join(folder, "clip"))
+    CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  clip_tokenizer).save_pretrained(os.path.join(folder, "clip"))
+    for name, lines in terms.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("\n".join(lines) + "\n")

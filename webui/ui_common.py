@@ -47,7 +47,7 @@ def error_updates(message: str) -> tuple:
 def stream_job(run, description: str):
     """Submit ``run`` to the job queue and yield (gallery, progress, preview, info, result, job id) updates
     until it finishes. The job runs in the queue worker: closing the tab stops this stream, not the job."""
-    job = job_queue.queue.submit(run, description)
+    job = job_queue.queue.submit(run, description, client="ui")
     last_preview = -1
     while not job.wait(POLL_SECONDS):
         progress = job_queue.queue.progress(job)
