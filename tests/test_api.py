@@ -55,10 +55,13 @@ def client(tiny_model):
     job_queue.queue.max_pending = saved_limit
 
 
-def test_txt2img_answers_like_a1111(client):
+def test_txt2img_answers_like_a1111(client, data_dir):
     from tests.conftest import txt2img
 
+    outputs = lambda: sorted(str(p) for p in (data_dir / "outputs").rglob("*.png"))  # noqa: E731
+    before = outputs()
     response = client.post(f"{BASE}/txt2img", json={**SMALL, "batch_size": 2})
+    assert outputs() == before  # save_images defaults to false
     assert response.status_code == 200, response.text
     body = response.json()
     info = json.loads(body["info"])  # a JSON string that clients decode a second time
@@ -462,3 +465,50 @@ def test_interrogate_captions_with_blip_and_ranks_terms_with_clip(client, tmp_pa
     from modules import shared
 
     assert shared.interrogator.interrogate(image) == caption  # the Script API's shared.interrogator
+
+
+def test_request_fields_are_the_processing_fields_with_their_defaults():
+    import dataclasses
+
+    from modules import processing
+    from modules.api import models
+
+    for cls, model in ((processing.StableDiffusionProcessingTxt2Img, models.StableDiffusionTxt2ImgProcessingAPI),
+                       (processing.StableDiffusionProcessingImg2Img, models.StableDiffusionImg2ImgProcessingAPI)):
+        defaults = model().model_dump()
+        for f in dataclasses.fields(cls):
+            if f.name in models.EXCLUDED_FIELDS:
+                assert f.name not in models.processing_fields(model)
+                continue
+            expected = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            assert defaults[f.name] == expected, f.name
+        assert set(models.processing_fields(model)) == {f.name for f in dataclasses.fields(cls)} - models.EXCLUDED_FIELDS
+
+
+def test_hires_fields(client):
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2, "enable_hr": True, "hr_scale": 2,
+                                                "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
+                                                "denoising_strength": 0.5}).json()
+    assert decoded(body["images"][0]).size == (128, 128)
+    text = json.loads(body["info"])["infotexts"][0]
+    assert "Hires upscale: 2" in text and "Hires upscaler: Latent" in text and "Denoising strength: 0.5" in text
+
+
+def test_refresh_unload_and_reload(client, registry, data_dir):
+    from modules import demo_model, sd_models
+
+    extra = data_dir / "models" / "Stable-diffusion" / "late.safetensors"
+    demo_model.write_checkpoint(str(extra), seed=3)
+    try:
+        assert "late" not in {m["model_name"] for m in client.get(f"{BASE}/sd-models").json()}
+        assert client.post(f"{BASE}/refresh-checkpoints").status_code == 200
+        assert "late" in {m["model_name"] for m in client.get(f"{BASE}/sd-models").json()}
+    finally:
+        extra.unlink()
+        sd_models.list_models()
+    assert client.post(f"{BASE}/unload-checkpoint").json() == {}
+    assert sd_models.current_model() is None
+    assert client.post(f"{BASE}/reload-checkpoint").json() == {}
+    assert sd_models.current_model().sd_checkpoint_info.model_name == "tiny"
+    for path in ("refresh-embeddings", "refresh-vae", "refresh-loras"):
+        assert client.post(f"{BASE}/{path}").status_code == 200

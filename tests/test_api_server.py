@@ -220,3 +220,19 @@ def test_twenty_api_clients_and_a_browser_share_one_queue(live, api):
     assert "from the browser" in counts["prompts"]
     again = api.txt2img(prompt="request 7", seed=1007, width=64, height=64)
     assert np.array_equal(pixels(again.image), pixels(answers[7].image))  # the image answered was request 7's own
+
+
+def test_nowebui_serves_the_api_alone(tmp_path):
+    proc, port, log = _start(tmp_path, "--demo", "--nowebui", "--skip-load-model-at-start")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url + "/config", timeout=10)  # no Gradio page or routes
+        assert missing.value.code == 404
+        with urllib.request.urlopen(url + "/sdapi/v1/sd-models", timeout=30) as response:
+            assert json.loads(response.read())[0]["model_name"] == "demo-random-weights"
+        with urllib.request.urlopen(url + "/docs", timeout=30) as response:
+            assert b"swagger" in response.read().lower()
+    finally:
+        proc.terminate()
+        proc.wait(20)

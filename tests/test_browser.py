@@ -169,7 +169,7 @@ def test_paint_a_mask_in_the_inpaint_editor_and_get_an_image_back(server):
             editor.locator("button[aria-label='Upload']").click()
         chooser.value.set_files(str(data_dir / "source.png"))
         page.wait_for_selector("#img2maskimg button[aria-label='Brush Size']")
-        assert page.locator("#img2img_mask_blur").is_visible()  # the inpaint options show in inpaint mode
+        page.wait_for_selector("#img2img_mask_blur", state="visible", timeout=30_000)  # inpaint options show in inpaint mode
         box = editor.locator("canvas").first.bounding_box()
         side = min(box["width"], box["height"])  # the 64 px picture is shown as a centred square
         x = box["x"] + box["width"] / 2 + side * 0.45
