@@ -356,9 +356,9 @@ def blocked_queue():
         state.current_latent = torch.zeros(4, 8, 8)
         started.set()
         deadline = time.time() + 30
-        while not release.is_set() and not state.interrupted and time.time() < deadline:
+        while not release.is_set() and not state.interrupted and not state.skipped and time.time() < deadline:
             time.sleep(0.01)
-        return "interrupted" if state.interrupted else "released"
+        return "interrupted" if state.interrupted else "skipped" if state.skipped else "released"
 
     job = job_queue.queue.submit(hold, "hold")
     assert started.wait(30)
@@ -397,6 +397,13 @@ def test_interrupt_stops_the_running_job_only(client, blocked_queue):
     assert job.wait(30) and job.result == "interrupted"
     waiting.join(60)
     assert results["r"].status_code == 200 and len(results["r"].json()["images"]) == 1  # the queued job ran in full
+
+
+def test_skip_reaches_the_running_job(client, blocked_queue):
+    job, _ = blocked_queue
+    response = client.post(f"{BASE}/skip")
+    assert response.status_code == 200 and response.json() is None
+    assert job.wait(30) and job.result == "skipped"
 
 
 def test_one_login_covers_api_extension_routes_and_docs(tiny_model):

@@ -222,6 +222,31 @@ def test_twenty_api_clients_and_a_browser_share_one_queue(live, api):
     assert np.array_equal(pixels(again.image), pixels(answers[7].image))  # the image answered was request 7's own
 
 
+def test_a_client_that_hangs_up_does_not_lose_its_job(live):
+    import http.client
+    from urllib.parse import urlparse
+
+    url, root = live
+    body = json.dumps({"prompt": "hung up", "seed": 606, "steps": 3, "width": 64, "height": 64,
+                       "force_task_id": "task(hangup)", "save_images": True})
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    connection = http.client.HTTPConnection(urlparse(url).hostname, urlparse(url).port, timeout=30)
+    connection.request("POST", "/sdapi/v1/txt2img", body, {"Content-Type": "application/json",
+                                                            "Authorization": f"Basic {token}"})
+    connection.close()  # gone before the answer
+    deadline, job = time.time() + 120, {}
+    while time.time() < deadline and job.get("status") != "done":
+        try:
+            job = json.loads(_get(f"{url}/sdapi/v1/jobs/task(hangup)")[1])
+        except urllib.error.HTTPError:
+            pass
+        time.sleep(0.2)
+    assert job.get("status") == "done", job
+    info = json.loads(job["result"]["info"])
+    assert info["seed"] == 606 and info["prompt"] == "hung up"
+    assert list((root / "outputs" / "txt2img-images").rglob("*-606.png"))  # saved, as asked
+
+
 def test_nowebui_serves_the_api_alone(tmp_path):
     proc, port, log = _start(tmp_path, "--demo", "--nowebui", "--skip-load-model-at-start")
     try:

@@ -119,3 +119,13 @@ def test_credentials_parsing():
     with pytest.raises(SystemExit, match="not of the form user:password"):
         parse_credentials(cmd_args.parse(["--gradio-auth", "nopassword"]))
     assert cmd_args.parse(["--share"]).webui_is_non_local and not cmd_args.parse([]).webui_is_non_local
+    both = cmd_args.parse(["--gradio-auth", "alice:pw1", "--api-auth", "tool:pw2"])
+    assert parse_credentials(both) == [("alice", "pw1"), ("tool", "pw2")]  # one set of accounts for every route
+
+
+def test_api_is_on_for_loopback_and_opt_in_elsewhere():
+    from modules import cmd_args
+    from webui.server import api_enabled
+
+    assert api_enabled(cmd_args.parse([])) and not api_enabled(cmd_args.parse(["--listen"]))
+    assert api_enabled(cmd_args.parse(["--listen", "--api"])) and api_enabled(cmd_args.parse(["--share", "--nowebui"]))
