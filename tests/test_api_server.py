@@ -71,7 +71,17 @@ def live(tmp_path_factory):
     probe.mkdir(parents=True)
     (probe / "probe.py").write_text(PROBE)
     proc, port, log = _start(root, "--demo", "--api-auth", f"{USER}:{PASSWORD}")
-    yield f"http://127.0.0.1:{port}", root
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:  # extension routes are added by on_app_started, just after the server answers
+        try:
+            _get(url + "/probe/concurrency")
+            break
+        except urllib.error.HTTPError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    yield url, root
     proc.terminate()
     proc.wait(20)
 

@@ -188,16 +188,15 @@ def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]])
     demo.queue(default_concurrency_limit=None)
     app_kwargs = {"middleware": app_middleware(opts, credentials)}
     if api_enabled(opts):
-        app_kwargs.update(docs_url="/docs", redoc_url="/redoc", title=API_TITLE)
+        from modules.api.api import Api
+
+        # the API routes are part of the app from its creation: no request can arrive before them
+        app_kwargs.update(docs_url="/docs", redoc_url="/redoc", title=API_TITLE, routes=list(Api().router.routes))
     app, _, share_url = demo.launch(
         server_name=host, server_port=port, share=opts.share, prevent_thread_lock=True, inbrowser=opts.autolaunch,
         allowed_paths=[output_dir], quiet=True, footer_links=["api", "settings"], head=extension_assets.head_html(),
         css=extension_assets.css(), app_kwargs=app_kwargs,
     )
-    if api_enabled(opts):
-        from modules.api.api import Api
-
-        Api(app)
     script_callbacks.app_started_callback(demo, app)
     if share_url:
         print(f"Running on public URL: {share_url}", flush=True)

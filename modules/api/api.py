@@ -196,10 +196,11 @@ def image_response(processed: processing.Processed, meta: dict) -> dict:
 
 
 class Api:
-    """Registers the routes on ``app`` (the Gradio app, or a bare FastAPI app with ``--nowebui``)."""
+    """The routes, in ``self.router``; registered on ``app`` when one is given (a bare FastAPI app with
+    ``--nowebui``). The Gradio app gets ``self.router.routes`` when it is created, so they answer from the
+    first request on."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
+    def __init__(self, app: FastAPI | None = None) -> None:
         self.router = APIRouter(prefix=PREFIX, route_class=ApiRoute, tags=["sdapi"])
         post, get = self._post, self._get
         post("/txt2img", self.text2imgapi, response_model=models.ImageResponse)
@@ -238,7 +239,8 @@ class Api:
         post("/refresh-loras", self.refresh_loras)
         post("/unload-checkpoint", self.unloadapi)
         post("/reload-checkpoint", self.reloadapi)
-        app.include_router(self.router)
+        if app is not None:
+            app.include_router(self.router)
 
     def _post(self, path: str, endpoint: Callable, **kwargs) -> None:
         self.router.add_api_route(path, endpoint, methods=["POST"], **kwargs)
