@@ -782,7 +782,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts, all_seeds, all_su
             value = value[index] if index < len(value) else None
         params[key] = value  # a key of the fixed list keeps its position
     params["Version"] = infotext_version
-    params["User"] = p.user
+    params["User"] = p.user if opts.add_user_name_to_info else None
     prompt = p.main_prompt if use_main_prompt else all_prompts[index]
     negative = p.main_negative_prompt if use_main_prompt else (all_negative_prompts[index] if all_negative_prompts else "")
     return infotext_utils.build_infotext(prompt, negative, params)

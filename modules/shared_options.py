@@ -16,6 +16,7 @@ options_templates.update(options_section(("saving-images", "Saving images/grids"
     "grid_only_if_multiple": OptionInfo(True, "Do not save grids consisting of one picture"),
     "n_rows": OptionInfo(-1, "Grid row count; use -1 for autodetect and 0 for it to be same as batch size"),
     "enable_pnginfo": OptionInfo(True, "Save text information about generation parameters as chunks to png files"),
+    "add_user_name_to_info": OptionInfo(False, "Add the logged-in user's name to the generation information (User)"),
     "save_txt": OptionInfo(False, "Create a text file next to every image with generation parameters."),
     "jpeg_quality": OptionInfo(80, "Quality for saved jpeg and avif images"),
     "return_grid": OptionInfo(True, "Show grid in gallery"),

@@ -116,7 +116,7 @@ def test_webuiapi_txt2img_png_info_and_lists(api):
     assert len(result.images) == 1 and result.image.size == (64, 64)
     assert result.info["all_seeds"] == [123] and result.info["sampler_name"] == "Euler a"  # webuiapi's default
     text = result.info["infotexts"][0]
-    assert text.startswith("a red fox\n") and "Steps: 3" in text and "CFG scale: 6" in text
+    assert text.startswith("a red fox\n") and "Steps: 3" in text and "CFG scale: 6" in text and "User:" not in text
     assert result.image.info["parameters"] == text
     png = api.png_info(result.image)
     assert png.info == text and png.json["parameters"]["Seed"] == "123"
@@ -159,7 +159,9 @@ def test_webuiapi_options_round_trip(api):
     assert api.get_options()["jpeg_quality"] == 80
     api.set_options({"jpeg_quality": 61})
     assert api.get_options()["jpeg_quality"] == 61
-    api.set_options({"jpeg_quality": 80})
+    api.set_options({"jpeg_quality": 80, "add_user_name_to_info": True})
+    assert f"User: {USER}" in api.txt2img(prompt="x", seed=2, width=64, height=64).info["infotexts"][0]
+    api.set_options({"add_user_name_to_info": False})
     refused = api.session.post(f"{api.baseurl}/options", json={"no_such_setting": True})
     assert refused.status_code == 422 and "no_such_setting" in refused.json()["detail"]
 

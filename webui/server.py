@@ -125,8 +125,11 @@ def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]
     Api(app)
     script_callbacks.app_started_callback(None, app)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="api-server", daemon=True).start()
+    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread.start()
     while not server.started:
+        if not thread.is_alive():
+            raise SystemExit(f"the API server could not start on {host}:{port}")
         time.sleep(0.05)
     return server
 
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"This server is reachable from other machines (--listen/--share/--server-name), so it needs a login.\n"
               f"No --gradio-auth was given; generated one for this run: user 'webui', password '{password}'", flush=True)
 
+    if opts.nowebui and opts.share:
+        raise SystemExit("--share links to the web page; it cannot be combined with --nowebui")
     job_queue.queue.max_pending = max(1, opts.max_queued_jobs)
     load_extensions(opts)
     host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
@@ -157,9 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         api_server = serve_api_only(opts, host, port, credentials)
     else:
         demo = launch_webui(opts, host, port, credentials)
-    print(f"Running on local URL: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", flush=True)
+    local_url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    print(f"Running on local URL: {local_url}", flush=True)
     if api_enabled(opts):
-        print(f"API: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/sdapi/v1 (docs at /docs)", flush=True)
+        print(f"API: {local_url}/sdapi/v1 (docs at {local_url}/docs)", flush=True)
     if sd_models.checkpoints_list and not opts.skip_load_model_at_start:
         job_queue.queue.submit(sd_models.reload_model_weights, "load model")
     try:
