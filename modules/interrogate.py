@@ -124,8 +124,17 @@ def _unit(features):
 clip_interrogator = ClipInterrogator()
 
 
-def find(model: str) -> ClipInterrogator:
-    """The interrogator for an API ``model`` name; "deepdanbooru" is recognised but not available."""
+class DeepbooruInterrogator:
+    """The DeepDanbooru tagger behind the same ``interrogate(image)`` call."""
+
+    def interrogate(self, image) -> str:
+        from modules import deepbooru
+
+        return deepbooru.model.tag(image)
+
+
+def find(model: str) -> ClipInterrogator | DeepbooruInterrogator:
+    """The interrogator for an API ``model`` name ("clip" or "deepdanbooru"), with its files checked."""
     name = (model or "clip").strip().lower()
     if name == "clip":
         missing = missing_files()
@@ -133,5 +142,10 @@ def find(model: str) -> ClipInterrogator:
             raise InterrogatorFilesMissing(f"CLIP interrogator files are missing: {', '.join(missing)}")
         return clip_interrogator
     if name == "deepdanbooru":
-        raise InterrogatorFilesMissing("deepdanbooru is not available: this web UI has no DeepDanbooru tagger")
-    raise UnknownInterrogator(f"Model not found: {model!r}; use \"clip\"")
+        from modules import deepbooru
+
+        if deepbooru.weights_file() is None:
+            raise InterrogatorFilesMissing(f"DeepDanbooru weights are missing: put {deepbooru.WEIGHT_NAMES[0]} in "
+                                           f"{deepbooru.folder()}")
+        return DeepbooruInterrogator()
+    raise UnknownInterrogator(f"Model not found: {model!r}; use \"clip\" or \"deepdanbooru\"")

@@ -87,6 +87,15 @@ options_templates.update(options_section(("face-restoration", "Face restoration"
     "face_restoration_unload": OptionInfo(False, "Move face restoration model from VRAM into RAM after processing"),
 }))
 
+options_templates.update(options_section(("interrogate", "Interrogate"), {
+    "interrogate_return_ranks": OptionInfo(False, "Include ranks of model tags matches in results"),
+    "interrogate_deepbooru_score_threshold": OptionInfo(0.5, "deepbooru: score threshold"),
+    "deepbooru_sort_alpha": OptionInfo(True, "deepbooru: sort tags alphabetically"),
+    "deepbooru_use_spaces": OptionInfo(True, "deepbooru: use spaces in tags"),
+    "deepbooru_escape": OptionInfo(True, "deepbooru: escape (\\) brackets"),
+    "deepbooru_filter_tags": OptionInfo("", "deepbooru: filter out those tags (comma-separated)"),
+}))
+
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
     "eta_ddim": OptionInfo(0.0, "Eta for DDIM", infotext="Eta DDIM"),

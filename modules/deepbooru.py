@@ -1,0 +1,125 @@
+"""The DeepDanbooru tagger (A1111 ``modules.deepbooru``): ``model.tag(pil_image)`` returns the image's booru
+tags above the score threshold, formatted by the ``deepbooru_*`` settings.
+
+Weights: ``models/torch_deepdanbooru/model-resnet_custom_v3.pt``, the torch conversion A1111 downloads (a
+state dict with the tag list under ``tags``), read with ``torch.load(weights_only=True)``; ``.safetensors``
+files of the same keys are accepted with the tags in their metadata (``tags``: a JSON list).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+
+from modules import paths
+
+WEIGHT_NAMES = ("model-resnet_custom_v3.pt", "model-resnet_custom_v3.safetensors")
+INPUT_SIZE = 512
+RE_SPECIAL = re.compile(r"([\\()])")
+
+
+class DeepDanbooruMissing(RuntimeError):
+    status_code = 503
+
+
+def folder() -> str:
+    return os.path.join(paths.models_path, "torch_deepdanbooru")
+
+
+def weights_file() -> str | None:
+    for name in WEIGHT_NAMES:
+        path = os.path.join(folder(), name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_state_dict(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        state = dict(load_file(path))
+        with safe_open(path, "pt") as f:
+            state["tags"] = json.loads((f.metadata() or {}).get("tags", "[]"))
+        return state
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class DeepDanbooru:
+    def __init__(self) -> None:
+        self.model = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        from modules import deepbooru_model
+
+        path = weights_file()
+        if path is None:
+            raise DeepDanbooruMissing(f"DeepDanbooru weights are missing: put {WEIGHT_NAMES[0]} in {folder()}")
+        state = _read_state_dict(path)
+        stages, tag_count = deepbooru_model.stages_from_state_dict(state)
+        model = deepbooru_model.DeepDanbooruModel(stages, tag_count)
+        model.load_state_dict(state)
+        if len(model.tags) != tag_count:
+            raise ValueError(f"{path}: {len(model.tags)} tags for {tag_count} outputs")
+        self.model = model.eval()
+
+    def start(self) -> None:
+        from modules import devices
+
+        self.load()
+        self.model.to(devices.device)
+
+    def stop(self) -> None:
+        if self.model is not None:
+            self.model.to("cpu")
+
+    def tag(self, pil_image) -> str:
+        with self._lock:
+            self.start()
+            try:
+                return self.tag_multi(pil_image)
+            finally:
+                self.stop()
+
+    def probabilities(self, pil_image) -> dict[str, float]:
+        """Every tag's score for an image (resized and padded to 512x512 as in A1111)."""
+        import numpy as np
+        import torch
+
+        from modules import devices, images
+
+        picture = images.resize_image(2, pil_image.convert("RGB"), INPUT_SIZE, INPUT_SIZE)
+        array = np.expand_dims(np.asarray(picture, dtype=np.float32), 0) / 255
+        with torch.inference_mode():
+            scores = self.model(torch.from_numpy(array).to(devices.device))[0].float().cpu().numpy()
+        return dict(zip(self.model.tags, scores.tolist()))
+
+    def tag_multi(self, pil_image, force_disable_ranks: bool = False) -> str:
+        """Tags over ``interrogate_deepbooru_score_threshold``, without ``rating:`` tags and the filtered ones,
+        alphabetical or by score, with spaces and escaped brackets as the settings ask."""
+        from modules.shared import opts
+
+        threshold = float(opts.interrogate_deepbooru_score_threshold)
+        filtered = {t.strip() for t in opts.deepbooru_filter_tags.split(",") if t.strip()}
+        scores = {tag: p for tag, p in self.probabilities(pil_image).items()
+                  if p >= threshold and not tag.startswith("rating:") and tag not in filtered}
+        ordered = sorted(scores) if opts.deepbooru_sort_alpha else sorted(scores, key=scores.get, reverse=True)
+        result = []
+        for tag in ordered:
+            text = tag.replace("_", " ") if opts.deepbooru_use_spaces else tag
+            if opts.deepbooru_escape:
+                text = RE_SPECIAL.sub(r"\\\1", text)
+            if opts.interrogate_return_ranks and not force_disable_ranks:
+                text = f"({text}:{scores[tag]:.3f})"
+            result.append(text)
+        return ", ".join(result)
+
+
+model = DeepDanbooru()
