@@ -123,3 +123,26 @@ def test_batch_roots_flag_allows_another_folder(tiny_model, tmp_path, monkeypatc
     assert img2img_module.resolve_batch_dir(str(tmp_path / "in"), "input folder") == str((tmp_path / "in").resolve())
     with pytest.raises(img2img_module.UserInputError, match="outside the allowed folders"):
         img2img_module.resolve_batch_dir(str(tmp_path / "in" / ".." / ".."), "input folder")
+
+
+def test_interrogate_buttons_fill_the_prompt_or_name_what_is_missing(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    from modules import deepbooru, paths
+    from tests.test_deepbooru import _tiny_state
+
+    monkeypatch.setattr(paths, "models_path", str(tmp_path))
+    monkeypatch.setattr(deepbooru, "model", deepbooru.DeepDanbooru())
+    picture = noise_image(64, 64)
+    pictures = dict(init_image=picture, sketch=None, inpaint_editor=None, upload_image=None, upload_mask=None)
+    prompt, progress = ui_img2img.interrogate("deepdanbooru", "img2img", *pictures.values())
+    assert "model-resnet_custom_v3.pt" in progress and "error" in progress  # shown, nothing else touched
+    prompt, progress = ui_img2img.interrogate("clip", "img2img", *pictures.values())
+    assert "CLIP interrogator files are missing" in progress
+    (tmp_path / "torch_deepdanbooru").mkdir()
+    torch.save(_tiny_state(), tmp_path / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
+    assert ui_img2img.interrogate("deepdanbooru", "img2img", *pictures.values()) == (r"1girl, long hair, smile \(cute\)", "")
+    inpaint = dict(pictures, init_image=None, inpaint_editor={"background": picture, "layers": []})
+    assert ui_img2img.interrogate("deepdanbooru", "inpaint", *inpaint.values())[0].startswith("1girl")  # no mask needed
+    empty = dict(pictures, init_image=None)
+    assert "upload an image first" in ui_img2img.interrogate("deepdanbooru", "img2img", *empty.values())[1]

@@ -101,14 +101,19 @@ def prompt_boxes(tab: str, c: dict, placeholder: str = "") -> None:
         c["negative_token_counter"] = gr.HTML(EMPTY_COUNTER, scale=0, min_width=70, elem_id=f"{tab}_negative_token_counter")
 
 
-def action_buttons(tab: str, c: dict) -> None:
-    """Generate, paste, Interrupt and Skip, and the states the job's result and id live in."""
+def action_buttons(tab: str, c: dict, interrogate: bool = False) -> None:
+    """Generate, paste, Interrupt and Skip (and the Interrogate buttons when asked), and the states the job's
+    result and id live in."""
     with gr.Column(scale=1, min_width=200):
         c["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
         c["paste"] = gr.Button("↙️", elem_id=f"{tab}_paste", min_width=40)
         with gr.Row():
             c["interrupt"] = gr.Button("Interrupt", elem_id=f"{tab}_interrupt", min_width=60)
             c["skip"] = gr.Button("Skip", elem_id=f"{tab}_skip", min_width=60)
+        if interrogate:
+            with gr.Row():
+                c["interrogate"] = gr.Button("Interrogate CLIP", elem_id="interrogate", min_width=60)
+                c["deepbooru"] = gr.Button("Interrogate DeepBooru", elem_id="deepbooru", min_width=60)
     c["result"] = gr.State(None)
     c["job_id"] = gr.State(None)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import img2img, images, infotext_utils, processing, shared
+from modules import img2img, images, infotext_utils, job_queue, processing, shared
 from modules.errors import UserInputError
-from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider, error_updates, output_panel,
+from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider, error_html, error_updates,
+                             output_panel,
                              override_settings_box, override_settings_update, postprocess_controls, postprocess_job_options,
                              prompt_boxes, sampler_controls, script_controls, script_paste_components,
                              script_paste_updates, seed_controls, size_and_batch, stream_job,
@@ -109,6 +110,31 @@ def inputs_for_mode(mode: str, init_image, sketch, inpaint_editor, upload_image,
     raise UserInputError(f"unknown img2img mode {mode!r}")
 
 
+def interrogate(model: str, mode, init_image, sketch, inpaint_editor, upload_image, upload_mask) -> tuple:
+    """Describe the current mode's picture ("clip": a caption, "deepdanbooru": tags) in the prompt box; the
+    work runs in the job queue. Returns (prompt update, progress HTML)."""
+    from modules import interrogate as interrogators
+
+    try:
+        if mode == "inpaint":
+            picture = (inpaint_editor or {}).get("background")
+        elif mode == "inpaint_upload":
+            picture = upload_image
+        else:
+            picture = inputs_for_mode(mode, init_image, sketch, inpaint_editor, upload_image, upload_mask)[0]
+        if picture is None:
+            raise UserInputError("interrogate: upload an image first")
+        interrogator = interrogators.find(model)
+    except (UserInputError, interrogators.InterrogatorFilesMissing, interrogators.UnknownInterrogator) as e:
+        return gr.skip(), error_html(str(e))
+    job = job_queue.queue.submit(lambda: interrogator.interrogate(picture.convert("RGB")), f"interrogate {model}",
+                                 client="ui")
+    job.wait()
+    if job.status != job_queue.DONE:
+        return gr.skip(), error_html(job.error or job.status)
+    return job.result, ""
+
+
 def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_editor, upload_image, upload_mask,
              batch_input, batch_output, batch_mask, resize_mode, sampler_name, scheduler, steps, cfg_scale, width, height,
              seed, use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count,
@@ -155,7 +181,7 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
         with gr.Column(scale=4):
             prompt_boxes("img2img", c)
             c["styles"] = gr.Dropdown(style_names, value=[], multiselect=True, label="Styles", elem_id="img2img_styles")
-        action_buttons("img2img", c)
+        action_buttons("img2img", c, interrogate=True)
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Tabs(elem_id="mode_img2img") as c["mode_tabs"]:
@@ -227,6 +253,10 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names
 
 def wire_tab(c: dict) -> None:
     wire_generation(c, generate, GENERATE_INPUTS, paste_parameters, paste_outputs(c))
+    pictures = [c[name] for name in ("mode", "init_image", "sketch", "inpaint_editor", "upload_image", "upload_mask")]
+    for button, model in (("interrogate", "clip"), ("deepbooru", "deepdanbooru")):
+        c[button].click(lambda *values, model=model: interrogate(model, *values), pictures, [c["prompt"], c["progress"]],
+                        show_progress="minimal")
     for mode, tab in c["mode_tab_objects"].items():
         tab.select(lambda mode=mode: (mode, gr.update(visible=mode in ("inpaint", "inpaint_upload", "batch"))), None,
                    [c["mode"], c["inpaint_controls"]], queue=False)
