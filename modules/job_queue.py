@@ -177,10 +177,10 @@ class JobQueue:
                 if jobs:  # the client's next job waits for the other clients' turns
                     self._pending[client] = jobs
                 self._current = job
-            job.status = RUNNING
-            job.started = time.time()
-            state.begin(job.description)
+                job.status = RUNNING
+                job.started = time.time()
             try:
+                state.begin(job.description)
                 job.result = job.func()
                 job.status = DONE
             except Exception as e:
@@ -190,12 +190,21 @@ class JobQueue:
                 if not job.error_is_user_input:
                     errors.report(f"job {job.id} failed:\n{traceback.format_exc()}")
             finally:
-                job.final_progress = {**self.progress(job), "status": job.status, "progress": 1.0, "eta": 0}
-                job.finished = time.time()
-                state.end()
-                with self._cond:
-                    self._current = None
-                job.done_event.set()
+                self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        """Record the outcome and wake the job's waiters, whatever happens here (a waiter has no timeout)."""
+        try:
+            job.final_progress = {**self.progress(job), "status": job.status, "progress": 1.0, "eta": 0}
+            state.end()
+        except Exception:  # noqa: BLE001 - progress is informative; the waiters must still be woken
+            errors.report(f"job {job.id}: could not record its final progress:\n{traceback.format_exc()}")
+            job.final_progress = {"status": job.status, "progress": 1.0, "eta": 0}
+        finally:
+            job.finished = time.time()
+            with self._cond:
+                self._current = None
+            job.done_event.set()
 
 
 queue = JobQueue()

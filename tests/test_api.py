@@ -321,8 +321,12 @@ def test_extras_single_and_batch(client):
 
 def test_a_job_whose_client_left_finishes_is_saved_and_can_be_fetched(client, data_dir):
     """The request runs in a thread that nobody waits for; the result is fetched by its id afterwards."""
+    from fastapi.testclient import TestClient
+
     request = {**SMALL, "steps": 2, "force_task_id": "task(keepme)", "save_images": True, "seed": 4321}
-    threading.Thread(target=lambda: client.post(f"{BASE}/txt2img", json=request), daemon=True).start()
+    leaving = TestClient(client.app)  # its own event loop, so nothing of it is left on the test's client
+    caller = threading.Thread(target=lambda: leaving.post(f"{BASE}/txt2img", json=request), daemon=True)
+    caller.start()
     deadline, job = time.time() + 60, {}
     while time.time() < deadline:
         response = client.get(f"{BASE}/jobs/task(keepme)")
@@ -339,6 +343,7 @@ def test_a_job_whose_client_left_finishes_is_saved_and_can_be_fetched(client, da
     again = client.post(f"{BASE}/txt2img", json=request)
     assert again.status_code == 409 and "exists already" in again.json()["detail"]
     assert client.get(f"{BASE}/jobs/task(unknown)").status_code == 404
+    caller.join(60)
 
 
 @pytest.fixture()
