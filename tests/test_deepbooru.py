@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,7 +87,7 @@ def test_the_network_looks_at_the_image(tagger):
     stages, count = deepbooru_model.stages_from_state_dict(state)
     model = deepbooru_model.DeepDanbooruModel(stages, count)
     model.load_state_dict(state)
-    a, b = (torch.from_numpy(__import__("numpy").asarray(noise_image(64, 64, seed=s), dtype="float32")[None] / 255)
+    a, b = (torch.from_numpy(np.asarray(noise_image(64, 64, seed=s), dtype="float32")[None] / 255)
             for s in (1, 2))
     with torch.no_grad():
         both = model(torch.cat([a, b]))

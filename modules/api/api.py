@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -460,7 +461,7 @@ class Api:
 
         ram = psutil.virtual_memory()
         result: dict[str, Any] = {"ram": {"free": ram.available, "used": ram.total - ram.available, "total": ram.total}}
-        torch = __import__("sys").modules.get("torch")
+        torch = sys.modules.get("torch")  # only when a model has loaded it; never imported here
         if torch is not None and torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             stats = torch.cuda.memory_stats()
