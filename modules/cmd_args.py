@@ -22,6 +22,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("--nowebui", action="store_true", help="serve the API only, without the web page")
     add("--cors-allow-origins", type=str, default=None, help="comma-separated origins allowed to call the server from a browser")
     add("--cors-allow-origins-regex", type=str, default=None, help="regular expression of origins allowed, as above")
+    add("--allowed-hosts", type=str, default=None,
+        help="comma-separated host names the server answers besides its loopback names and --server-name "
+             "(behind a reverse proxy or a tunnel; '*' answers any Host header)")
     add("--max-queued-jobs", type=int, default=64, help="jobs that may wait in the queue; more are refused (HTTP 503)")
     add("--autolaunch", action="store_true", help="open the UI in the system's browser")
     # install

@@ -54,14 +54,14 @@ def server(tmp_path):
     proc.wait(20)
 
 
-def _browser(playwright):
+def _browser(playwright, *extra_args: str):
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("chromium is required in CI (apt-get install chromium)")
         pytest.skip("Debian chromium is not installed")
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"])
+        "--no-first-run", "--disable-sync", *extra_args])
 
 
 def _open_page(pw, url: str):

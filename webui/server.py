@@ -88,18 +88,29 @@ def load_extensions(opts) -> None:
         log.info("Extension %s: %s, scripts loaded in %.2fs%s", extension.name, state, extension.load_time, problems)
 
 
-def app_middleware(opts, credentials: list[tuple[str, str]]) -> list:
-    """Middleware of the whole app: CORS for the origins the flags allow, then the one login every route needs."""
+def host_policy(opts, host: str):
+    """Which Host headers and browser origins this server answers (see modules/api/cross_site.py)."""
+    from modules.api.cross_site import HostPolicy
+
+    return HostPolicy.from_flags(host, opts.server_name, opts.allowed_hosts, opts.cors_allow_origins,
+                                 opts.cors_allow_origins_regex)
+
+
+def app_middleware(opts, credentials: list[tuple[str, str]], policy) -> list:
+    """Middleware of the whole app, outermost first: the Host check (DNS rebinding), CORS for the origins the flags
+    allow, the refusal of other sites' requests, then the one login every route needs."""
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
 
     from modules.api.auth import BasicAuthMiddleware
+    from modules.api.cross_site import CrossSiteMiddleware, HostCheckMiddleware
 
-    middleware = []
+    middleware = [Middleware(HostCheckMiddleware, policy=policy)]
     if opts.cors_allow_origins or opts.cors_allow_origins_regex:
         origins = [o.strip() for o in (opts.cors_allow_origins or "").split(",") if o.strip()]
         middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=opts.cors_allow_origins_regex,
                                      allow_methods=["*"], allow_headers=["*"], allow_credentials=True))
+    middleware.append(Middleware(CrossSiteMiddleware, policy=policy))
     if credentials:
         middleware.append(Middleware(BasicAuthMiddleware, credentials=dict(credentials), open_paths=GRADIO_OPEN_PATHS))
     return middleware
@@ -110,7 +121,7 @@ def api_enabled(opts) -> bool:
     return not opts.webui_is_non_local or opts.api or opts.nowebui
 
 
-def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]]):
+def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]], policy):
     """--nowebui: the API and the routes extensions add, on uvicorn without the page; returns the server."""
     import threading
     import time
@@ -121,7 +132,7 @@ def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]
     from modules.api.api import Api
 
     app = FastAPI(title=API_TITLE, docs_url="/docs", redoc_url="/redoc",
-                  middleware=app_middleware(opts, credentials))
+                  middleware=app_middleware(opts, credentials, policy))
     Api(app)
     script_callbacks.app_started_callback(None, app)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
@@ -158,10 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
     port = free_port(host, opts.port or DEFAULT_PORT)
     demo = api_server = None
+    policy = host_policy(opts, host)
     if opts.nowebui:
-        api_server = serve_api_only(opts, host, port, credentials)
+        api_server = serve_api_only(opts, host, port, credentials, policy)
     else:
-        demo = launch_webui(opts, host, port, credentials)
+        demo = launch_webui(opts, host, port, credentials, policy)
     local_url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     print(f"Running on local URL: {local_url}", flush=True)
     if api_enabled(opts):
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         api_server.should_exit = True
 
 
-def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]]):
+def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]], policy):
     """Build the page, serve it (with the API routes when enabled) and return the Blocks."""
     from webui import extension_assets
     from webui.ui import create_ui
@@ -192,7 +204,7 @@ def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]])
     output_dir = os.path.join(paths.data_path, "outputs")
     os.makedirs(output_dir, exist_ok=True)
     demo.queue(default_concurrency_limit=None)
-    app_kwargs = {"middleware": app_middleware(opts, credentials)}
+    app_kwargs = {"middleware": app_middleware(opts, credentials, policy)}
     if api_enabled(opts):
         from modules.api.api import Api
 
@@ -203,6 +215,8 @@ def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]])
         allowed_paths=[output_dir], quiet=True, footer_links=["api", "settings"], head=extension_assets.head_html(),
         css=extension_assets.css(), app_kwargs=app_kwargs,
     )
+    if share_url:
+        policy.add_public_url(share_url)  # the tunnel's host: the one foreign Host this server then answers
     script_callbacks.app_started_callback(demo, app)
     if share_url:
         print(f"Running on public URL: {share_url}", flush=True)
