@@ -19,9 +19,14 @@ opt_C = 4
 opt_f = 8
 MAX_SIDE = 2048
 MAX_HIRES_SIDE = 4096
-MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
+UI_MAX_STEPS = 150  # the sliders stop here; jobs may ask for up to max_steps()
+
+
+def max_steps() -> int:
+    """The most sampling steps a job may ask for (setting ``max_sampling_steps``; A1111's API has no limit)."""
+    return max(1, int(opts.max_sampling_steps or UI_MAX_STEPS))
 
 
 def get_fixed_seed(seed: Any) -> int:
@@ -146,7 +151,7 @@ class StableDiffusionProcessing:
         for name, value, low, high in (("width", self.width, 64, MAX_SIDE), ("height", self.height, 64, MAX_SIDE)):
             if not isinstance(value, int) or value % 8 or not low <= value <= high:
                 raise UserInputError(f"{name} must be a multiple of 8 between {low} and {high}, got {value!r}")
-        checks = (("steps", self.steps, 1, MAX_STEPS), ("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
+        checks = (("steps", self.steps, 1, max_steps()), ("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
                   ("n_iter", self.n_iter, 1, MAX_BATCH_COUNT))
         for name, value, low, high in checks:
             if not isinstance(value, int) or not low <= value <= high:
@@ -350,8 +355,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             raise UserInputError(f"hr_upscaler: unknown upscaler {self.hr_upscaler!r}; choose one of: {', '.join(names)}")
         if not 0 <= float(self.denoising_strength) <= 1:
             raise UserInputError(f"denoising_strength must be between 0 and 1, got {self.denoising_strength!r}")
-        if not isinstance(self.hr_second_pass_steps, int) or not 0 <= self.hr_second_pass_steps <= MAX_STEPS:
-            raise UserInputError(f"hr_second_pass_steps must be an integer between 0 and {MAX_STEPS}, got {self.hr_second_pass_steps!r}")
+        if not isinstance(self.hr_second_pass_steps, int) or not 0 <= self.hr_second_pass_steps <= max_steps():
+            raise UserInputError(f"hr_second_pass_steps must be an integer between 0 and {max_steps()}, "
+                                 f"got {self.hr_second_pass_steps!r}")
         if self.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
             raise UserInputError("hr_checkpoint_name: a separate checkpoint for the hires pass is not supported yet")
         if self.hr_sampler_name in (None, "", "Use same sampler"):

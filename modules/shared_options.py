@@ -115,6 +115,12 @@ options_templates.update(options_section(("ui", "Live previews and UI"), {
     "tiling": OptionInfo(False, "Tiling"),
 }))
 
+options_templates.update(options_section(("server", "Server limits"), {
+    "max_sampling_steps": OptionInfo(
+        1000, "Most sampling steps (and hires steps) a job may ask for; the UI slider stops at 150, the API at this",
+        restrict_api=True),
+}))
+
 options_templates.update(options_section(("extensions", "Extensions"), {
     "disabled_extensions": OptionInfo([], "Disabled extensions (folder names)"),
     "disable_all_extensions": OptionInfo("none", "Disable extensions: none, extra (all but built-in) or all"),

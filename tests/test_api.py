@@ -205,8 +205,10 @@ BAD_INPUTS = [
     ("txt2img", {"height": -64}, "height must be a multiple of 8"),
     ("txt2img", {"width": 100}, "width must be a multiple of 8"),
     ("txt2img", {"width": 100000, "height": 100000}, "between 64 and 2048"),
-    ("txt2img", {"steps": 0}, "steps must be an integer between 1 and 150, got 0"),
-    ("txt2img", {"steps": 10 ** 6}, "steps must be an integer between 1 and 150"),
+    ("txt2img", {"steps": 0}, "steps must be an integer between 1 and 1000, got 0"),
+    ("txt2img", {"steps": 10 ** 6}, "steps must be an integer between 1 and 1000"),
+    ("txt2img", {"enable_hr": True, "hr_second_pass_steps": 1001}, "hr_second_pass_steps must be an integer between 0 and 1000"),
+    ("txt2img", {"override_settings": {"max_sampling_steps": 10 ** 6}}, "'max_sampling_steps' cannot be changed through the API"),
     ("txt2img", {"steps": 2.5}, "steps: Input should be a valid integer"),
     ("txt2img", {"cfg_scale": float("nan")}, "cfg_scale: Input should be a finite number"),
     ("txt2img", {"cfg_scale": 1e9}, "cfg_scale must be between 0 and 30"),
@@ -250,6 +252,39 @@ def test_bad_input_is_a_4xx_naming_the_problem(client, endpoint, body, message):
     assert "Traceback" not in response.text
     assert opts.data == before  # nothing was half-applied
     assert client.get(f"{BASE}/progress").status_code == 200  # and the server keeps answering
+
+
+def test_more_steps_than_the_slider_as_in_a1111_up_to_the_setting(client):
+    from modules.shared import opts
+
+    body = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 151, "width": 64, "height": 64})
+    assert body.status_code == 200, body.text
+    assert json.loads(body.json()["info"])["steps"] == 151 and "Steps: 151," in json.loads(body.json()["info"])["infotexts"][0]
+    saved = opts.max_sampling_steps
+    opts.set("max_sampling_steps", 100)
+    try:
+        refused = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 101})
+        assert refused.status_code == 422 and "steps must be an integer between 1 and 100, got 101" in refused.json()["detail"]
+    finally:
+        opts.set("max_sampling_steps", saved)
+
+
+def test_null_means_the_default_for_every_nullable_field(client):
+    """Clients send null for "not set"; every field the schema allows null for must then take its default."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for route, name in (("txt2img", "StableDiffusionTxt2ImgProcessingAPI"), ("img2img", "StableDiffusionImg2ImgProcessingAPI")):
+        nullable = [field for field, spec in schema[name]["properties"].items()
+                    if any(option.get("type") == "null" for option in spec.get("anyOf", []))]
+        assert {"styles", "override_settings", "sampler_name", "restore_faces"} <= set(nullable), nullable
+        body = {**SMALL, "steps": 2, **{field: None for field in nullable}}
+        if route == "img2img":
+            body["init_images"] = [GOOD_IMAGE]
+        response = client.post(f"{BASE}/{route}", json=body)
+        assert response.status_code == 200, (route, response.text)
+        info = json.loads(response.json()["info"])
+        assert info["styles"] == [] and info["steps"] == 2 and info["seed"] == 1234
+    nulls = client.post(f"{BASE}/extra-single-image", json={"image": GOOD_IMAGE, "upscaler_1": None, "upscaling_resize": None})
+    assert nulls.status_code == 200, nulls.text
 
 
 def test_options_round_trip_and_checkpoint_switch(client, registry):

@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from modules import postprocessing, processing
 
@@ -24,8 +24,16 @@ IMAGE_FIELDS = {"init_images": list[str] | None, "mask": str | None, "latent_mas
 
 
 class ApiModel(BaseModel):
-    """Unknown keys are ignored (clients send fields of other A1111 versions); NaN and infinity are refused."""
+    """Unknown keys are ignored (clients send fields of other A1111 versions); NaN and infinity are refused; a
+    field sent as ``null`` means its default (clients send ``"styles": null`` for "none")."""
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 API_ONLY_FIELDS: dict[str, tuple[Any, Any]] = {
