@@ -36,17 +36,13 @@ def weights_file() -> str | None:
 
 
 def _read_state_dict(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    from modules import model_files
 
-        state = dict(load_file(path))
-        with safe_open(path, "pt") as f:
-            state["tags"] = json.loads((f.metadata() or {}).get("tags", "[]"))
+    if model_files.detect_format(path) == model_files.SAFETENSORS:
+        state = dict(model_files.read_state_dict(path))
+        state["tags"] = json.loads((model_files.read_safetensors_header(path).get("__metadata__") or {}).get("tags", "[]"))
         return state
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return model_files.load_pickle(path)
 
 
 class DeepDanbooru:
@@ -62,12 +58,15 @@ class DeepDanbooru:
         path = weights_file()
         if path is None:
             raise DeepDanbooruMissing(f"DeepDanbooru weights are missing: put {WEIGHT_NAMES[0]} in {folder()}")
-        state = _read_state_dict(path)
-        stages, tag_count = deepbooru_model.stages_from_state_dict(state)
-        model = deepbooru_model.DeepDanbooruModel(stages, tag_count)
-        model.load_state_dict(state)
-        if len(model.tags) != tag_count:
-            raise ValueError(f"{path}: {len(model.tags)} tags for {tag_count} outputs")
+        from modules import model_files
+
+        with model_files.loading(path, "DeepDanbooru model"):
+            state = _read_state_dict(path)
+            stages, tag_count = deepbooru_model.stages_from_state_dict(state)
+            model = deepbooru_model.DeepDanbooruModel(stages, tag_count)
+            model.load_state_dict(state)
+            if len(model.tags) != tag_count:
+                raise ValueError(f"{len(model.tags)} tags for {tag_count} outputs")
         self.model = model.eval()
 
     def start(self) -> None:

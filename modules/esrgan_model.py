@@ -79,7 +79,8 @@ class UpscalerESRGAN(Upscaler):
                 if self.official is None or not model_catalog.downloads_enabled():
                     raise FileNotFoundError(f"{self.name}: weights file {self.path} is missing")
                 model_catalog.download(self.official)
-            self.model = esrgan_arch.build(model_files.read_state_dict(self.path))
+            with model_files.loading(self.path, "ESRGAN upscaler"):
+                self.model = esrgan_arch.build(model_files.read_state_dict(self.path))
         return self.model
 
     def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:

@@ -126,7 +126,8 @@ class NetworkFaceRestoration(FaceRestoration):
                     raise UserInputError(f"{self.name()}: weights {self.path} are missing; "
                                          f"download {self.official.url} and save it there")
                 model_catalog.download(self.official)
-            self.network = self.build(model_files.read_state_dict(self.path))
+            with model_files.loading(self.path, f"{self.name()} model"):
+                self.network = self.build(model_files.read_state_dict(self.path))
         return self.network.to(devices.device)
 
     def restore_face(self, face: np.ndarray) -> np.ndarray:

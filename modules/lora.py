@@ -150,7 +150,8 @@ def _split_key(key: str) -> tuple[str, str] | None:
 
 
 def load_network_weights(filename: str) -> dict[str, dict[str, Any]]:
-    state = model_files.read_state_dict(filename)
+    with model_files.loading(filename, "LoRA"):
+        state = model_files.read_state_dict(filename)
     groups: dict[str, dict[str, Any]] = {}
     for key, tensor in state.items():
         split = _split_key(key)

@@ -2,9 +2,11 @@
 pickles are only read through ``torch.load(weights_only=True)``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
+import sys
 from typing import Any
 
 from modules.errors import UserInputError
@@ -19,24 +21,41 @@ class UnsupportedModelFile(UserInputError):
     """The file is not a format we load (or not a model at all)."""
 
 
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
 def detect_format(path: str) -> str:
+    """The file's format from its first bytes; an empty, truncated or unknown file is an :class:`UnsupportedModelFile`."""
+    name = os.path.basename(path)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isfile(os.path.join(path, "unet", "config.json")):
             return DIFFUSERS_FOLDER
         raise UnsupportedModelFile(f"{path}: folder is not a diffusers model (no model_index.json or unet/config.json)")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 9:
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise UnsupportedModelFile(f"{name}: cannot be read ({e.strerror or e})") from None
+    if size == 0:
+        raise UnsupportedModelFile(f"{name}: the file is empty (0 bytes); it was probably not downloaded completely")
+    if len(head) >= 9 and head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
-            return SAFETENSORS
+        if header_len > MAX_SAFETENSORS_HEADER:
+            raise UnsupportedModelFile(f"{name}: damaged safetensors file, its header claims {header_len} bytes "
+                                       f"(more than the {MAX_SAFETENSORS_HEADER} allowed)")
+        if header_len > size - 8:
+            raise UnsupportedModelFile(f"{name}: truncated safetensors file: its header claims {header_len} bytes but "
+                                       f"the file has only {size}; download it again")
+        return SAFETENSORS
     if head.startswith(b"PK\x03\x04"):
         return TORCH_ZIP
     if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol opcode
         return TORCH_PICKLE
     raise UnsupportedModelFile(
-        f"{os.path.basename(path)}: not a safetensors, PyTorch or diffusers model (file starts with {head[:8]!r})")
+        f"{name}: not a safetensors, PyTorch or diffusers model (wrong magic: the file starts with {head[:8]!r})")
 
 
 def list_files(roots: list[str], extensions: tuple[str, ...]) -> tuple[tuple[str, int, float], ...]:
@@ -58,12 +77,48 @@ def list_files(roots: list[str], extensions: tuple[str, ...]) -> tuple[tuple[str
 
 
 def read_safetensors_header(path: str) -> dict[str, Any]:
-    """The JSON header of a safetensors file: key -> {dtype, shape, data_offsets} (plus ``__metadata__``)."""
+    """The JSON header of a safetensors file: key -> {dtype, shape, data_offsets} (plus ``__metadata__``), checked
+    against the file: every tensor's bytes must lie inside it and match its dtype and shape."""
+    name = os.path.basename(path)
+    if detect_format(path) != SAFETENSORS:
+        raise UnsupportedModelFile(f"{name}: not a safetensors file")
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > 100_000_000:
-            raise UnsupportedModelFile(f"{path}: safetensors header of {header_len} bytes is implausibly large")
-        return json.loads(f.read(header_len))
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        raise UnsupportedModelFile(f"{name}: damaged safetensors file: its header is not a JSON object")
+    data_size = size - 8 - header_len
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        problem = _tensor_entry_problem(entry, data_size)
+        if problem:
+            raise UnsupportedModelFile(f"{name}: damaged safetensors file: tensor {key!r} {problem}")
+    return header
+
+
+def _tensor_entry_problem(entry: Any, data_size: int) -> str | None:
+    if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
+        return f"has an unknown dtype {entry.get('dtype') if isinstance(entry, dict) else entry!r}"
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        return f"has an invalid shape {shape!r}"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        return f"has invalid data offsets {offsets!r}"
+    if offsets[1] > data_size:
+        return f"lies beyond the end of the file ({offsets[1]} > {data_size} data bytes): the file is truncated"
+    count = 1
+    for n in shape:
+        count *= n
+    if offsets[1] - offsets[0] != count * SAFETENSORS_DTYPES[entry["dtype"]]:
+        return f"has {offsets[1] - offsets[0]} bytes for shape {shape} of {entry['dtype']}"
+    return None
 
 
 def _unwrap(state: Any) -> dict:
@@ -84,13 +139,33 @@ def load_pickle(path: str) -> Any:
 
     import torch
 
+    name = os.path.basename(path)
+    mmap = detect_format(path) == TORCH_ZIP  # the legacy (non-zip) format cannot be memory-mapped
     try:
-        mmap = detect_format(path) == TORCH_ZIP  # the legacy (non-zip) format cannot be memory-mapped
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(str(e))
+        if reason.startswith("Unsupported operand") or "truncated" in reason or "ran out of input" in reason.lower():
+            raise UnsupportedModelFile(f"{name}: damaged PyTorch file (not a valid pickle: {reason})") from e
         raise UnsupportedModelFile(
-            f"{os.path.basename(path)}: refused to load, the pickle contains objects other than tensors "
-            f"({str(e).splitlines()[0]}); convert it to .safetensors") from e
+            f"{name}: refused to load, the pickle contains objects other than tensors "
+            f"({reason}); convert it to .safetensors") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated zips, bad records: torch raises many kinds
+        raise UnsupportedModelFile(f"{name}: damaged PyTorch file ({type(e).__name__}: "
+                                   f"{(str(e).splitlines() or [''])[0][:300]})") from e
+
+
+def _unpickler_reason(message: str) -> str:
+    """The line of torch's weights-only error that says what was found (``Unsupported global: GLOBAL os.system``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()[:300]
+    return (lines or [""])[0][:300]
 
 
 def _torch_load(path: str) -> dict:
@@ -113,7 +188,39 @@ def read_state_dict(path: str) -> dict:
     if fmt == SAFETENSORS:
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
+        read_safetensors_header(path)  # a damaged file is named and explained, not a SafetensorError
+        try:
+            return load_file(path, device="cpu")
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - what the header check cannot see
+            raise UnsupportedModelFile(f"{os.path.basename(path)}: damaged safetensors file ({e})") from e
     if fmt in (TORCH_ZIP, TORCH_PICKLE):
         return _torch_load(path)
     raise UnsupportedModelFile(f"{path}: not a single-file checkpoint")
+
+
+@contextlib.contextmanager
+def loading(path: str, kind: str):
+    """Report any failure to build a model from ``path`` as an :class:`UnsupportedModelFile` naming the file (tensors
+    of the wrong shape, missing keys...); running out of memory stays what it is."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the file is what is wrong; the message says how
+        if is_out_of_memory(e):
+            raise
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UnsupportedModelFile(f"{os.path.basename(path.rstrip('/'))}: cannot be loaded as a {kind} "
+                                   f"({type(e).__name__}: {first_line})") from e
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for host or device out-of-memory errors (torch's are RuntimeErrors with a telling message)."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

@@ -115,9 +115,10 @@ def load_diffusers_folder(path: str, dtype, family: Family) -> Components:
 
 def load_components(path: str, dtype) -> Components:
     """Load any supported checkpoint; unsupported families raise :class:`ModelNotSupported` naming the family."""
-    family = detect_family(path)
-    if not family.supported:
-        raise ModelNotSupported(f"{os.path.basename(path)} is a {family.label} checkpoint: {family.note}")
-    if model_files.detect_format(path) == model_files.DIFFUSERS_FOLDER:
-        return load_diffusers_folder(path, dtype, family)
-    return load_single_file(path, dtype, family)
+    with model_files.loading(path, "Stable Diffusion checkpoint"):
+        family = detect_family(path)
+        if not family.supported:
+            raise ModelNotSupported(f"{os.path.basename(path)} is a {family.label} checkpoint: {family.note}")
+        if model_files.detect_format(path) == model_files.DIFFUSERS_FOLDER:
+            return load_diffusers_folder(path, dtype, family)
+        return load_single_file(path, dtype, family)

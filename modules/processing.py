@@ -741,7 +741,7 @@ class Processed:
                 "batch_size", "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash",
                 "sd_vae_name", "sd_vae_hash", "seed_resize_from_w", "seed_resize_from_h", "denoising_strength",
                 "extra_generation_params", "index_of_first_image", "infotexts", "styles", "job_timestamp",
-                "clip_skip", "is_using_inpainting_conditioning", "version"]
+                "clip_skip", "is_using_inpainting_conditioning", "version", "comments"]
         return json.dumps({k: getattr(self, k) for k in keys}, default=str)
 
     def infotext(self, p: StableDiffusionProcessing, index: int) -> str:
@@ -840,7 +840,9 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     try:
         for key, value in p.override_settings.items():
             opts.set(key, value)
-        sd_vae.reload_vae_weights(sd_models.reload_model_weights())
+        asked = p.override_settings.get("sd_model_checkpoint")  # a checkpoint named for this job must load, or fail it
+        info = sd_models.get_closet_checkpoint_match(str(asked)) if asked else None
+        sd_vae.reload_vae_weights(sd_models.reload_model_weights(info=info))
         return process_images_inner(p)
     finally:
         if p.override_settings_restore_afterwards:
@@ -852,6 +854,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.validate()
     p.fill_fields_from_opts()
     model = sd_models.get_sd_model()
+    for problem in sd_models.load_problems:  # the page and the API answer say which model was used instead
+        p.comment(problem)
     info = model.sd_checkpoint_info
     p.sd_model_name, p.sd_model_hash = info.model_name, info.shorthash
     p.sd_vae_name, p.sd_vae_hash = sd_vae.loaded_vae_name(model), sd_vae.loaded_vae_hash(model)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import collections
 import gc
+import logging
 import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from modules import hashes, model_files, paths, script_callbacks
+from modules.errors import UserInputError
 from modules.model_loader import Components
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -21,6 +23,10 @@ checkpoint_aliases: dict[str, "CheckpointInfo"] = {}
 _loaded: "collections.OrderedDict[str, SDModel]" = collections.OrderedDict()
 _current: "SDModel | None" = None
 _lock = threading.RLock()
+_failures: dict[str, tuple[tuple, str]] = {}  # filename -> (size and mtime when it failed, why)
+# what the UI and every job's answer say while the setting's checkpoint could not be loaded and another one is used
+load_problems: list[str] = []
+log = logging.getLogger("webui")
 
 
 class CheckpointInfo:
@@ -199,23 +205,101 @@ def load_model(info: CheckpointInfo) -> SDModel:
 
 
 def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = None) -> SDModel:
-    """Make ``info`` (default: the ``sd_model_checkpoint`` setting) the current model."""
+    """Make ``info`` the current model. A checkpoint asked for by name (``info``) that fails to load is an error and
+    changes nothing. Without ``info`` the ``sd_model_checkpoint`` setting is used, and when that file cannot be
+    loaded the current model stays (or, with none loaded, the first checkpoint that loads, or with ``--demo`` the
+    demo model): the setting then names the model in use and :data:`load_problems` says what happened."""
     global _current
     from modules.shared import opts
 
     with _lock:
+        explicit = info is not None
         info = info or select_checkpoint()
         if info is None:
             raise model_files.UnsupportedModelFile(
                 f"No checkpoint found. Put a .safetensors file in {model_dir()} or start with --demo.")
         if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
             return _current
-        if _current is not None and opts.sd_checkpoints_keep_in_cpu:
-            _current.to("cpu")
-        _current = load_model(info)
-        opts.set("sd_model_checkpoint", info.title)
-        script_callbacks.model_loaded_callback(_current)
-        return _current
+        if not explicit and _known_failure(info) is not None:
+            return _fall_back(info)
+        try:
+            model = _load_and_activate(info)
+        except UserInputError as e:
+            _failures[info.filename] = (_signature(info.filename), str(e))
+            if explicit:
+                raise
+            return _fall_back(info)
+        load_problems.clear()
+        return model
+
+
+def _load_and_activate(info: CheckpointInfo) -> SDModel:
+    global _current
+    from modules.shared import opts
+
+    previous = _current
+    model = load_model(info)  # raises before anything changes when the file cannot be loaded
+    _failures.pop(info.filename, None)
+    if previous is not None and previous is not model and opts.sd_checkpoints_keep_in_cpu:
+        previous.to("cpu")
+    _current = model
+    opts.set("sd_model_checkpoint", info.title)
+    script_callbacks.model_loaded_callback(_current)
+    return _current
+
+
+def _signature(path: str) -> tuple:
+    try:
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
+    except OSError:
+        return ()
+
+
+def _known_failure(info: CheckpointInfo) -> str | None:
+    """Why ``info`` failed to load before, while the file is unchanged (a replaced file is tried again)."""
+    failure = _failures.get(info.filename)
+    return failure[1] if failure and failure[0] == _signature(info.filename) else None
+
+
+def _fall_back(failed: CheckpointInfo) -> SDModel:
+    """The setting names a checkpoint that cannot be loaded: keep the current model, else load the first one that
+    works (the demo model last, with ``--demo``), and say so; the setting then names the model in use."""
+    from modules.shared import cmd_opts, opts
+
+    reason = _known_failure(failed) or "it could not be loaded"
+    if _current is not None:
+        replacement = _current
+        opts.set("sd_model_checkpoint", replacement.sd_checkpoint_info.title)
+    else:
+        replacement = None
+        for candidate in _fallback_candidates(cmd_opts):
+            if candidate.filename == failed.filename or _known_failure(candidate) is not None:
+                continue
+            try:
+                replacement = _load_and_activate(candidate)
+                break
+            except UserInputError as e:
+                _failures[candidate.filename] = (_signature(candidate.filename), str(e))
+        if replacement is None:
+            problems = "; ".join(message for _, message in _failures.values())
+            raise model_files.UnsupportedModelFile(f"No checkpoint could be loaded: {problems}")
+    message = (f"Checkpoint {failed.name} could not be loaded ({reason}); "
+               f"using {replacement.sd_checkpoint_info.name} instead.")
+    if message not in load_problems:
+        log.warning(message)
+        load_problems[:] = [message]
+    return replacement
+
+
+def _fallback_candidates(cmd_opts) -> Any:
+    yield from list(checkpoints_list.values())
+    if cmd_opts.demo:
+        from modules.demo_model import DEMO_NAME, ensure_demo_checkpoint
+
+        ensure_demo_checkpoint(paths.models_path)
+        list_models()
+        yield from [i for i in checkpoints_list.values() if DEMO_NAME in i.name]
 
 
 def unload_model_weights() -> None:

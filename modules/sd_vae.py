@@ -85,6 +85,15 @@ def _diffusers_state(path: str, vae) -> dict:
     return {k: converted[k] for k in expected}
 
 
+def _check_shapes(state: dict, module: Any, path: str) -> None:
+    """Refuse tensors of the wrong shape before any of them replaces a weight (the model stays usable)."""
+    for key, tensor in module.state_dict().items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise model_files.UnsupportedModelFile(
+                f"{os.path.basename(path)} is not a VAE for this model: {key} has shape {tuple(state[key].shape)}, "
+                f"expected {tuple(tensor.shape)}")
+
+
 def reload_vae_weights(sd_model: Any = None, vae_file: str | None = None) -> Any:
     """Put the VAE of ``vae_file`` (default: what the ``sd_vae`` setting asks for) into ``sd_model`` (default:
     the current model); a file already loaded is not read again."""
@@ -97,9 +106,16 @@ def reload_vae_weights(sd_model: Any = None, vae_file: str | None = None) -> Any
         return model
     if getattr(model, "own_vae_state", None) is None:
         model.own_vae_state = {k: v.detach().to("cpu", copy=True) for k, v in model.vae.state_dict().items()}
-    state = model.own_vae_state if vae_file is None else _diffusers_state(vae_file, model.vae)
     parameter = next(model.vae.parameters())
-    model.vae.load_state_dict({k: v.to(device=parameter.device, dtype=parameter.dtype) for k, v in state.items()})
+    if vae_file is None:
+        model.vae.load_state_dict({k: v.to(device=parameter.device, dtype=parameter.dtype)
+                                   for k, v in model.own_vae_state.items()})
+    else:
+        with model_files.loading(vae_file, "VAE for this model"):
+            state = {k: v.to(device=parameter.device, dtype=parameter.dtype)
+                     for k, v in _diffusers_state(vae_file, model.vae).items()}
+            _check_shapes(state, model.vae, vae_file)
+        model.vae.load_state_dict(state)
     model.loaded_vae_file = vae_file
     model.loaded_vae_hash = hashes.sha256(vae_file, f"vae/{os.path.basename(vae_file)}")[:10] if vae_file else None
     return model

@@ -30,6 +30,8 @@ def _checkpoint_choices() -> list[str]:
 
 
 def _model_notice() -> str:
+    if sd_models.load_problems:
+        return "**Model:** " + " ".join(sd_models.load_problems)
     if not sd_models.checkpoints_list:
         return ("**No checkpoint found.** Put a Stable Diffusion 1.x `.safetensors` file into "
                 f"`{sd_models.model_dir()}` and press 🔄, or download SD 1.5 with the button below.")
@@ -182,17 +184,23 @@ def send_to_txt2img(text: str) -> list:
         [gr.skip()] * (2 + len(PASTE_FIELDS) + len(script_paste_components("txt2img")))
 
 
+def _selected_title() -> str | None:
+    """The checkpoint the setting names (the model in use once one has loaded)."""
+    selected = sd_models.select_checkpoint()
+    return selected.title if selected else None
+
+
 def change_checkpoint(title: str):
+    """Load the chosen checkpoint; one that fails leaves the model, the setting and the dropdown as they were."""
     info = sd_models.get_closet_checkpoint_match(title)
     if info is None:
-        return error_html(f"checkpoint {title!r} not found"), _model_notice()
-    opts.set("sd_model_checkpoint", info.title)
+        return error_html(f"checkpoint {title!r} not found"), _model_notice(), gr.update(value=_selected_title())
     job = job_queue.queue.submit(lambda: sd_models.reload_model_weights(info=info), f"load {info.name}")
     job.wait()
     if job.status != job_queue.DONE:
-        return error_html(job.error or job.status), _model_notice()
+        return error_html(job.error or job.status), _model_notice(), gr.update(value=_selected_title())
     opts.save(_config_file())
-    return "", _model_notice()
+    return "", _model_notice(), gr.update(value=info.title)
 
 
 def change_vae(name: str) -> str:
@@ -211,8 +219,12 @@ def refresh_vae_choices():
 
 def refresh_checkpoints():
     sd_models.list_models()
-    selected = sd_models.select_checkpoint()
-    return gr.update(choices=_checkpoint_choices(), value=selected.title if selected else None), _model_notice()
+    return gr.update(choices=_checkpoint_choices(), value=_selected_title()), _model_notice()
+
+
+def current_checkpoint_and_notice():
+    """On page load: the model in use (a checkpoint that failed at start-up was replaced) and what to say about it."""
+    return gr.update(value=_selected_title()), _model_notice()
 
 
 def download_model():
@@ -458,7 +470,8 @@ def create_ui() -> gr.Blocks:
         for button, target in ((png_send_img2img, "img2img"), (png_send_inpaint, "inpaint")):
             button.click(lambda path, text, target=target: send_png_to(path, text, target), [png_image, png_text],
                          [*send_outputs, *ui_img2img.paste_outputs(i2i)], queue=False)
-        checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice], concurrency_limit=None)
+        checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice, checkpoint], concurrency_limit=None)
+        demo.load(current_checkpoint_and_notice, None, [checkpoint, notice], queue=False)
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         refresh.click(refresh_vae_choices, None, [vae], queue=False)
         vae.input(change_vae, [vae], [model_status], queue=False)

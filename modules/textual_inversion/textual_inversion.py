@@ -74,12 +74,7 @@ def vectors_from_data(data: Any, filename: str):
 def load_embedding_file(path: str) -> Embedding:
     name = os.path.splitext(os.path.basename(path))[0]
     fmt = model_files.detect_format(path)
-    if fmt == model_files.SAFETENSORS:
-        from safetensors.torch import load_file
-
-        data = load_file(path, device="cpu")
-    else:
-        data = model_files.load_pickle(path)
+    data = model_files.read_state_dict(path) if fmt == model_files.SAFETENSORS else model_files.load_pickle(path)
     embedding = Embedding(vectors_from_data(data, os.path.basename(path)), name, filename=path)
     if isinstance(data, dict):
         step = data.get("step")
