@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 _device: Any = None
@@ -32,6 +33,9 @@ def request(device_name: str | None, precision: str) -> None:
 
 def configure(device_name: str | None = None, precision: str = "autocast") -> None:
     """Pick the device (``None`` = best available) and the model dtype (float16 on GPUs unless precision=full)."""
+    from modules.runtime import heavy_imports
+
+    heavy_imports.ensure()
     import torch
 
     global _device, _dtype
@@ -62,6 +66,16 @@ def __getattr__(name: str) -> Any:
 
         return torch.device("cpu")
     raise AttributeError(name)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for host or device out-of-memory errors (torch's older ones are RuntimeErrors saying so)."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # an out-of-memory error from torch means torch is imported
+    if torch is not None and isinstance(error, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
 def torch_gc() -> None:

@@ -7,6 +7,7 @@ import os
 import threading
 
 from modules import paths
+from modules.runtime import atomic_files
 
 _lock = threading.Lock()
 CHUNK = 1 << 20
@@ -25,10 +26,8 @@ def _read_cache() -> dict:
 
 
 def _write_cache(cache: dict) -> None:
-    tmp = _cache_file() + ".tmp"
-    with open(tmp, "w", encoding="utf8") as f:
+    with atomic_files.atomic_file(_cache_file(), "w", encoding="utf8") as f:
         json.dump(cache, f, indent=1)
-    os.replace(tmp, _cache_file())
 
 
 def calculate_sha256(filename: str) -> str:

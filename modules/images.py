@@ -1,6 +1,7 @@
 """Saving images (A1111 file names, PNG ``parameters`` chunk, atomic writes) and grids."""
 from __future__ import annotations
 
+
 import datetime
 import hashlib
 import math
@@ -12,6 +13,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from modules import grid_annotations
+from modules.runtime import atomic_files
 
 # grid labels live in their own module; these are the A1111 names scripts import from here
 GridAnnotation = grid_annotations.GridAnnotation
@@ -201,9 +203,14 @@ def save_image_with_geninfo(image: Image.Image, geninfo: str | None, filename: s
                             existing_pnginfo: dict | None = None, pnginfo_section_name: str = "parameters") -> None:
     """Write ``image`` with its infotext (PNG text chunk, or EXIF UserComment for JPEG/WebP), atomically."""
     extension = extension or os.path.splitext(filename)[1]
-    tmp = f"{filename}.tmp"
-    write_image_with_geninfo(image, geninfo, tmp, extension, existing_pnginfo, pnginfo_section_name)
-    os.replace(tmp, filename)
+    with atomic_files.atomic_file(filename, "wb") as f:
+        write_image_with_geninfo(image, geninfo, f, extension, existing_pnginfo, pnginfo_section_name)
+
+
+def save_failure_message(error: OSError, what: str) -> str:
+    """What to tell the user when writing a result failed (full disk, permissions): the image itself is kept."""
+    where = f" to {error.filename}" if error.filename else ""
+    return f"Could not save the {what}{where}: {error.strerror or error}. It is kept in this result only."
 
 
 def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, prompt: str | None = None,
@@ -256,9 +263,7 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
     txt_fullfn = None
     if opts.save_txt and info is not None:
         txt_fullfn = os.path.splitext(fullfn)[0] + ".txt"
-        with open(txt_fullfn + ".tmp", "w", encoding="utf8") as f:
-            f.write(info + "\n")
-        os.replace(txt_fullfn + ".tmp", txt_fullfn)
+        atomic_files.write_text(txt_fullfn, info + "\n")
     script_callbacks.image_saved_callback(params)
     return fullfn, txt_fullfn
 

@@ -18,7 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from modules import errors
+from modules import devices, errors
+from modules.runtime import heavy_imports
 from modules.shared import state
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -46,6 +47,7 @@ class Job:
     result: Any = None
     error: str | None = None
     error_is_user_input: bool = False
+    error_out_of_memory: bool = False
     client: str = ""
     meta: dict = field(default_factory=dict)  # what the submitter needs to answer later (e.g. the API's echo)
     final_progress: dict | None = None
@@ -180,14 +182,22 @@ class JobQueue:
                 job.status = RUNNING
                 job.started = time.time()
             try:
+                heavy_imports.ensure()  # this thread imports torch and diffusers first; others wait for it
                 state.begin(job.description)
                 job.result = job.func()
                 job.status = DONE
             except Exception as e:
                 job.status = FAILED
                 job.error_is_user_input = isinstance(e, errors.UserInputError)
-                job.error = str(e) if job.error_is_user_input else f"{type(e).__name__}: {e}"
-                if not job.error_is_user_input:
+                job.error_out_of_memory = devices.is_out_of_memory(e)
+                if job.error_out_of_memory:
+                    job.error = (f"Out of memory ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}). "
+                                 f"The memory was freed; try a smaller size or batch size.")
+                    errors.report(f"job {job.id}: {job.error}")
+                    devices.torch_gc()  # only here and on unload: what the failed job held goes back to the device
+                else:
+                    job.error = str(e) if job.error_is_user_input else f"{type(e).__name__}: {e}"
+                if not job.error_is_user_input and not job.error_out_of_memory:
                     errors.report(f"job {job.id} failed:\n{traceback.format_exc()}")
             finally:
                 self._finish(job)

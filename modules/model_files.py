@@ -6,9 +6,9 @@ import contextlib
 import json
 import os
 import struct
-import sys
 from typing import Any
 
+from modules import devices
 from modules.errors import UserInputError
 
 SAFETENSORS = "safetensors"
@@ -209,18 +209,8 @@ def loading(path: str, kind: str):
     except UserInputError:
         raise
     except Exception as e:  # noqa: BLE001 - the file is what is wrong; the message says how
-        if is_out_of_memory(e):
+        if devices.is_out_of_memory(e):
             raise
         first_line = (str(e).strip().splitlines() or [""])[0][:300]
         raise UnsupportedModelFile(f"{os.path.basename(path.rstrip('/'))}: cannot be loaded as a {kind} "
                                    f"({type(e).__name__}: {first_line})") from e
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for host or device out-of-memory errors (torch's are RuntimeErrors with a telling message)."""
-    if isinstance(error, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(error, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

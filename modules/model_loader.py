@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import model_files, paths, sd1_layout
+from modules.runtime import heavy_imports
 from modules.errors import UserInputError
 from modules.model_detection import Family, detect_family
 
@@ -61,6 +62,7 @@ def _build(make, state: dict, dtype) -> Any:
 
 
 def load_tokenizer(folder: str | None = None):
+    heavy_imports.ensure()  # the UI's token counter asks for it from its own thread
     from transformers import CLIPTokenizer
 
     source = folder if folder and os.path.isfile(os.path.join(folder, "vocab.json")) else TOKENIZER_DIR

@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from modules.runtime import atomic_files
+
 
 @dataclass
 class OptionInfo:
@@ -110,11 +112,8 @@ class Options:
             func()
 
     def save(self, filename: str) -> None:
-        with self._lock:
-            tmp = f"{filename}.tmp"
-            with open(tmp, "w", encoding="utf8") as f:
-                json.dump(self.data, f, indent=4, ensure_ascii=False)
-            os.replace(tmp, filename)
+        with self._lock, atomic_files.atomic_file(filename, "w", encoding="utf8") as f:
+            json.dump(self.data, f, indent=4, ensure_ascii=False)
 
     def load(self, filename: str) -> None:
         if not os.path.isfile(filename):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from modules import images, infotext_utils, upscaler
+from modules import errors, images, infotext_utils, upscaler
 from modules.errors import UserInputError
 
 MAX_SIDE = 16384
@@ -149,7 +149,12 @@ def run(sources: list[tuple[Image.Image, str | None]], params: ExtrasParams, out
         state.textinfo = name or "extras"
         result, text = process_image(image, params)
         if save_results:
-            save(result, text, outdir, os.path.splitext(os.path.basename(name))[0] if name else None)
+            try:
+                save(result, text, outdir, os.path.splitext(os.path.basename(name))[0] if name else None)
+            except OSError as e:
+                problem = images.save_failure_message(e, "result")
+                errors.report(problem)
+                text = f"{text}\n{problem}" if text else problem
         results.append(result)
         state.nextjob()
     return results, text

@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from modules import (devices, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae, sampling,
-                     shared, upscaler)
+from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers,
+                     sd_vae, sampling, shared, upscaler)
 from modules.errors import UserInputError
+from modules.runtime import atomic_files
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
                              PostSampleArgs)
@@ -912,8 +913,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         grid_text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True)
         grid.info["parameters"] = grid_text
         if opts.grid_save and not p.do_not_save_grid:
-            images.save_image(grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0], opts.grid_format,
-                              info=grid_text, short_filename=not opts.grid_extended_filename, p=p, grid=True)
+            _save_or_comment(p, "grid", lambda: images.save_image(
+                grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0], opts.grid_format, info=grid_text,
+                short_filename=not opts.grid_extended_filename, p=p, grid=True))
         if opts.return_grid:
             output_images.insert(0, grid)
             infotexts.insert(0, grid_text)
@@ -950,7 +952,8 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         p.scripts.process_batch(p, **batch_info)
     p.setup_conds()
     if n == 0 and not _cmd_flag("no_prompt_history") and not p.nested_job:
-        _write_params_txt(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
+        _save_or_comment(p, "prompt history (params.txt)", lambda: _write_params_txt(
+            create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0)))
     latents = p.sample(p.c, p.uc, p.seeds, p.subseeds, p.subseed_strength, p.prompts)
     if state.interrupted and state.sampling_step == 0:
         return False
@@ -970,8 +973,8 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         image = _composite(p, n * p.batch_size + i, i, image)
         text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
         if opts.samples_save and not p.do_not_save_samples:
-            images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format,
-                              info=text, p=p)
+            _save_or_comment(p, "image", lambda: images.save_image(
+                image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format, info=text, p=p))
         image.info["parameters"] = text
         output_images.append(image)
         infotexts.append(text)
@@ -1028,8 +1031,16 @@ def _cmd_flag(name: str) -> bool:
     return bool(getattr(shared.cmd_opts, name, False))
 
 
+def _save_or_comment(p: StableDiffusionProcessing, what: str, save: Callable[[], Any]) -> None:
+    """Write a result; when the disk is full (or the folder not writable) the job goes on, the image stays in its
+    result, and the page and the API answer say what could not be saved."""
+    try:
+        save()
+    except OSError as e:
+        message = images.save_failure_message(e, what)
+        errors.report(message)
+        p.comment(message)
+
+
 def _write_params_txt(text: str) -> None:
-    target = os.path.join(paths.data_path, "params.txt")
-    with open(target + ".tmp", "w", encoding="utf8") as f:
-        f.write(text)
-    os.replace(target + ".tmp", target)
+    atomic_files.write_text(os.path.join(paths.data_path, "params.txt"), text)

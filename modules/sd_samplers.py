@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import sd_schedulers
+from modules.runtime import heavy_imports
 from modules.errors import UserInputError
 
 KDIFF = {"timestep_spacing": "linspace"}  # k-diffusion samplers space sigmas over the full schedule
@@ -133,6 +134,7 @@ def effective_schedule(sampler: SamplerData, schedule: sd_schedulers.Scheduler) 
 
 
 def _scheduler_class(name: str):
+    heavy_imports.ensure()  # checked while a request is validated, maybe while the job thread imports diffusers
     import diffusers
 
     return getattr(diffusers, name)

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from modules.errors import UserInputError
+from modules.runtime import atomic_files
 
 FIELDS = ["name", "prompt", "negative_prompt"]
 
@@ -101,11 +102,9 @@ class StyleDatabase:
 
     def _write(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic_files.atomic_file(path, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
             for style in self.styles.values():
                 if style.path == path:
                     writer.writerow({"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt})
-        os.replace(tmp, path)

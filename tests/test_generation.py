@@ -42,7 +42,7 @@ def test_legacy_combined_name_is_accepted_and_written_split(tiny_model):
 @pytest.mark.parametrize("field, value, message", [
     ("width", 100, "width must be a multiple of 8 between 64 and 2048, got 100"),
     ("height", 4096, "height must be a multiple of 8 between 64 and 2048, got 4096"),
-    ("steps", 0, "steps must be an integer between 1 and 150"),
+    ("steps", 0, "steps must be an integer between 1 and 1000"),
     ("batch_size", 9, "batch_size must be an integer between 1 and 8"),
     ("sampler_name", "k_bogus", "Unknown sampler 'k_bogus'"),
     ("scheduler", "Wobbly", "Unknown schedule type 'Wobbly'"),

@@ -102,6 +102,8 @@ def job_outcome(job: job_queue.Job) -> Any:
         raise HTTPException(409, f"job {job.id} was cancelled before it started")
     if job.error_is_user_input:
         raise UserInputError(job.error)
+    if job.error_out_of_memory:
+        raise HTTPException(503, job.error)
     raise HTTPException(500, f"job {job.id} failed: {job.error}")
 
 
@@ -374,7 +376,11 @@ class Api:
         if info is not None:
             await run_job(lambda: sd_vae.reload_vae_weights(sd_models.reload_model_weights(info=info)),
                           f"load {info.name}", request)
-        opts.save(shared.config_filename())
+        try:
+            opts.save(shared.config_filename())
+        except OSError as e:  # a full disk: the settings apply now but are not kept; the old file stays whole
+            raise HTTPException(507, f"settings applied but not saved to {shared.config_filename()}: "
+                                     f"{e.strerror or e}") from None
 
     def get_cmd_flags(self) -> dict:
         flags = {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import errors, hashes, model_files
+from modules.runtime import heavy_imports
 
 EXTENSIONS = (".pt", ".bin", ".safetensors")
 
@@ -171,6 +172,7 @@ def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bo
                       rescan: bool = True) -> EmbeddingLookup:
     """The embeddings usable with ``model`` (or, without a model, all of them for ``tokenizer``), after
     rereading the folders if files changed (``rescan=False`` skips that, as ``do_not_reload_embeddings``)."""
+    heavy_imports.ensure()  # called from request threads too (the API's list, the UI's token counter)
     embedding_db.set_dirs(embedding_dirs())
     if rescan or not embedding_db.scanned:
         try:
