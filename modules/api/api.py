@@ -309,8 +309,8 @@ class Api:
     async def interrogateapi(self, req: models.InterrogateRequest, request: Request) -> dict:
         from modules import interrogate
 
-        interrogator = interrogate.find(req.model)
         image = encoding.decode_image(req.image, "image")
+        interrogator = interrogate.find(req.model)
         caption = await run_job(lambda: interrogator.interrogate(image.convert("RGB")), "interrogate", request)
         return {"caption": caption}
 
