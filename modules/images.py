@@ -1,7 +1,6 @@
 """Saving images (A1111 file names, PNG ``parameters`` chunk, atomic writes) and grids."""
 from __future__ import annotations
 
-
 import datetime
 import hashlib
 import math

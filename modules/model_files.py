@@ -150,9 +150,9 @@ def load_pickle(path: str) -> Any:
         raise UnsupportedModelFile(
             f"{name}: refused to load, the pickle contains objects other than tensors "
             f"({reason}); convert it to .safetensors") from e
-    except MemoryError:
-        raise
     except Exception as e:  # noqa: BLE001 - truncated zips, bad records: torch raises many kinds
+        if devices.is_out_of_memory(e):
+            raise
         raise UnsupportedModelFile(f"{name}: damaged PyTorch file ({type(e).__name__}: "
                                    f"{(str(e).splitlines() or [''])[0][:300]})") from e
 
@@ -191,9 +191,9 @@ def read_state_dict(path: str) -> dict:
         read_safetensors_header(path)  # a damaged file is named and explained, not a SafetensorError
         try:
             return load_file(path, device="cpu")
-        except MemoryError:
-            raise
         except Exception as e:  # noqa: BLE001 - what the header check cannot see
+            if devices.is_out_of_memory(e):
+                raise
             raise UnsupportedModelFile(f"{os.path.basename(path)}: damaged safetensors file ({e})") from e
     if fmt in (TORCH_ZIP, TORCH_PICKLE):
         return _torch_load(path)

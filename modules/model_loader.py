@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import model_files, paths, sd1_layout
-from modules.runtime import heavy_imports
 from modules.errors import UserInputError
 from modules.model_detection import Family, detect_family
+from modules.runtime import heavy_imports
 
 # The SD 1.x training noise schedule (the scheduler_config.json of the SD 1.5 release).
 SD1_SCHEDULER_CONFIG = {

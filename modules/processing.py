@@ -9,8 +9,8 @@ from typing import Any, Callable
 from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers,
                      sd_vae, sampling, shared, upscaler)
 from modules.errors import UserInputError
-from modules.runtime import atomic_files
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
+from modules.runtime import atomic_files
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
                              PostSampleArgs)
 from modules.shared import opts, state

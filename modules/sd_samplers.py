@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import sd_schedulers
-from modules.runtime import heavy_imports
 from modules.errors import UserInputError
+from modules.runtime import heavy_imports
 
 KDIFF = {"timestep_spacing": "linspace"}  # k-diffusion samplers space sigmas over the full schedule
 

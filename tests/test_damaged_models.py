@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import struct
+import urllib.request
 
 import pytest
 
@@ -250,3 +251,44 @@ def test_damaged_vae_lora_embedding_and_upscaler_files_are_named(tiny_model, dat
         sd_vae.refresh_vae_list()
         lora.list_available_networks(force=True)
         textual_inversion.refresh_for_model(force_reload=True)
+
+
+def test_the_page_says_which_checkpoint_failed_and_keeps_the_one_in_use(tmp_path):
+    """A broken file first in the list at start-up: the page shows the model used instead; choosing the broken
+    file in the dropdown shows why it fails and the dropdown goes back to the model in use."""
+    from playwright.sync_api import sync_playwright
+
+    from modules import demo_model
+    from tests.test_browser import _browser, _start
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    (folder / "aaa-broken.safetensors").write_bytes(b"<html>not a model</html>")
+    demo_model.write_checkpoint(str(folder / "zzz-good.safetensors"), seed=3)
+    proc, port, _ = _start(tmp_path)
+    try:
+        with sync_playwright() as pw:
+            browser = _browser(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#txt2img_generate")
+            page.wait_for_function("document.querySelector('#model_notice').innerText.includes('could not be loaded')",
+                                   timeout=60_000)
+            notice = page.locator("#model_notice").inner_text()
+            assert "aaa-broken.safetensors could not be loaded" in notice and "wrong magic" in notice
+            assert "using zzz-good.safetensors instead" in notice
+            dropdown = page.locator("#setting_sd_model_checkpoint input")
+            assert dropdown.input_value().startswith("zzz-good.safetensors [")
+            box = page.locator("#setting_sd_model_checkpoint input")
+            box.click()  # the title has the file's hash by now: it was read when the load failed
+            page.locator(f"#{box.get_attribute('aria-controls')} [role=option][aria-label^='aaa-broken.safetensors']").click()
+            page.wait_for_function("document.querySelector('#model_status').innerText.includes('wrong magic')",
+                                   timeout=60_000)
+            page.wait_for_function("document.querySelector('#setting_sd_model_checkpoint input').value"
+                                   ".startsWith('zzz-good')", timeout=30_000)
+            browser.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/sdapi/v1/options", timeout=30) as response:
+            assert json.loads(response.read())["sd_model_checkpoint"].startswith("zzz-good.safetensors")
+    finally:
+        proc.terminate()
+        proc.wait(20)

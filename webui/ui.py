@@ -23,6 +23,7 @@ from webui.ui_common import (EMPTY_COUNTER, POLL_SECONDS, POSTPROCESS_FIELDS, ac
 __all__ = ["EMPTY_COUNTER", "update_token_counter", "select_image"]
 HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULER = "Use same scheduler"
+MODEL_WATCH_SECONDS = 2.0  # how often a freshly opened page checks on the start-up model load
 
 
 def _checkpoint_choices() -> list[str]:
@@ -223,8 +224,12 @@ def refresh_checkpoints():
 
 
 def current_checkpoint_and_notice():
-    """On page load: the model in use (a checkpoint that failed at start-up was replaced) and what to say about it."""
-    return gr.update(value=_selected_title()), _model_notice()
+    """While the page waits for the start-up model load: the model in use (a checkpoint that failed was replaced;
+    titles gain their hash once it is computed) and what to say about it. The timer stops once a model is loaded
+    or nothing is left in the queue that could load one."""
+    settled = sd_models.current_model() is not None or (job_queue.queue.current is None and not job_queue.queue.pending())
+    return (gr.update(choices=_checkpoint_choices(), value=_selected_title()), _model_notice(),
+            gr.Timer(active=not settled))
 
 
 def download_model():
@@ -471,7 +476,9 @@ def create_ui() -> gr.Blocks:
             button.click(lambda path, text, target=target: send_png_to(path, text, target), [png_image, png_text],
                          [*send_outputs, *ui_img2img.paste_outputs(i2i)], queue=False)
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice, checkpoint], concurrency_limit=None)
-        demo.load(current_checkpoint_and_notice, None, [checkpoint, notice], queue=False)
+        model_watch = gr.Timer(MODEL_WATCH_SECONDS)
+        model_watch.tick(current_checkpoint_and_notice, None, [checkpoint, notice, model_watch], queue=False,
+                         show_progress="hidden")
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         refresh.click(refresh_vae_choices, None, [vae], queue=False)
         vae.input(change_vae, [vae], [model_status], queue=False)
