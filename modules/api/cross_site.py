@@ -119,12 +119,14 @@ async def refuse(scope, send, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class HostCheckMiddleware:
-    """403 for a Host header the policy does not answer (DNS rebinding)."""
-
+class _PolicyMiddleware:
     def __init__(self, app, policy: HostPolicy) -> None:
         self.app = app
         self.policy = policy
+
+
+class HostCheckMiddleware(_PolicyMiddleware):
+    """403 for a Host header the policy does not answer (DNS rebinding)."""
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -136,12 +138,8 @@ class HostCheckMiddleware:
         await self.app(scope, receive, send)
 
 
-class CrossSiteMiddleware:
+class CrossSiteMiddleware(_PolicyMiddleware):
     """403 for a request another site's page made the browser send (see the module docstring)."""
-
-    def __init__(self, app, policy: HostPolicy) -> None:
-        self.app = app
-        self.policy = policy
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
