@@ -157,11 +157,30 @@ class StableDiffusionProcessing:
         for name, value, low, high in checks:
             if not isinstance(value, int) or not low <= value <= high:
                 raise UserInputError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+        self._validate_prompts()
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):  # 0 or less: off
+            value = getattr(self, name)
+            if not isinstance(value, int) or not (value <= 0 or 8 <= value <= MAX_SIDE):
+                raise UserInputError(f"{name} must be 0 (off) or between 8 and {MAX_SIDE}, got {value!r}")
         if not 0 <= float(self.cfg_scale) <= 30:
             raise UserInputError(f"cfg_scale must be between 0 and 30, got {self.cfg_scale!r}")
         if not 0 <= float(self.subseed_strength or 0) <= 1:
             raise UserInputError(f"subseed_strength must be between 0 and 1, got {self.subseed_strength!r}")
         self.sampler_name, self.scheduler = sd_samplers.get_sampler_and_scheduler(self.sampler_name, self.scheduler)
+
+    def _validate_prompts(self) -> None:
+        """A prompt is a text or a non-empty list of texts (one per image); a list of negative prompts has one per
+        prompt."""
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            texts = value if isinstance(value, list) else [value]
+            if not texts or not all(isinstance(text, str) for text in texts):
+                raise UserInputError(f"{name} must be a text or a non-empty list of texts, got {value!r:.80}")
+        if isinstance(self.negative_prompt, list):
+            prompts = len(self.prompt) if isinstance(self.prompt, list) else self.batch_size * self.n_iter
+            if len(self.negative_prompt) != prompts:
+                raise UserInputError(f"negative_prompt: {len(self.negative_prompt)} texts for {prompts} prompts; give "
+                                     f"one text, or one per prompt")
 
     def setup_prompts(self) -> None:
         """Expand prompts to one per image, apply styles, strip ``#`` comments."""

@@ -88,15 +88,7 @@ def fuzz(app: Any, examples: int, seed: int | None, time_budget: float, collect:
                 finally:
                     opts.data.clear()
                     opts.data.update(saved)
-                report.cases += 1
-                report.by_status[response.status_code] = report.by_status.get(response.status_code, 0) + 1
-                found = problem(response)
-                if found:
-                    line = f"{case.method} {case.formatted_path} body={str(case.body)[:300]} -> {found}"
-                    if collect:
-                        report.failures.append(line)
-                    else:
-                        raise AssertionError(line)
+                _record(report, f"{case.method} {case.formatted_path} body={str(case.body)[:300]}", response, collect)
 
             if seed is not None:
                 run = hypothesis_seed(seed)(run)
@@ -104,4 +96,74 @@ def fuzz(app: Any, examples: int, seed: int | None, time_budget: float, collect:
                 run()
             except Unsatisfiable:  # a route without parameters has no invalid request to generate
                 continue
+    _fuzz_generation(app, examples, seed, deadline, collect, report)
     return report
+
+
+def _record(report: FuzzReport, label: str, response: Any, collect: bool) -> None:
+    report.cases += 1
+    report.by_status[response.status_code] = report.by_status.get(response.status_code, 0) + 1
+    found = problem(response)
+    if found:
+        if not collect:
+            raise AssertionError(f"{label} -> {found}")
+        report.failures.append(f"{label} -> {found}")
+
+
+def _small_png() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 90)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _fuzz_generation(app: Any, examples: int, seed: int | None, deadline: float, collect: bool,
+                     report: FuzzReport) -> None:
+    """Valid txt2img/img2img requests with one to three fields replaced by odd values (names the server knows,
+    numbers near and far from their ranges, other JSON types): the requests the schema alone rarely reaches, which
+    run the engine itself."""
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings, strategies as st
+
+    from modules import sd_samplers, sd_schedulers, shared, upscaler
+
+    known = ([s.name for s in sd_samplers.samplers] + [s.label for s in sd_schedulers.schedulers]
+             + list(shared.latent_upscale_modes) + [u.name for u in upscaler.all_upscalers()]
+             + ["", "Use same sampler", "[a:b:0.5] (cat:1.3) AND dog :0.5", "<lora:missing:1>", "BREAK", "a" * 400])
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.integers(-2 ** 63, 2 ** 63),
+                       st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([0, 1, 2, 7.5, 0.5, 64, 96, 128, -1]),
+                       st.sampled_from(known), st.text(max_size=30))
+    value = st.one_of(scalar, st.lists(scalar, max_size=3), st.dictionaries(st.sampled_from(known + ["x"]), scalar,
+                                                                             max_size=2))
+    client = TestClient(app)
+    schemas = app.openapi()["components"]["schemas"]
+    bases = {"txt2img": {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler"},
+             "img2img": {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler",
+                         "init_images": [_small_png()], "denoising_strength": 0.5}}
+    models = {"txt2img": "StableDiffusionTxt2ImgProcessingAPI", "img2img": "StableDiffusionImg2ImgProcessingAPI"}
+    for route, base in bases.items():
+        keys = sorted(set(schemas[models[route]]["properties"]) - {"init_images", "mask", "latent_mask"})
+
+        @settings(max_examples=examples * 2, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+                  print_blob=False)
+        @given(changes=st.dictionaries(st.sampled_from(keys), value, min_size=1, max_size=3))
+        def run(changes: dict) -> None:
+            if time.monotonic() > deadline:
+                return
+            from modules.shared import opts
+
+            saved = dict(opts.data)
+            try:
+                response = client.post(f"{PREFIX}/{route}", json={**base, **changes})
+            finally:
+                opts.data.clear()
+                opts.data.update(saved)
+            _record(report, f"POST {PREFIX}/{route} changes={str(changes)[:300]}", response, collect)
+
+        if seed is not None:
+            run = hypothesis_seed(seed)(run)
+        run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -32,6 +33,7 @@ log = logging.getLogger("webui")
 PREFIX = "/sdapi/v1"
 SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")  # cmd-flags values never shown
 POLL_SECONDS = 0.05
+TASK_ID = re.compile(r"[\x20-\x7e]{1,200}")
 
 
 def error_response(status: int, error: str, detail: Any, body: Any = "") -> JSONResponse:
@@ -88,6 +90,8 @@ async def wait_for(job: job_queue.Job) -> None:
 
 def submit(func: Callable[[], Any], description: str, request: Request, job_id: str | None = None,
            meta: dict | None = None) -> job_queue.Job:
+    if job_id is not None and not TASK_ID.fullmatch(job_id):  # it goes back in the X-Task-Id header
+        raise UserInputError(f"force_task_id: 1 to 200 printable ASCII characters, got {job_id!r:.60}")
     try:
         return job_queue.queue.submit(func, description, job_id=job_id, client=client_of(request), meta=meta)
     except job_queue.DuplicateJobId as e:

@@ -19,6 +19,7 @@ EXCLUDED_FIELDS = {"sd_model", "outpath_samples", "outpath_grids", "sampler_inde
                    "overlay_images", "do_not_reload_embeddings", "seed_enable_extras", "prompt_for_display",
                    "sampler_noise_scheduler_override", "ddim_discretize", "comments", "token_merging_ratio",
                    "token_merging_ratio_hr"}
+TEXT_FIELDS = {"prompt": str | list[str], "negative_prompt": str | list[str]}  # one text, or one per image
 IMAGE_FIELDS = {"init_images": list[str] | None, "mask": str | None, "latent_mask": str | None,
                 "firstpass_image": str | None}  # base64 strings in the request
 
@@ -56,7 +57,7 @@ def _request_fields(cls: type) -> dict[str, tuple[Any, Any]]:
     for f in dataclasses.fields(cls):
         if f.name in EXCLUDED_FIELDS:
             continue
-        annotation = IMAGE_FIELDS.get(f.name, hints[f.name])
+        annotation = IMAGE_FIELDS.get(f.name) or TEXT_FIELDS.get(f.name) or hints[f.name]
         if f.default_factory is not dataclasses.MISSING:
             fields[f.name] = (annotation | None, Field(default_factory=f.default_factory))
         else:
