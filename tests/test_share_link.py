@@ -64,6 +64,10 @@ def test_share_host_is_the_only_foreign_host_answered(shared_server):
     assert fetch(port, "/sdapi/v1/interrupt", "abc123.gradio.live", data=b"{}", headers=share_origin)[0] == 200
     foreign = {"Origin": "https://def456.gradio.live", "Content-Type": "application/json"}
     assert fetch(port, "/sdapi/v1/interrupt", "abc123.gradio.live", data=b"{}", headers=foreign)[0] == 403
+    join = b'{"data": [], "fn_index": 0, "session_hash": "abc"}'
+    status, body = fetch(port, "/gradio_api/queue/join", "abc123.gradio.live", data=join, headers=foreign)
+    assert status == 403 and b"cross-origin request" in body  # Gradio's own queue route is covered too
+    assert fetch(port, "/gradio_api/queue/join", "abc123.gradio.live", data=join, headers=share_origin)[0] != 403
 
 
 def test_file_routes_serve_outputs_and_uploads_only(shared_server):
