@@ -1,6 +1,7 @@
 """Processing objects and ``process_images``: the one path every generation (UI, API, scripts) takes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ MAX_SIDE = 2048
 MAX_HIRES_SIDE = 4096
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
+SIGMA_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+SIGMA_INFOTEXT = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
 UI_MAX_STEPS = 150  # the sliders stop here; jobs may ask for up to max_steps()
 
 
@@ -158,6 +161,8 @@ class StableDiffusionProcessing:
             if not isinstance(value, int) or not low <= value <= high:
                 raise UserInputError(f"{name} must be an integer between {low} and {high}, got {value!r}")
         self._validate_prompts()
+        if self.refiner_checkpoint not in (None, "", "None"):
+            raise UserInputError("refiner_checkpoint: the SDXL refiner is not supported yet")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):  # 0 or less: off
             value = getattr(self, name)
             if not isinstance(value, int) or not (value <= 0 or 8 <= value <= MAX_SIDE):
@@ -276,7 +281,26 @@ class StableDiffusionProcessing:
             model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=float(self.cfg_scale), steps=steps,
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
             should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
-            extra_noise=self._extra_noise() if img2img else 0.0, **img2img)
+            extra_noise=self._extra_noise() if img2img else 0.0, step_options=self._sigma_options(sampler_name), **img2img)
+
+    def _sigma_options(self, sampler_name: str) -> dict:
+        """A1111's s_churn, s_tmin, s_tmax (0: no upper bound) and s_noise for Euler, recorded in the infotext when
+        they differ from their defaults. A1111 also applies them to Heun and DPM2, whose diffusers schedulers cannot:
+        changed values are refused there rather than ignored; other samplers never use them (as in A1111)."""
+        values = {name: float(getattr(self, name) if getattr(self, name) is not None else default)
+                  for name, default in SIGMA_DEFAULTS.items()}
+        for name, value in values.items():
+            if not 0 <= value <= 1000:
+                raise UserInputError(f"{name} must be between 0 and 1000, got {value!r}")
+        changed = {name: value for name, value in values.items() if value != SIGMA_DEFAULTS[name]}
+        if not changed or sampler_name not in ("Euler", "Heun", "DPM2"):
+            return {}
+        if sampler_name != "Euler":
+            raise UserInputError(f"{', '.join(changed)}: applied by the Euler sampler only here, not by {sampler_name}; "
+                                 f"set them back to their defaults (s_churn 0, s_tmin 0, s_tmax 0, s_noise 1) or use Euler")
+        for name, value in changed.items():
+            self.extra_generation_params[SIGMA_INFOTEXT[name]] = _whole(value)
+        return {**values, "s_tmax": values["s_tmax"] or float("inf")}
 
     def _extra_noise(self) -> float:
         """The ``img2img_extra_noise`` setting for a pass that starts from an image; recorded in the infotext."""
@@ -846,6 +870,26 @@ def _from_pil(pictures: list):
     return torch.from_numpy(array).permute(0, 3, 1, 2)
 
 
+@contextlib.contextmanager
+def circular_padding(modules: tuple, enabled: bool):
+    """A1111's Tiling: every convolution of ``modules`` pads circularly while the block runs, so the image wraps
+    around (its left edge continues its right edge, its top its bottom); the padding is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    convolutions = [layer for module in modules for layer in module.modules() if isinstance(layer, torch.nn.Conv2d)]
+    saved = [layer.padding_mode for layer in convolutions]
+    for layer in convolutions:
+        layer.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for layer, mode in zip(convolutions, saved):
+            layer.padding_mode = mode
+
+
 def process_with_scripts(p: StableDiffusionProcessing) -> Processed:
     """The selected script's ``run`` when ``p`` has one selected, else ``process_images``."""
     processed = p.scripts.run(p, *p.script_args) if p.scripts is not None else None
@@ -910,21 +954,21 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         p.extra_generation_params.update(p.face_detailer.infotext_params())
     if p.scripts is not None:
         p.scripts.process(p)
-    p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
-    if state.job_count == -1 and not p.nested_job:
-        state.job_count = p.n_iter
-    p.job_timestamp = state.job_timestamp
-
     output_images, infotexts = [], []
-    try:
-        for n in range(p.n_iter):
-            if state.interrupted or state.stopping_generation:
-                break
-            if not _run_batch(p, n, model, output_images, infotexts):
-                break
-    finally:
-        if not p.disable_extra_networks:
-            extra_networks.deactivate(p, p.extra_network_data)
+    with circular_padding((model.unet, model.vae), p.tiling):
+        p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+        if state.job_count == -1 and not p.nested_job:
+            state.job_count = p.n_iter
+        p.job_timestamp = state.job_timestamp
+        try:
+            for n in range(p.n_iter):
+                if state.interrupted or state.stopping_generation:
+                    break
+                if not _run_batch(p, n, model, output_images, infotexts):
+                    break
+        finally:
+            if not p.disable_extra_networks:
+                extra_networks.deactivate(p, p.extra_network_data)
 
     index_of_first_image = 0
     if (len(output_images) > 1 or not opts.grid_only_if_multiple) and output_images:

@@ -10,7 +10,7 @@ img2img starts part-way down the schedule (diffusers' ``set_begin_index``): with
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from modules import conditioning, script_callbacks
@@ -38,6 +38,7 @@ class SamplingRun:
     # inpainting: (current, nmask, known, mask, blended, timestep, is_final) -> the latents to continue from
     mask_blend: Callable[..., Any] | None = None
     extra_noise: float = 0.0  # img2img/hires: the starting noise added once more, times this (A1111 "Extra noise")
+    step_options: dict = field(default_factory=dict)  # more scheduler.step arguments (Euler's s_churn ...)
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -47,6 +48,7 @@ def _step_kwargs(scheduler, run: SamplingRun) -> dict:
         kwargs["generator"] = run.generators if len(run.generators) > 1 else run.generators[0]
     if "eta" in params and run.eta is not None:
         kwargs["eta"] = run.eta
+    kwargs.update({key: value for key, value in run.step_options.items() if key in params})
     return kwargs
 
 

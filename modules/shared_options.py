@@ -100,10 +100,10 @@ options_templates.update(options_section(("sampler-params", "Sampler parameters"
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
     "eta_ddim": OptionInfo(0.0, "Eta for DDIM", infotext="Eta DDIM"),
     "eta_ancestral": OptionInfo(1.0, "Eta for k-diffusion samplers", infotext="Eta"),
-    "s_churn": OptionInfo(0.0, "sigma churn"),
-    "s_tmin": OptionInfo(0.0, "sigma tmin"),
-    "s_tmax": OptionInfo(0.0, "sigma tmax"),
-    "s_noise": OptionInfo(1.0, "sigma noise"),
+    "s_churn": OptionInfo(0.0, "sigma churn (Euler)", infotext="Sigma churn"),
+    "s_tmin": OptionInfo(0.0, "sigma tmin (Euler)", infotext="Sigma tmin"),
+    "s_tmax": OptionInfo(0.0, "sigma tmax (Euler; 0 = no limit)", infotext="Sigma tmax"),
+    "s_noise": OptionInfo(1.0, "sigma noise (Euler)", infotext="Sigma noise"),
     "s_min_uncond": OptionInfo(0.0, "Negative Guidance minimum sigma", infotext="NGMS"),
 }))
 

@@ -220,6 +220,10 @@ BAD_INPUTS = [
     ("txt2img", {"override_settings": {"sd_model_checkpoint": "nowhere"}}, "unknown checkpoint 'nowhere'"),
     ("txt2img", {"width": "wide"}, "width: Input should be a valid integer"),
     ("txt2img", {"prompt": 206}, "prompt.str: Input should be a valid string"),
+    ("txt2img", {"refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.8},
+     "refiner_checkpoint: the SDXL refiner is not supported yet"),
+    ("txt2img", {"sampler_name": "Heun", "s_churn": 0.5}, "s_churn: applied by the Euler sampler only here, not by Heun"),
+    ("txt2img", {"sampler_name": "Euler", "s_noise": -1}, "s_noise must be between 0 and 1000"),
     ("txt2img", {"seed_resize_from_w": 87970945948959, "seed_resize_from_h": 64},
      "seed_resize_from_w must be 0 (off) or between 8 and 2048, got 87970945948959"),
     ("txt2img", {"force_task_id": "caf\u00e9 \U0007ea51"}, "force_task_id: 1 to 200 printable ASCII characters"),
@@ -273,6 +277,23 @@ def test_more_steps_than_the_slider_as_in_a1111_up_to_the_setting(client):
         assert refused.status_code == 422 and "steps must be an integer between 1 and 100, got 101" in refused.json()["detail"]
     finally:
         opts.set("max_sampling_steps", saved)
+
+
+def test_euler_applies_sigma_churn_and_records_it_as_a1111_does(client):
+    from modules import infotext_utils
+
+    plain = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 4}).json()
+    churned = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 4, "s_churn": 1.0, "s_noise": 0.9}).json()
+    text = json.loads(churned["info"])["infotexts"][0]
+    assert "Sigma churn: 1, Sigma noise: 0.9" in text and "Sigma tmin" not in text and "Sigma" not in json.loads(
+        plain["info"])["infotexts"][0]
+    assert np.abs(pixels(decoded(plain["images"][0])) - pixels(decoded(churned["images"][0]))).mean() > 1  # applied
+    again = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 4, "infotext": text}).json()
+    assert np.array_equal(pixels(decoded(again["images"][0])), pixels(decoded(churned["images"][0])))  # pasted back
+    params = infotext_utils.parse_generation_parameters(text)
+    assert infotext_utils.override_settings_from_infotext(params) == {"s_churn": 1.0, "s_noise": 0.9}
+    euler_a = client.post(f"{BASE}/txt2img", json={**SMALL, "sampler_name": "Euler a", "s_churn": 1.0}).json()
+    assert "Sigma" not in json.loads(euler_a["info"])["infotexts"][0]  # samplers that never use them ignore them
 
 
 def test_null_means_the_default_for_every_nullable_field(client):

@@ -232,3 +232,37 @@ def test_clip_skip_changes_the_conditioning_and_is_recorded(tiny_model):
     skipped = txt2img(seed=3)
     assert abs(pixels(base.images[0]) - pixels(skipped.images[0])).max() > 0
     assert "Clip skip: 2," in skipped.infotexts[0] and "Clip skip" not in base.infotexts[0]
+
+
+def test_tiling_wraps_the_image_around_and_is_undone_after_the_job(tiny_model):
+    """With Tiling every convolution pads circularly, so the networks are shift-equivariant: a latent rolled by a
+    whole number of UNet cells gives the same prediction and picture rolled. The left edge of a tiled image thus
+    continues its right edge, as A1111 users expect of seamless textures."""
+    import numpy as np
+    import torch
+
+    model = tiny_model
+    latent = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(3))
+    context = torch.randn(1, 77, model.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    shift = 8  # latent columns: a multiple of every downsampling factor
+
+    def run(x):
+        with torch.no_grad():
+            eps = model.unet(x, torch.tensor([500]), encoder_hidden_states=context).sample
+            return eps, model.vae.decode(x).sample
+
+    with processing.circular_padding((model.unet, model.vae), True):
+        eps, picture = run(latent)
+        eps_rolled, picture_rolled = run(torch.roll(latent, shift, dims=3))
+    assert torch.allclose(torch.roll(eps, shift, dims=3), eps_rolled, atol=1e-4)
+    assert torch.allclose(torch.roll(picture, shift * 8, dims=3), picture_rolled, atol=1e-4)
+    plain_eps, _ = run(torch.roll(latent, shift, dims=3))
+    assert not torch.allclose(torch.roll(eps, shift, dims=3), plain_eps, atol=1e-3)  # zero padding is not
+    assert all(layer.padding_mode == "zeros" for layer in model.unet.modules() if isinstance(layer, torch.nn.Conv2d))
+
+    before = txt2img(width=128, height=64, steps=3)
+    tiled = txt2img(width=128, height=64, steps=3, tiling=True)
+    after = txt2img(width=128, height=64, steps=3)
+    assert "Tiling: True" in tiled.infotexts[0] and "Tiling" not in before.infotexts[0]
+    assert not np.array_equal(pixels(tiled.images[0]), pixels(before.images[0]))
+    assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))  # restored after the job
