@@ -63,8 +63,6 @@ def fuzz(app: Any, examples: int, seed: int | None, time_budget: float, collect:
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation.modes import GenerationMode
 
-    from modules.shared import opts
-
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     report = FuzzReport()
     deadline = time.monotonic() + time_budget
@@ -82,12 +80,7 @@ def fuzz(app: Any, examples: int, seed: int | None, time_budget: float, collect:
             def run(case) -> None:
                 if time.monotonic() > deadline:
                     return
-                saved = dict(opts.data)
-                try:
-                    response = case.call()
-                finally:
-                    opts.data.clear()
-                    opts.data.update(saved)
+                response = _keeping_settings(case.call)
                 _record(report, f"{case.method} {case.formatted_path} body={str(case.body)[:300]}", response, collect)
 
             if seed is not None:
@@ -98,6 +91,18 @@ def fuzz(app: Any, examples: int, seed: int | None, time_budget: float, collect:
                 continue
     _fuzz_generation(app, examples, seed, deadline, collect, report)
     return report
+
+
+def _keeping_settings(send: Any) -> Any:
+    """``send()``, with every setting restored afterwards whatever the request changed through ``/options``."""
+    from modules.shared import opts
+
+    saved = dict(opts.data)
+    try:
+        return send()
+    finally:
+        opts.data.clear()
+        opts.data.update(saved)
 
 
 def _record(report: FuzzReport, label: str, response: Any, collect: bool) -> None:
@@ -154,14 +159,7 @@ def _fuzz_generation(app: Any, examples: int, seed: int | None, deadline: float,
         def run(changes: dict) -> None:
             if time.monotonic() > deadline:
                 return
-            from modules.shared import opts
-
-            saved = dict(opts.data)
-            try:
-                response = client.post(f"{PREFIX}/{route}", json={**base, **changes})
-            finally:
-                opts.data.clear()
-                opts.data.update(saved)
+            response = _keeping_settings(lambda: client.post(f"{PREFIX}/{route}", json={**base, **changes}))
             _record(report, f"POST {PREFIX}/{route} changes={str(changes)[:300]}", response, collect)
 
         if seed is not None:
