@@ -181,6 +181,8 @@ class StableDiffusionProcessing:
             texts = value if isinstance(value, list) else [value]
             if not texts or not all(isinstance(text, str) for text in texts):
                 raise UserInputError(f"{name} must be a text or a non-empty list of texts, got {value!r:.80}")
+        if not isinstance(self.styles, list) or not all(isinstance(name, str) for name in self.styles):
+            raise UserInputError(f"styles must be a list of style names, got {self.styles!r:.80}")
         if isinstance(self.negative_prompt, list):
             prompts = len(self.prompt) if isinstance(self.prompt, list) else self.batch_size * self.n_iter
             if len(self.negative_prompt) != prompts:

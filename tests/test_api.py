@@ -220,6 +220,7 @@ BAD_INPUTS = [
     ("txt2img", {"override_settings": {"sd_model_checkpoint": "nowhere"}}, "unknown checkpoint 'nowhere'"),
     ("txt2img", {"width": "wide"}, "width: Input should be a valid integer"),
     ("txt2img", {"prompt": 206}, "prompt.str: Input should be a valid string"),
+    ("txt2img", {"styles": [None]}, "styles.0: Input should be a valid string"),
     ("txt2img", {"refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.8},
      "refiner_checkpoint: the SDXL refiner is not supported yet"),
     ("txt2img", {"sampler_name": "Heun", "s_churn": 0.5}, "s_churn: applied by the Euler sampler only here, not by Heun"),

@@ -19,7 +19,8 @@ EXCLUDED_FIELDS = {"sd_model", "outpath_samples", "outpath_grids", "sampler_inde
                    "overlay_images", "do_not_reload_embeddings", "seed_enable_extras", "prompt_for_display",
                    "sampler_noise_scheduler_override", "ddim_discretize", "comments", "token_merging_ratio",
                    "token_merging_ratio_hr"}
-TEXT_FIELDS = {"prompt": str | list[str], "negative_prompt": str | list[str]}  # one text, or one per image
+TEXT_FIELDS = {"prompt": str | list[str], "negative_prompt": str | list[str],  # one text, or one per image
+               "styles": list[str]}
 IMAGE_FIELDS = {"init_images": list[str] | None, "mask": str | None, "latent_mask": str | None,
                 "firstpass_image": str | None}  # base64 strings in the request
 
