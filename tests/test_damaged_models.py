@@ -98,9 +98,9 @@ def broken_dir(registry, data_dir, tmp_path, monkeypatch):
 
 
 def test_every_damaged_file_is_refused_with_its_name_and_reason(broken_dir):
-    from modules import model_files, model_loader, sd_vae  # noqa: F401 - the loaders under test
-
     import torch
+
+    from modules import model_files, model_loader
 
     for name, (path, words) in broken_dir.items():
         with pytest.raises(model_files.UnsupportedModelFile) as refused:
@@ -208,6 +208,9 @@ def test_only_broken_files_give_a_clear_error_or_the_demo_model(data_dir, tmp_pa
 
 
 def test_damaged_vae_lora_embedding_and_upscaler_files_are_named(tiny_model, data_dir, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     from modules import lora, sd_vae, shared
     from modules.textual_inversion import textual_inversion
 
@@ -224,6 +227,8 @@ def test_damaged_vae_lora_embedding_and_upscaler_files_are_named(tiny_model, dat
     esrgan_file = esrgan_dir / "4x_broken.safetensors"
     for target in (vae_file, lora_file, embedding_file, esrgan_file):
         shutil.copy(truncated, target)
+    misfit_vae = data_dir / "models" / "VAE" / "misfit.safetensors"  # well formed, one tensor of the wrong shape
+    wrong_shape_checkpoint(good, str(misfit_vae))
     monkeypatch.setattr(shared.cmd_opts, "esrgan_models_path", str(esrgan_dir), raising=False)
     _, client = make_client()
     try:
@@ -233,6 +238,19 @@ def test_damaged_vae_lora_embedding_and_upscaler_files_are_named(tiny_model, dat
             vae = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2,
                                                        "override_settings": {"sd_vae": "broken.safetensors"}})
             assert vae.status_code == 422 and "broken.safetensors" in vae.json()["detail"] and words in vae.json()["detail"]
+            before = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2}).json()["images"][0]
+            with safe_open(str(misfit_vae), "pt") as f:  # the VAE's own weights, one of them cut
+                cut = {k: f.get_tensor(k) for k in f.keys() if k.startswith("first_stage_model.")}
+            key = "first_stage_model.decoder.conv_in.weight"
+            cut[key] = cut[key][:, :-1].contiguous()
+            save_file(cut, str(misfit_vae))
+            sd_vae.refresh_vae_list()
+            misfit = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2,
+                                                          "override_settings": {"sd_vae": "misfit.safetensors"}})
+            assert misfit.status_code == 422 and "misfit.safetensors is not a VAE for this model" in misfit.json()["detail"]
+            assert "has shape" in misfit.json()["detail"], misfit.text
+            after = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2}).json()["images"][0]
+            assert before == after  # no weight of the model's own VAE was replaced
             net = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2, "prompt": "a cat <lora:brokenlora:1>"})
             assert net.status_code == 422 and "brokenlora.safetensors" in net.json()["detail"], net.text
             embeddings = client.get(f"{BASE}/embeddings").json()
@@ -246,7 +264,7 @@ def test_damaged_vae_lora_embedding_and_upscaler_files_are_named(tiny_model, dat
             after = client.post(f"{BASE}/txt2img", json={**SMALL, "steps": 2})
             assert after.status_code == 200  # and the server keeps generating
     finally:
-        for target in (vae_file, lora_file, embedding_file):
+        for target in (vae_file, misfit_vae, lora_file, embedding_file):
             os.remove(target)
         sd_vae.refresh_vae_list()
         lora.list_available_networks(force=True)
