@@ -160,7 +160,7 @@ class StableDiffusionProcessing:
         for name, value, low, high in checks:
             if not isinstance(value, int) or not low <= value <= high:
                 raise UserInputError(f"{name} must be an integer between {low} and {high}, got {value!r}")
-        self._validate_prompts()
+        self._validate_texts()
         if self.refiner_checkpoint not in (None, "", "None"):
             raise UserInputError("refiner_checkpoint: the SDXL refiner is not supported yet")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):  # 0 or less: off
@@ -173,9 +173,9 @@ class StableDiffusionProcessing:
             raise UserInputError(f"subseed_strength must be between 0 and 1, got {self.subseed_strength!r}")
         self.sampler_name, self.scheduler = sd_samplers.get_sampler_and_scheduler(self.sampler_name, self.scheduler)
 
-    def _validate_prompts(self) -> None:
+    def _validate_texts(self) -> None:
         """A prompt is a text or a non-empty list of texts (one per image); a list of negative prompts has one per
-        prompt."""
+        prompt; styles are a list of names."""
         for name in ("prompt", "negative_prompt"):
             value = getattr(self, name)
             texts = value if isinstance(value, list) else [value]

@@ -209,9 +209,6 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
     changes nothing. Without ``info`` the ``sd_model_checkpoint`` setting is used, and when that file cannot be
     loaded the current model stays (or, with none loaded, the first checkpoint that loads, or with ``--demo`` the
     demo model): the setting then names the model in use and :data:`load_problems` says what happened."""
-    global _current
-    from modules.shared import opts
-
     with _lock:
         explicit = info is not None
         info = info or select_checkpoint()
@@ -225,7 +222,7 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
         try:
             model = _load_and_activate(info)
         except UserInputError as e:
-            _failures[info.filename] = (_signature(info.filename), str(e))
+            _remember_failure(info, e)
             if explicit:
                 raise
             return _fall_back(info)
@@ -256,6 +253,10 @@ def _signature(path: str) -> tuple:
         return ()
 
 
+def _remember_failure(info: CheckpointInfo, error: Exception) -> None:
+    _failures[info.filename] = (_signature(info.filename), str(error))
+
+
 def _known_failure(info: CheckpointInfo) -> str | None:
     """Why ``info`` failed to load before, while the file is unchanged (a replaced file is tried again)."""
     failure = _failures.get(info.filename)
@@ -280,7 +281,7 @@ def _fall_back(failed: CheckpointInfo) -> SDModel:
                 replacement = _load_and_activate(candidate)
                 break
             except UserInputError as e:
-                _failures[candidate.filename] = (_signature(candidate.filename), str(e))
+                _remember_failure(candidate, e)
         if replacement is None:
             problems = "; ".join(message for _, message in _failures.values())
             raise model_files.UnsupportedModelFile(f"No checkpoint could be loaded: {problems}")

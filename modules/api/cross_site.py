@@ -53,8 +53,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
 class HostPolicy:
     """Which Host headers and browser origins the server answers; the share link adds its own once it exists."""
     enforce_hosts: bool = True
-    allowed_hosts: set[str] = field(default_factory=set)  # lower-case host names or addresses, without port
-    allow_any_host: bool = False
+    allowed_hosts: set[str] = field(default_factory=set)  # lower-case names or addresses without port; "*": any
     allowed_origins: set[str] = field(default_factory=set)  # "scheme://host[:port]" as browsers send them
     allowed_origin_regex: re.Pattern | None = None
 
@@ -62,8 +61,7 @@ class HostPolicy:
     def from_flags(cls, bind_host: str, server_name: str | None, allowed_hosts: str | None,
                    cors_origins: str | None, cors_origin_regex: str | None) -> "HostPolicy":
         extra = {h.strip().lower().strip("[]") for h in (allowed_hosts or "").split(",") if h.strip()}
-        policy = cls(enforce_hosts=is_loopback(bind_host) or bool(extra), allow_any_host="*" in extra,
-                     allowed_hosts=extra - {"*"})
+        policy = cls(enforce_hosts=is_loopback(bind_host) or bool(extra), allowed_hosts=extra)
         if server_name:
             policy.allowed_hosts.add(server_name.lower().strip("[]"))
         policy.allowed_origins = {o.strip().rstrip("/").lower() for o in (cors_origins or "").split(",") if o.strip()}
@@ -79,7 +77,7 @@ class HostPolicy:
             self.allowed_origins.add(f"{parts.scheme}://{parts.netloc}".lower())
 
     def host_allowed(self, host_header: str | None) -> bool:
-        if not self.enforce_hosts or self.allow_any_host:
+        if not self.enforce_hosts or "*" in self.allowed_hosts:
             return True
         parsed = split_host(host_header or "")
         if parsed is None:
