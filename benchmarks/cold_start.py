@@ -47,7 +47,7 @@ def one_run(data_dir: str) -> float:
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     sys.path.insert(0, ROOT)
-    from modules.demo_model import ensure_demo_checkpoint
+    from modules.loading.demo_model import ensure_demo_checkpoint
 
     with tempfile.TemporaryDirectory() as data_dir:
         ensure_demo_checkpoint(os.path.join(data_dir, "models"))

@@ -32,7 +32,8 @@ def main() -> int:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from modules import cmd_args, demo_model, devices, scripts, sd_models, shared
+    from modules import cmd_args, devices, scripts, sd_models, shared
+    from modules.loading import demo_model
     from modules.api.api import Api
     from tests.fuzzing import fuzz, small_jobs
 

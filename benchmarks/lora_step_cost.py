@@ -31,7 +31,10 @@ def main() -> None:
 
     import torch
 
-    from modules import cmd_args, demo_model, devices, lora, processing, script_callbacks, sd1_layout, sd_models, shared
+    from modules import cmd_args, devices, processing, script_callbacks, sd_models, shared
+    from modules.families import sd1_layout
+    from modules.loading import demo_model
+    from modules.networks import lora
     from tests.conftest import write_kohya_lora
 
     data_dir = tempfile.mkdtemp()

@@ -33,7 +33,9 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from modules import cmd_args, demo_model, devices, processing, sd1_layout, sd_models, sd_samplers, shared
+    from modules import cmd_args, devices, processing, sd_models, sd_samplers, shared
+    from modules.families import sd1_layout
+    from modules.loading import demo_model
 
     data_dir = tempfile.mkdtemp()
     arch = sd1_layout.SD1Arch() if args.full else sd1_layout.TINY

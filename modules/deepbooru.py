@@ -36,7 +36,7 @@ def weights_file() -> str | None:
 
 
 def _read_state_dict(path: str) -> dict:
-    from modules import model_files
+    from modules.loading import model_files
 
     if model_files.detect_format(path) == model_files.SAFETENSORS:
         state = dict(model_files.read_state_dict(path))
@@ -53,12 +53,12 @@ class DeepDanbooru:
     def load(self) -> None:
         if self.model is not None:
             return
-        from modules import deepbooru_model
+        from modules.arch import deepdanbooru as deepbooru_model
 
         path = weights_file()
         if path is None:
             raise DeepDanbooruMissing(f"DeepDanbooru weights are missing: put {WEIGHT_NAMES[0]} in {folder()}")
-        from modules import model_files
+        from modules.loading import model_files
 
         with model_files.loading(path, "DeepDanbooru model"):
             state = _read_state_dict(path)

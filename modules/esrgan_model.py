@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from modules import model_catalog, model_files
+from modules.loading import model_catalog, model_files
 from modules.upscaler import Upscaler, UpscalerData
 
 EXTENSIONS = (".pth", ".pt", ".safetensors")
@@ -73,7 +73,7 @@ class UpscalerESRGAN(Upscaler):
 
     def load(self):
         if self.model is None:
-            from modules import esrgan_arch
+            from modules.arch import esrgan as esrgan_arch
 
             if not os.path.exists(self.path):
                 if self.official is None or not model_catalog.downloads_enabled():

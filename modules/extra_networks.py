@@ -120,6 +120,6 @@ def parse_prompts(prompts: list[str]) -> tuple[list[str], dict[str, list[ExtraNe
 def register_default_extra_networks() -> None:
     """Register the built-in handlers (LoRA); idempotent."""
     if "lora" not in extra_network_registry:
-        from modules import extra_networks_lora
+        from modules.networks import extra_networks_lora
 
         extra_networks_lora.register()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modules import face_detection
+from modules.imaging import face_detection
 
 INFOTEXT_KEYS = {
     "denoising_strength": "Face detailer denoising strength",

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from modules import face_detection, model_catalog
+from modules.imaging import face_detection
+from modules.loading import model_catalog
 from modules.errors import UserInputError
 
 FACE_SIZE = 512
@@ -119,7 +120,7 @@ class NetworkFaceRestoration(FaceRestoration):
         from modules import devices
 
         if self.network is None:
-            from modules import model_files
+            from modules.loading import model_files
 
             if not os.path.exists(self.path):
                 if not model_catalog.downloads_enabled():
@@ -157,7 +158,7 @@ class CodeFormerRestoration(NetworkFaceRestoration):
         self.weight = weight
 
     def build(self, state: dict) -> Any:
-        from modules import codeformer_arch
+        from modules.arch import codeformer as codeformer_arch
 
         return codeformer_arch.build(state)
 
@@ -179,7 +180,7 @@ class GFPGANRestoration(NetworkFaceRestoration):
     official = model_catalog.FACE_RESTORERS[1]
 
     def build(self, state: dict) -> Any:
-        from modules import gfpgan_arch
+        from modules.arch import gfpgan as gfpgan_arch
 
         return gfpgan_arch.build(state)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from modules import grid_annotations
+from modules.imaging import grid_annotations
 from modules.runtime import atomic_files
 
 # grid labels live in their own module; these are the A1111 names scripts import from here

@@ -7,15 +7,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers,
-                     sd_vae, sampling, shared, upscaler)
+from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae, shared, upscaler)
+from modules.engine import sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
 from modules.runtime import atomic_files
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
                              PostSampleArgs)
 from modules.shared import opts, state
-from modules.version import infotext_version
+from modules.runtime.version import infotext_version
 
 opt_C = 4
 opt_f = 8
@@ -228,7 +228,9 @@ class StableDiffusionProcessing:
                   cache_c: dict, cache_uc: dict) -> tuple:
         """(multicond, uncond, empty-prompt encoding) for a batch, taken from the caches when the prompts and
         everything else that changes the text encoder's output are unchanged."""
-        from modules import conditioning, lora, prompt_parser
+        from modules import prompt_parser
+        from modules.engine import conditioning
+        from modules.networks import lora
         from modules.textual_inversion import textual_inversion
 
         model = self.model

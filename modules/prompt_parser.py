@@ -1,5 +1,5 @@
 """The A1111 prompt language as pure text functions (no torch): comments, ``AND``, prompt editing,
-alternation and attention weights. The conditioning side lives in ``modules.conditioning``.
+alternation and attention weights. The conditioning side lives in ``modules.engine.conditioning``.
 
 A1111 parses schedules with a lark Earley grammar (reference-a1111.md §8.3). This module accepts
 the same language with a single left-to-right pass and an explicit stack, so any input - deep

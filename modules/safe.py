@@ -8,7 +8,7 @@ from typing import Any
 
 
 def load(filename: str, *args: Any, **kwargs: Any) -> Any:
-    from modules import model_files
+    from modules.loading import model_files
 
     return model_files.load_pickle(filename)
 

@@ -13,9 +13,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from modules import hashes, model_files, paths, script_callbacks
+from modules import hashes, paths, script_callbacks
+from modules.loading import model_files
 from modules.errors import UserInputError
-from modules.model_loader import Components
+from modules.loading.model_loader import Components
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 checkpoints_list: dict[str, "CheckpointInfo"] = {}
@@ -187,7 +188,8 @@ class SDModel(Components):
 
 def load_model(info: CheckpointInfo) -> SDModel:
     """Load (or take from the RAM cache) a checkpoint and put it on the compute device."""
-    from modules import devices, model_loader
+    from modules import devices
+    from modules.loading import model_loader
     from modules.shared import cmd_opts, opts
 
     if not cmd_opts.no_hashing:
@@ -296,7 +298,7 @@ def _fall_back(failed: CheckpointInfo) -> SDModel:
 def _fallback_candidates(cmd_opts) -> Any:
     yield from list(checkpoints_list.values())
     if cmd_opts.demo:
-        from modules.demo_model import DEMO_NAME, ensure_demo_checkpoint
+        from modules.loading.demo_model import DEMO_NAME, ensure_demo_checkpoint
 
         ensure_demo_checkpoint(paths.models_path)
         list_models()

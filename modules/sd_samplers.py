@@ -170,7 +170,7 @@ def schedule_label_for_infotext(sampler_name: str, scheduler_label: str | None) 
 
 
 def create_sampler(name: str, model: Any = None):
-    """A1111 entry point; returns the sampler's data (our loop lives in modules.sampling)."""
+    """A1111 entry point; returns the sampler's data (our loop lives in modules.engine.sampling)."""
     sampler = find_sampler(name)
     if sampler is None:
         raise UserInputError(f"Unknown sampler {name!r}")

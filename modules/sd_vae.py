@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from modules import hashes, model_files, paths, sd_models
+from modules import hashes, paths, sd_models
+from modules.loading import model_files
 
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt")
 vae_dict: dict[str, str] = {}  # file name -> path (A1111's name)

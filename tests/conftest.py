@@ -19,7 +19,7 @@ def save_diffusers_folder(single_file: str, folder: str) -> None:
     """Convert a single-file checkpoint into a diffusers folder with the project's own loader."""
     import torch
 
-    from modules import model_loader
+    from modules.loading import model_loader
 
     components = model_loader.load_components(single_file, torch.float32)
     components.unet.save_pretrained(os.path.join(folder, "unet"))
@@ -38,7 +38,8 @@ def save_diffusers_folder(single_file: str, folder: str) -> None:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A data dir with two tiny checkpoints (single file, seeds 0 and 1) and a diffusers copy of the first."""
-    from modules import cmd_args, demo_model, devices, shared
+    from modules import cmd_args, devices, shared
+    from modules.loading import demo_model
 
     root = tmp_path_factory.mktemp("data")
     models = root / "models" / "Stable-diffusion"
@@ -211,7 +212,7 @@ def fake_face(monkeypatch):
     """Every image has one face, at (16, 16) size 24x24 with eyes at the usual places."""
     import numpy as np
 
-    from modules import face_detection
+    from modules.imaging import face_detection
 
     face = face_detection.Face((16, 16, 24, 24), np.array([[23.2, 25.1], [32.8, 25.1]], np.float32))
     monkeypatch.setattr(face_detection, "detect", lambda image, min_size=32: [face])

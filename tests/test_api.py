@@ -45,7 +45,8 @@ def make_client(middleware=None):
 
 @pytest.fixture()
 def client(tiny_model):
-    from modules import job_queue, scripts
+    from modules import scripts
+    from modules.runtime import job_queue
 
     scripts.runner_for(False)  # scripts loaded (built-in extensions)
     _, test_client = make_client()
@@ -412,7 +413,7 @@ def test_a_job_whose_client_left_finishes_is_saved_and_can_be_fetched(client, da
 @pytest.fixture()
 def blocked_queue():
     """The job queue's worker held by a job until ``release`` is set; yields (running job, release)."""
-    from modules import job_queue
+    from modules.runtime import job_queue
     from modules.shared import state
 
     release, started = threading.Event(), threading.Event()
@@ -436,7 +437,7 @@ def blocked_queue():
 
 
 def test_full_queue_answers_503(client, blocked_queue):
-    from modules import job_queue
+    from modules.runtime import job_queue
 
     job_queue.queue.max_pending = 1
     waiting = job_queue.queue.submit(lambda: None, "waiting")
@@ -570,7 +571,8 @@ def test_hires_fields(client):
 
 
 def test_refresh_unload_and_reload(client, registry, data_dir):
-    from modules import demo_model, sd_models
+    from modules import sd_models
+    from modules.loading import demo_model
 
     extra = data_dir / "models" / "Stable-diffusion" / "late.safetensors"
     demo_model.write_checkpoint(str(extra), seed=3)

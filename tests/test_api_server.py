@@ -63,7 +63,7 @@ script_callbacks.on_app_started(add_route)
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """A server with the demo model, a second checkpoint, the probe extension and the login alice/open sesame."""
-    from modules import demo_model
+    from modules.loading import demo_model
 
     root = tmp_path_factory.mktemp("api-server")
     demo_model.write_checkpoint(str(root / "models" / "Stable-diffusion" / "second.safetensors"), seed=7)

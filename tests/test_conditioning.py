@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules import conditioning, prompt_chunks
+from modules.engine import conditioning, prompt_chunks
 from modules.shared import opts
 from tests.conftest import DenoiserCalls, pixels, txt2img
 
@@ -42,7 +42,7 @@ def test_break_and_comma_backoff_positions(tiny_model):
 
 
 def test_token_counter_without_a_model():
-    from modules import model_loader
+    from modules.loading import model_loader
 
     tokenizer = model_loader.load_tokenizer()
     ids = prompt_chunks.special_tokens(tokenizer)

@@ -100,7 +100,7 @@ def broken_dir(registry, data_dir, tmp_path, monkeypatch):
 def test_every_damaged_file_is_refused_with_its_name_and_reason(broken_dir):
     import torch
 
-    from modules import model_files, model_loader
+    from modules.loading import model_files, model_loader
 
     for name, (path, words) in broken_dir.items():
         with pytest.raises(model_files.UnsupportedModelFile) as refused:
@@ -170,7 +170,8 @@ def test_with_no_model_loaded_the_first_checkpoint_that_works_is_used(registry, 
 
 
 def test_only_broken_files_give_a_clear_error_or_the_demo_model(data_dir, tmp_path, monkeypatch):
-    from modules import cmd_args, demo_model, paths, sd_models, shared
+    from modules import cmd_args, paths, sd_models, shared
+    from modules.loading import demo_model
     from modules.errors import UserInputError
 
     models = tmp_path / "models"
@@ -211,7 +212,8 @@ def test_damaged_vae_lora_embedding_and_upscaler_files_are_named(tiny_model, dat
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from modules import lora, sd_vae, shared
+    from modules import sd_vae, shared
+    from modules.networks import lora
     from modules.textual_inversion import textual_inversion
 
     good = str(data_dir / "models" / "Stable-diffusion" / "tiny.safetensors")
@@ -276,7 +278,7 @@ def test_the_page_says_which_checkpoint_failed_and_keeps_the_one_in_use(tmp_path
     file in the dropdown shows why it fails and the dropdown goes back to the model in use."""
     from playwright.sync_api import sync_playwright
 
-    from modules import demo_model
+    from modules.loading import demo_model
     from tests.test_browser import _browser, _start
 
     folder = tmp_path / "models" / "Stable-diffusion"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from modules import deepbooru, deepbooru_model
+from modules import deepbooru
+from modules.arch import deepdanbooru as deepbooru_model
 from tests.conftest import noise_image
 
 TAGS = ["1girl", "long_hair", "smile_(cute)", "rating:safe", "blue_sky"]

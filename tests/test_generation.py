@@ -177,7 +177,7 @@ def test_skip_abandons_only_the_current_batch(tiny_model, monkeypatch):
 
 
 def test_live_previews_every_n_steps(tiny_model):
-    from modules import previews
+    from modules.engine import previews
     from modules.shared import opts, state
 
     opts.set("show_progress_every_n_steps", 2)
@@ -199,7 +199,8 @@ def test_live_previews_every_n_steps(tiny_model):
 
 
 def test_queue_reports_step_and_eta_while_running(tiny_model):
-    from modules import job_queue, txt2img as txt2img_module
+    from modules import txt2img as txt2img_module
+    from modules.runtime import job_queue
 
     queue = job_queue.JobQueue()
     seen = []

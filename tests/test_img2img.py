@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from modules import images, masking, processing, sampling, sd_samplers
+from modules import images, masking, processing, sd_samplers
+from modules.engine import sampling
 from modules.errors import UserInputError
 from modules.shared import opts
 from tests.conftest import DenoiserCalls, img2img, noise_image, pixels, txt2img
@@ -252,7 +253,9 @@ def test_latent_blending_keeps_the_unmasked_latents_every_step(tiny_model):
 @pytest.fixture()
 def inpainting_model(registry, tmp_path_factory):
     """A 9-channel checkpoint outside the models folder (other tests list that folder), loaded like any other."""
-    from modules import demo_model, sd1_layout, sd_models
+    from modules import sd_models
+    from modules.families import sd1_layout
+    from modules.loading import demo_model
     from modules.shared import opts as options
 
     arch = dataclasses.replace(sd1_layout.TINY, unet=dataclasses.replace(sd1_layout.TINY.unet, in_channels=9))
@@ -339,7 +342,7 @@ def test_hires_resize_with_own_steps_sampler_and_prompts(tiny_model):
 
 
 def test_hires_prompt_editing_uses_the_hires_timeline(tiny_model):
-    from modules import conditioning
+    from modules.engine import conditioning
 
     encoder = conditioning.PromptEncoder(tiny_model)
     cat, dog = encoder.encode(["cat"])[0], encoder.encode(["dog"])[0]

@@ -8,7 +8,9 @@ import struct
 
 import pytest
 
-from modules import hashes, model_detection, model_files, model_loader, sd1_layout
+from modules import hashes
+from modules.families import detection as model_detection, sd1_layout
+from modules.loading import model_files, model_loader
 from tests.conftest import pixels, txt2img
 
 

@@ -7,7 +7,9 @@ import shutil
 import pytest
 import torch
 
-from modules import conditioning, extra_networks, lora, paths
+from modules import extra_networks, paths
+from modules.engine import conditioning
+from modules.networks import lora
 from modules.errors import UserInputError
 from modules.textual_inversion import textual_inversion
 from tests.conftest import pixels, txt2img, write_embedding, write_kohya_lora

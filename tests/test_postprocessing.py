@@ -143,8 +143,8 @@ def test_tile_settings_are_read_from_the_options(model_dirs):
 def test_unknown_layout_and_mismatched_weights_are_refused_with_a_message(tmp_path):
     import torch
 
-    from modules import esrgan_arch
-    from modules.model_files import UnsupportedModelFile
+    from modules.arch import esrgan as esrgan_arch
+    from modules.loading.model_files import UnsupportedModelFile
 
     with pytest.raises(UnsupportedModelFile, match="not an ESRGAN"):
         esrgan_arch.build({"something.weight": torch.zeros(3)})
@@ -155,7 +155,8 @@ def test_unknown_layout_and_mismatched_weights_are_refused_with_a_message(tmp_pa
 
 
 def test_missing_official_weights_are_not_listed_and_the_hint_names_url_and_path(model_dirs):
-    from modules import model_catalog, upscaler
+    from modules import upscaler
+    from modules.loading import model_catalog
 
     names = [u.name for u in upscaler.all_upscalers()]
     assert names == ["None", "Lanczos", "Nearest"]
@@ -165,7 +166,8 @@ def test_missing_official_weights_are_not_listed_and_the_hint_names_url_and_path
 
 
 def test_first_use_download_when_enabled(model_dirs, tmp_path, monkeypatch):
-    from modules import model_catalog, upscaler
+    from modules import upscaler
+    from modules.loading import model_catalog
     from modules.shared import opts
 
     served = tmp_path / "served.pth"
@@ -200,7 +202,7 @@ def test_hires_fix_with_a_model_upscaler(tiny_model, model_dirs):
 # ---------------------------------------------------------------- face detection and restoration
 
 def test_haar_detector_finds_the_astronauts_face_and_eyes(astronaut):
-    from modules import face_detection
+    from modules.imaging import face_detection
 
     faces = face_detection.detect(astronaut)
     assert len(faces) == 1
@@ -212,7 +214,8 @@ def test_haar_detector_finds_the_astronauts_face_and_eyes(astronaut):
 
 
 def test_alignment_maps_the_eyes_onto_the_template():
-    from modules import face_detection, face_restoration
+    from modules import face_restoration
+    from modules.imaging import face_detection
 
     face = face_detection.Face((0, 0, 10, 10), np.array([[100, 120], [140, 110]], np.float32))
     affine = face_restoration.alignment(face)
@@ -221,7 +224,7 @@ def test_alignment_maps_the_eyes_onto_the_template():
 
 
 def test_yunet_rows_become_five_landmarks_in_template_order():
-    from modules import face_detection
+    from modules.imaging import face_detection
 
     row = np.array([10, 20, 100, 120, 40, 60, 80, 61, 60, 80, 45, 100, 75, 101, 0.9], np.float32)
     face = face_detection.face_from_yunet_row(row)
@@ -234,7 +237,8 @@ def test_yunet_rows_become_five_landmarks_in_template_order():
     ("GFPGAN", weights.write_gfpgan, "GFPGANv1.4.pth"),
 ])
 def test_restoring_faces_changes_only_the_face_region(model_dirs, astronaut, name, writer, filename):
-    from modules import face_detection, face_restoration
+    from modules import face_restoration
+    from modules.imaging import face_detection
 
     writer(str(model_dirs[name if name == "GFPGAN" else "Codeformer"] / filename))
     restored = face_restoration.restore_faces(astronaut, name)
@@ -252,7 +256,8 @@ def test_restoring_faces_changes_only_the_face_region(model_dirs, astronaut, nam
 def test_loaded_face_networks_match_the_saved_ones(model_dirs):
     import torch
 
-    from modules import codeformer_arch, gfpgan_arch, model_files
+    from modules.arch import codeformer as codeformer_arch, gfpgan as gfpgan_arch
+    from modules.loading import model_files
 
     original = weights.write_codeformer(str(model_dirs["Codeformer"] / "codeformer-v0.1.0.pth"))
     loaded = codeformer_arch.build(model_files.read_state_dict(str(model_dirs["Codeformer"] / "codeformer-v0.1.0.pth")))
@@ -418,8 +423,9 @@ def test_face_detailer_rerenders_only_the_face_at_full_resolution(tiny_model, fa
 
 def test_nothing_pulls_in_torchvision():
     code = ("import sys, numpy as np\n"
-            "from modules import esrgan_model, face_restoration, face_detailer, postprocessing, codeformer_arch, gfpgan_arch\n"
-            "from modules import face_detection\n"
+            "from modules import esrgan_model, face_restoration, face_detailer, postprocessing\n"
+            "from modules.arch import codeformer, gfpgan\n"
+            "from modules.imaging import face_detection\n"
             "import webui.ui\n"
             "face_detection.detect(np.zeros((64, 64, 3), np.uint8))\n"
             "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"

@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
-from modules import job_queue, model_download, model_detection
+from modules.families import detection as model_detection
+from modules.loading import model_download
+from modules.runtime import job_queue
 from tests.conftest import ROOT
 
 

@@ -32,7 +32,7 @@ def _randomized(model, seed: int, scale: float = 1.0):
 
 
 def rrdbnet(blocks: int = 1, features: int = 8, growth: int = 4, upsamples: int = 2, unshuffle: int = 1, seed: int = 0):
-    from modules import esrgan_arch
+    from modules.arch import esrgan as esrgan_arch
 
     return _randomized(esrgan_arch.RRDBNet(3, 3, features, blocks, growth, upsamples, unshuffle), seed).eval()
 
@@ -67,7 +67,7 @@ def write_rrdbnet(path: str, layout: str = "basicsr", **kwargs):
 
 def write_srvgg(path: str, features: int = 8, convs: int = 2, scale: int = 4, seed: int = 0):
     """An SRVGGNetCompact saved as realesr-general-x4v3 is (``params``). Returns the network."""
-    from modules import esrgan_arch
+    from modules.arch import esrgan as esrgan_arch
 
     model = _randomized(esrgan_arch.SRVGGNetCompact(3, 3, features, convs, scale), seed).eval()
     _save(model.state_dict(), path, "params")
@@ -77,7 +77,7 @@ def write_srvgg(path: str, features: int = 8, convs: int = 2, scale: int = 4, se
 def codeformer(seed: int = 0):
     import torch
 
-    from modules import codeformer_arch
+    from modules.arch import codeformer as codeformer_arch
 
     torch.manual_seed(seed)
     return codeformer_arch.CodeFormer(nf=32, ch_mult=(1, 1, 1, 1, 1, 1), emb_dim=32, codebook_size=16, dim_embd=64,
@@ -93,7 +93,7 @@ def write_codeformer(path: str, seed: int = 0):
 def gfpgan(seed: int = 0):
     import torch
 
-    from modules import gfpgan_arch
+    from modules.arch import gfpgan as gfpgan_arch
 
     torch.manual_seed(seed)
     unet = {2 ** level: 4 for level in range(2, 10)}

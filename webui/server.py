@@ -11,9 +11,10 @@ import secrets
 import socket
 import sys
 
-from modules import (cmd_args, devices, extensions, job_queue, model_download, paths, script_callbacks, scripts, sd_models,
-                     sd_vae, shared)
-from modules.demo_model import ensure_demo_checkpoint
+from modules import cmd_args, devices, extensions, paths, script_callbacks, scripts, sd_models, sd_vae, shared
+from modules.loading import model_download
+from modules.runtime import job_queue
+from modules.loading.demo_model import ensure_demo_checkpoint
 
 log = logging.getLogger("webui")
 DEFAULT_PORT = 7860

@@ -7,9 +7,10 @@ import os
 
 import gradio as gr
 
-from modules import (infotext_utils, job_queue, model_download, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae,
-                     shared, txt2img)
-from modules.demo_model import DEMO_NAME
+from modules import infotext_utils, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared, txt2img
+from modules.loading import model_download
+from modules.runtime import job_queue
+from modules.loading.demo_model import DEMO_NAME
 from modules.errors import UserInputError
 from modules.shared import opts
 from webui import ui_extensions, ui_extras, ui_img2img
@@ -95,7 +96,7 @@ def refresh_styles():
 
 
 def _lora_samples(force: bool) -> list[list[str]]:
-    from modules import lora
+    from modules.networks import lora
 
     return [[name] for name in sorted(lora.list_available_networks(force=force))]
 

@@ -6,7 +6,8 @@ import html
 
 import gradio as gr
 
-from modules import job_queue, prompt_chunks
+from modules.engine import prompt_chunks
+from modules.runtime import job_queue
 from modules.shared import state
 
 POLL_SECONDS = 0.4
@@ -53,7 +54,7 @@ def stream_job(run, description: str):
         progress = job_queue.queue.progress(job)
         preview = gr.skip()
         if job is job_queue.queue.current and state.id_live_preview != last_preview and state.current_latent is not None:
-            from modules import previews
+            from modules.engine import previews
 
             last_preview = state.id_live_preview
             preview = gr.update(value=previews.latent_to_image(state.current_latent), visible=True)
@@ -275,7 +276,8 @@ POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_we
 
 def postprocess_controls(tab: str, c: dict) -> None:
     """Restore faces (model and CodeFormer weight) and the face detailer, for one generation tab."""
-    from modules import face_detailer, model_catalog, shared
+    from modules import face_detailer, shared
+    from modules.loading import model_catalog
 
     defaults = face_detailer.FaceDetailerParams()
     with gr.Accordion("Faces", open=False, elem_id=f"{tab}_faces"):

@@ -5,7 +5,9 @@ import os
 
 import gradio as gr
 
-from modules import img2img, images, job_queue, model_catalog, postprocessing, shared, upscaler
+from modules import img2img, images, postprocessing, shared, upscaler
+from modules.loading import model_catalog
+from modules.runtime import job_queue
 from modules.errors import UserInputError
 from webui.ui_common import POLL_SECONDS, error_html, infotext_html
 

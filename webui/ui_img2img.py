@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import img2img, images, infotext_utils, job_queue, processing, shared
+from modules import img2img, images, infotext_utils, processing, shared
+from modules.runtime import job_queue
 from modules.errors import UserInputError
 from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider, error_html, error_updates,
                              output_panel,

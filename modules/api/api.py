@@ -23,8 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from modules import (errors, extensions, images, infotext_utils, job_queue, postprocessing, processing, script_callbacks,
-                     scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared, upscaler)
+from modules import (errors, extensions, images, infotext_utils, postprocessing, processing, script_callbacks, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared, upscaler)
+from modules.runtime import job_queue
 from modules.api import encoding, models
 from modules.errors import UserInputError
 from modules.shared import opts, state
@@ -329,7 +329,7 @@ class Api:
         progress = job_queue.queue.progress(current)
         image = None
         if not skip_current_image and state.current_latent is not None:
-            from modules import previews
+            from modules.engine import previews
 
             image = encoding.encode_image(previews.latent_to_image(state.current_latent), "png")
         return {"progress": max(progress["progress"], 0.01), "eta_relative": progress["eta"] or 0.0,
@@ -443,7 +443,7 @@ class Api:
         return {"loaded": loaded, "skipped": {path: {"error": message} for path, message in db.errors.items()}}
 
     def get_loras(self) -> list[dict]:
-        from modules import lora
+        from modules.networks import lora
 
         return [{"name": n.name, "alias": n.alias, "path": n.filename, "metadata": n.metadata}
                 for n in lora.list_available_networks().values()]
@@ -500,7 +500,7 @@ class Api:
         await run_job(sd_vae.refresh_vae_list, "refresh VAE list", request)
 
     async def refresh_loras(self, request: Request) -> None:
-        from modules import lora
+        from modules.networks import lora
 
         await run_job(lambda: lora.list_available_networks(force=True), "refresh LoRA list", request)
 

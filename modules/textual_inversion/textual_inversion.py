@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import errors, hashes, model_files
+from modules import errors, hashes
+from modules.loading import model_files
 from modules.runtime import heavy_imports
 
 EXTENSIONS = (".pt", ".bin", ".safetensors")

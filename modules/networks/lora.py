@@ -19,7 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import errors, hashes, model_files
+from modules import errors, hashes
+from modules.loading import model_files
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
 _PART_SUFFIXES = (

@@ -9,9 +9,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules import model_files, paths, sd1_layout
+from modules import paths
+from modules.families import sd1_layout
+from modules.loading import model_files
 from modules.errors import UserInputError
-from modules.model_detection import Family, detect_family
+from modules.families.detection import Family, detect_family
 from modules.runtime import heavy_imports
 
 # The SD 1.x training noise schedule (the scheduler_config.json of the SD 1.5 release).
@@ -94,7 +96,7 @@ def load_single_file(path: str, dtype, family: Family | None = None) -> Componen
     vae = _build(lambda: AutoencoderKL.from_config(vae_config), convert_ldm_vae_checkpoint(state, vae_config), dtype)
     text_config = CLIPTextConfig(**sd1_layout.text_config_kwargs(arch.text))
     text_encoder = _build(lambda: CLIPTextModel(text_config), convert_ldm_clip_checkpoint(state), dtype)
-    from modules.model_detection import SD1
+    from modules.families.detection import SD1
 
     return Components(unet, vae, text_encoder, load_tokenizer(), dict(SD1_SCHEDULER_CONFIG), family or SD1, {"arch": arch})
 

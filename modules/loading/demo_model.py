@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 
-from modules import sd1_layout
+from modules.families import sd1_layout
 
 DEMO_NAME = "demo-random-weights"
 

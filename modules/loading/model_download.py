@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from modules import demo_model, paths
+from modules import paths
+from modules.loading import demo_model
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_FILE = "v1-5-pruned-emaonly.safetensors"

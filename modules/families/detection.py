@@ -5,8 +5,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from modules import model_files
-from modules.sd1_layout import TEXT, UNET, normalise_text_keys
+from modules.loading import model_files
+from modules.families.sd1_layout import TEXT, UNET, normalise_text_keys
 
 
 @dataclass(frozen=True)

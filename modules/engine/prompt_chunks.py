@@ -140,7 +140,8 @@ def prompt_token_count(prompt: str, steps: int, tokenize, ids: SpecialTokens, *,
 def token_counter(text: str, steps: int, is_positive: bool = True, styles: list[str] | None = None) -> tuple[int, int]:
     """(count, limit) for a prompt box, using the loaded model's tokenizer or, before any model is
     loaded, the bundled one; known embeddings count as their vector count."""
-    from modules import model_loader, script_callbacks, sd_models
+    from modules import script_callbacks, sd_models
+    from modules.loading import model_loader
     from modules.shared import opts
     from modules.textual_inversion import textual_inversion
 

@@ -66,7 +66,8 @@ def folder_path(folder: str) -> str:
 
 
 def downloads_enabled() -> bool:
-    from modules import model_download, shared
+    from modules import shared
+    from modules.loading import model_download
 
     return bool(shared.opts.download_official_weights) and not model_download.hub_offline()
 

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from modules import prompt_chunks, prompt_parser, sd_emphasis
+from modules import prompt_parser, sd_emphasis
+from modules.engine import prompt_chunks
 
 
 @dataclass

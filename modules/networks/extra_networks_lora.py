@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from modules import extra_networks, lora
+from modules import extra_networks
+from modules.networks import lora
 from modules.errors import UserInputError
 
 log = logging.getLogger("webui")

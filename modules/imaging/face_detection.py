@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modules import model_catalog
+from modules.loading import model_catalog
 
 
 @dataclass

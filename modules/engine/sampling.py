@@ -13,7 +13,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from modules import conditioning, script_callbacks
+from modules import script_callbacks
+from modules.engine import conditioning
 
 
 @dataclass

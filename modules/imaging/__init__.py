@@ -1,0 +1,1 @@
+"""Image helpers behind the public modules: face detection, grid annotations."""

@@ -1,0 +1,1 @@
+"""Model files and components: file formats, building components, the official-weights catalog, downloads."""
