@@ -32,14 +32,14 @@ def main() -> int:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from modules import cmd_args, devices, scripts, sd_models, shared
+    from modules import cmd_args, initialize, devices, scripts, sd_models, shared
     from modules.loading import demo_model
     from modules.api.api import Api
     from tests.fuzzing import fuzz, small_jobs
 
     data_dir = tempfile.mkdtemp()
     demo_model.write_checkpoint(os.path.join(data_dir, "models", "Stable-diffusion", "tiny.safetensors"), seed=0)
-    shared.init(cmd_args.parse(["--data-dir", data_dir]))
+    initialize.initialize(cmd_args.parse(["--data-dir", data_dir]))
     devices.configure("cpu", "full")
     sd_models.list_models()
     sd_models.reload_model_weights()

@@ -31,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    from modules import cmd_args, devices, processing, script_callbacks, sd_models, shared
+    from modules import cmd_args, initialize, devices, processing, script_callbacks, sd_models, shared
     from modules.families import sd1_layout
     from modules.loading import demo_model
     from modules.networks import lora
@@ -41,7 +41,7 @@ def main() -> None:
     arch = sd1_layout.SD1Arch() if args.full else sd1_layout.TINY
     demo_model.write_checkpoint(os.path.join(data_dir, "models", "Stable-diffusion", "bench.safetensors"), arch)
     precision = "half" if args.device != "cpu" else "full"
-    shared.init(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
+    initialize.initialize(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
     devices.configure(args.device, precision)
     sd_models.list_models()
     model = sd_models.reload_model_weights()

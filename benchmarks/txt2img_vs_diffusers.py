@@ -33,7 +33,7 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from modules import cmd_args, devices, processing, sd_models, sd_samplers, shared
+    from modules import cmd_args, initialize, devices, processing, sd_models, sd_samplers, shared
     from modules.families import sd1_layout
     from modules.loading import demo_model
 
@@ -42,7 +42,7 @@ def main() -> None:
     path = os.path.join(data_dir, "models", "Stable-diffusion", "bench.safetensors")
     demo_model.write_checkpoint(path, arch)
     precision = "half" if args.device != "cpu" else "full"
-    shared.init(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
+    initialize.initialize(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
     devices.configure(args.device, precision)
     sd_models.list_models()
     model = sd_models.reload_model_weights()

@@ -12,6 +12,10 @@ class UserInputError(ValueError):
     Subclasses cover unusable model files, so the queue reports all of them without a traceback."""
 
 
+class UnsupportedModelFile(UserInputError):
+    """The file is not a format we load (or not a model at all)."""
+
+
 def report(message: str, *, exc_info: bool = False) -> None:
     log.error(message, exc_info=exc_info)
 

@@ -115,11 +115,3 @@ def parse_prompts(prompts: list[str]) -> tuple[list[str], dict[str, list[ExtraNe
             extra_data = parsed
         res.append(updated)
     return res, dict(extra_data or {})
-
-
-def register_default_extra_networks() -> None:
-    """Register the built-in handlers (LoRA); idempotent."""
-    if "lora" not in extra_network_registry:
-        from modules.networks import extra_networks_lora
-
-        extra_networks_lora.register()

@@ -21,7 +21,7 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
                  resize_mode: int = 0, denoising_strength: float = 0.75, mask_blur: int = 4, inpainting_mask_invert: int = 0,
                  inpainting_fill: int = 1, inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32,
                  initial_noise_multiplier: float | None = None, stochastic_freeze: bool = False,
-                 override_settings: dict | None = None, restore_faces: bool | None = None, face_detailer=None,
+                 override_settings: dict | None = None, restore_faces: bool | None = None,
                  validate: bool = True) -> StableDiffusionProcessingImg2Img:
     """An img2img processing object (UI defaults: "original" content, whole picture, padding 32), validated unless
     ``validate`` is False (a folder batch has no image yet; each image's job is validated when it runs)."""
@@ -38,7 +38,6 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
         stochastic_freeze=bool(stochastic_freeze), override_settings=dict(override_settings or {}),
         restore_faces=restore_faces,
     )
-    p.face_detailer = face_detailer
     if validate:
         p.validate()
     return p

@@ -162,19 +162,10 @@ def _common_fields(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _postprocess_fields(params: dict[str, Any]) -> dict[str, Any]:
-    """Restore faces (infotext ``Face restoration: <model>``) and the face detailer's options."""
-    from modules import face_detailer
-
+    """Restore faces (infotext ``Face restoration: <model>``)."""
     fields: dict[str, Any] = {"restore_faces": "Face restoration" in params}
     if "Face restoration" in params:
         fields["face_restoration_model"] = params["Face restoration"]
-    try:
-        detailer = face_detailer.params_from_infotext(params)
-    except ValueError:
-        return fields
-    fields["detailer_enabled"] = detailer.enabled
-    if detailer.enabled:
-        fields.update({f"detailer_{name}": getattr(detailer, name) for name in face_detailer.INFOTEXT_KEYS})
     return fields
 
 

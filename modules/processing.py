@@ -140,8 +140,7 @@ class StableDiffusionProcessing:
         self.cached_c: dict = {}
         self.empty_cond = None
         self.used_embedding_hashes: dict[str, str] = {}
-        self.face_detailer = None  # face_detailer.FaceDetailerParams when the option is on
-        self.nested_job = False  # run inside another job (face detailer): no params.txt, no job counting
+        self.nested_job = False  # run inside another job (the face detailer's): no params.txt, no job counting
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, seed={self.seed}, size={self.width}x{self.height})"
@@ -954,8 +953,6 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_subseeds = [int(subseed) + (0 if frozen else i) for i in range(count)]
     if frozen:
         p.extra_generation_params["Stochastic freeze"] = True
-    if p.face_detailer is not None and p.face_detailer.enabled:
-        p.extra_generation_params.update(p.face_detailer.infotext_params())
     if p.scripts is not None:
         p.scripts.process(p)
     output_images, infotexts = [], []
@@ -1051,7 +1048,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
 
 
 def _postprocess_image(p: StableDiffusionProcessing, index: int, image):
-    """Face restoration, then the face detailer, on one decoded image."""
+    """Face restoration, then the scripts' ``postprocess_image`` (the face detailer's among them), on one image."""
     if p.restore_faces:
         import numpy as np
         from PIL import Image
@@ -1059,10 +1056,6 @@ def _postprocess_image(p: StableDiffusionProcessing, index: int, image):
         from modules import face_restoration
 
         image = Image.fromarray(face_restoration.restore_faces(np.asarray(image)))
-    if p.face_detailer is not None and p.face_detailer.enabled:
-        from modules import face_detailer
-
-        image = face_detailer.detail(p, index, image)
     if p.scripts is not None:
         pp = PostprocessImageArgs(image)
         p.scripts.postprocess_image(p, pp)

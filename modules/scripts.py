@@ -69,6 +69,12 @@ class ScriptError(UserInputError):
     """A script of an extension failed; the message names the script and its extension."""
 
 
+def _named_error(script: Script, error: UserInputError) -> ScriptError:
+    """The script's bad-input error with its title in front (unless the message already starts with it)."""
+    message = str(error)
+    return ScriptError(message if message.lower().startswith(script.title().lower()) else f"{script.title()}: {message}")
+
+
 class Script:
     """Base class of every script (see reference-a1111 §5.2). Only ``title`` is required."""
     name: str | None = None
@@ -595,18 +601,21 @@ class ScriptRunner:
         try:
             return script.run(p, *args[script.args_from:script.args_to])
         except UserInputError as e:
-            message = str(e) if str(e).lower().startswith(script.title().lower()) else f"{script.title()}: {e}"
-            raise ScriptError(message) from e
+            raise _named_error(script, e) from e
         except Exception as e:
             errors.report(f"Extension {script.extension_name}: script {script.title()} failed", exc_info=True)
             raise ScriptError(f"script {script.title()!r} of extension {script.extension_name!r} failed: "
                               f"{type(e).__name__}: {e}") from e
 
     def _call_alwayson(self, hook: str, p, *leading, **kwargs) -> None:
+        """Call ``hook`` of every always-on script. Bad input (``UserInputError``) stops the job with the script's
+        name in the message; any other failure is reported, noted in the infotext's comments, and the job goes on."""
         for script in self.alwayson_scripts:
             args = p.script_args[script.args_from:script.args_to] if script.args_from is not None else []
             try:
                 getattr(script, hook)(p, *leading, *args, **kwargs)
+            except UserInputError as e:
+                raise _named_error(script, e) from e
             except Exception as e:
                 message = f"Extension {script.extension_name}: {script.title()} {hook} failed: {type(e).__name__}: {e}"
                 errors.report(message, exc_info=True)

@@ -134,7 +134,7 @@ def effective_schedule(sampler: SamplerData, schedule: sd_schedulers.Scheduler) 
 
 
 def _scheduler_class(name: str):
-    heavy_imports.ensure()  # checked while a request is validated, maybe while the job thread imports diffusers
+    heavy_imports.ensure([name])  # checked while a request is validated, maybe while the job thread imports diffusers
     import diffusers
 
     return getattr(diffusers, name)

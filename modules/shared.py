@@ -11,7 +11,7 @@ Everything a generation needs is passed to it explicitly.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from modules import cmd_args, paths
 from modules.options import OptionHTML, OptionInfo, Options, options_section  # noqa: F401  (re-exported for scripts)
@@ -38,6 +38,11 @@ face_restorers: list = []
 demo = None
 parallel_processing_allowed = True
 
+# Installed by modules.initialize, so that this namespace imports nothing of the engine (and no engine module
+# that reads ``shared.opts`` closes an import circle through it):
+sd_model_provider: Callable[[], Any] | None = None  # what ``shared.sd_model`` returns: the checkpoint, loaded on first use
+interrogator: Any = None  # A1111 scripts call shared.interrogator.interrogate(pil_image)
+
 
 def config_filename() -> str:
     return os.path.join(paths.data_path, "config.json")
@@ -45,9 +50,7 @@ def config_filename() -> str:
 
 def __getattr__(name: str) -> Any:
     if name == "sd_model":
-        from modules import sd_models
-
-        return sd_models.get_sd_model()
+        return sd_model_provider() if sd_model_provider is not None else None
     if name == "device":
         from modules import devices
 
@@ -56,10 +59,6 @@ def __getattr__(name: str) -> Any:
         return getattr(paths, name)
     if name == "prompt_styles":
         return reload_styles()
-    if name == "interrogator":  # A1111 scripts call shared.interrogator.interrogate(pil_image)
-        from modules import interrogate
-
-        return interrogate.clip_interrogator
     raise AttributeError(name)
 
 
@@ -73,12 +72,10 @@ def reload_styles():
 
 
 def init(options: Any) -> None:
-    """Install parsed command-line options and load the settings file of the data dir."""
+    """Install parsed command-line options and load the settings file of the data dir (``modules.initialize``
+    does this and registers the built-in features)."""
     global cmd_opts
     cmd_opts = options
     paths.configure(options.data_dir, options.models_dir)
     opts.load(config_filename())
     reload_styles()
-    from modules import extra_networks
-
-    extra_networks.register_default_extra_networks()

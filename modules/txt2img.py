@@ -13,7 +13,7 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
                  hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
                  hr_sampler_name: str | None = None, hr_scheduler: str | None = None, hr_prompt: str = "",
                  hr_negative_prompt: str = "", override_settings: dict | None = None, restore_faces: bool | None = None,
-                 face_detailer=None) -> StableDiffusionProcessingTxt2Img:
+                 ) -> StableDiffusionProcessingTxt2Img:
     """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
     p = StableDiffusionProcessingTxt2Img(
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
@@ -27,7 +27,6 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
         hr_scheduler=hr_scheduler, hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
         override_settings=dict(override_settings or {}), restore_faces=restore_faces,
     )
-    p.face_detailer = face_detailer
     p.validate()
     return p
 

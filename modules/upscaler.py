@@ -3,10 +3,11 @@ model upscalers register more entries in ``shared.sd_upscalers``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
+from modules import shared
 from modules.errors import UserInputError
 
 
@@ -69,12 +70,21 @@ def builtin_upscalers() -> list[UpscalerData]:
     return [UpscalerData(cls.name, None, cls()) for cls in (UpscalerNone, UpscalerLanczos, UpscalerNearest)]
 
 
-def all_upscalers() -> list[UpscalerData]:
-    """``shared.sd_upscalers``: None, Lanczos, Nearest, then the model upscalers alphabetically. The list is
-    rebuilt in place when weight files were added or removed."""
-    from modules import esrgan_model, shared
+ModelSource = Callable[[], list[UpscalerData]]
+model_sources: list[ModelSource] = []
+"""Functions that list the upscalers of one model kind (one entry per weights file); ``modules.initialize``
+registers the built-in ESRGAN one, extensions may add theirs."""
 
-    models = esrgan_model.model_upscalers()
+
+def register_model_source(source: ModelSource) -> None:
+    if source not in model_sources:
+        model_sources.append(source)
+
+
+def all_upscalers() -> list[UpscalerData]:
+    """``shared.sd_upscalers``: None, Lanczos, Nearest, then each model source's upscalers. The list is
+    rebuilt in place when weight files were added or removed."""
+    models = [upscaler for source in model_sources for upscaler in source()]
     current = [(u.name, u.data_path) for u in shared.sd_upscalers[3:]]
     if not shared.sd_upscalers or current != [(u.name, u.data_path) for u in models]:
         loaded = {u.data_path: u for u in shared.sd_upscalers[3:]}

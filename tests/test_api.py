@@ -589,3 +589,24 @@ def test_refresh_unload_and_reload(client, registry, data_dir):
     assert sd_models.current_model().sd_checkpoint_info.model_name == "tiny"
     for path in ("refresh-embeddings", "refresh-vae", "refresh-loras"):
         assert client.post(f"{BASE}/{path}").status_code == 200
+
+
+def test_face_detailer_runs_from_alwayson_scripts(client, fake_face):
+    post = lambda **extra: client.post(f"{BASE}/txt2img", json={**SMALL, "batch_size": 1, **extra})  # noqa: E731
+    plain = post()
+    detailed = post(alwayson_scripts={"face detailer": {"args": {
+        "Face detailer: re-render each face at full resolution": True, "Detailer denoising strength": 0.6,
+        "Detailer padding, pixels": 8, "Detailer mask blur": 2}}})
+    text = _infotext(detailed)
+    assert "Face detailer: True" in text and "Face detailer denoising strength: 0.6" in text
+    assert "Face detailer" not in _infotext(plain)
+    before = np.asarray(decoded(plain.json()["images"][0]).convert("RGB"), dtype=float)
+    after = np.asarray(decoded(detailed.json()["images"][0]).convert("RGB"), dtype=float)
+    x, y, w, h = fake_face.box
+    diff = np.abs(after - before).max(axis=2)
+    assert diff[y:y + h, x:x + w].mean() > 5  # the face was re-rendered
+    far = np.ones_like(diff, dtype=bool)
+    far[y - 10:y + h + 10, x - 10:x + w + 10] = False
+    assert diff[far].max() <= 2  # what is far from it was not
+    bad = post(alwayson_scripts={"Face detailer": {"args": [True, "strong"]}})
+    assert bad.status_code == 422 and "Face detailer" in bad.json()["detail"]

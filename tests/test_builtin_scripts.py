@@ -362,19 +362,97 @@ def test_pasting_an_xyz_infotext_selects_the_script_and_fills_its_axes(runners, 
     import gradio as gr
 
     from modules import processing
-    from webui import ui
+    from webui import ui_common
+    from webui.tabs import txt2img as txt2img_tab
 
     with gr.Blocks():
         runners["txt2img"].setup_ui()
     processed = run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot",
                            xyz_args(x=("Steps", "1-2"), y=("Seed", "5, 6"), legend=False))
-    updates = ui.paste_parameters(processed.infotexts[0])[len(ui.PASTE_FIELDS) + 1:]
+    updates = txt2img_tab.paste_parameters(processed.infotexts[0])[len(txt2img_tab.PASTE_FIELDS) + 1:]
     pasted = {component.elem_id: update.get("value") for component, update
-              in zip(ui.script_paste_components("txt2img"), updates) if "value" in update}
+              in zip(ui_common.script_paste_components("txt2img"), updates) if "value" in update}
     assert pasted["txt2img_script_dropdown"] == "X/Y/Z plot"
     assert pasted["script_txt2img_xyz_plot_x_type"] == "Steps" and pasted["script_txt2img_xyz_plot_x_values"] == "1-2"
     assert pasted["script_txt2img_xyz_plot_y_type"] == "Seed" and pasted["script_txt2img_xyz_plot_y_values"] == "5, 6"
     assert "script_txt2img_xyz_plot_z_type" not in pasted  # the infotext has no Z axis: left as it is
     plain = processing.create_infotext(txt2img_job(), ["a cat"], [1], [1])
-    updates = ui.paste_parameters(plain)[len(ui.PASTE_FIELDS) + 1:]
-    assert updates[0]["value"] == "None"  # an ordinary infotext deselects the script
+    updates = txt2img_tab.paste_parameters(plain)[len(txt2img_tab.PASTE_FIELDS) + 1:]
+    dropdown = [update for component, update in zip(ui_common.script_paste_components("txt2img"), updates)
+                if component.elem_id == "txt2img_script_dropdown"]
+    assert dropdown[0]["value"] == "None"  # an ordinary infotext deselects the script
+
+
+# ---------------------------------------------------------------- face detailer (always-on)
+
+DETAILER = {"Face detailer": {"args": [True, 0.5, "a detailed face", "", 8, 2]}}
+
+
+def test_face_detailer_rerenders_only_the_face_at_full_resolution(runners, tiny_model, fake_face, monkeypatch):
+    from modules import infotext_utils, processing
+    from tests.conftest import DenoiserCalls
+
+    nested = []
+    inner = processing.process_images_inner
+
+    def record(job):
+        result = inner(job)
+        nested.append(job)
+        return result
+
+    monkeypatch.setattr(processing, "process_images_inner", record)
+
+    def run(alwayson):
+        with DenoiserCalls() as calls:
+            return run_script(runners["txt2img"], txt2img_job(prompt="a face", seed=9, steps=4), None, None,
+                              alwayson), calls.calls
+
+    plain, _ = run(None)
+    detailed, calls = run(DETAILER)
+    shapes = {tuple(c.x.shape[-2:]) for c in calls}
+    assert shapes == {(8, 8)}  # the face crop (24 px + padding) is rendered at the job's 64x64, not at its own size
+    assert len(calls) > 4  # the txt2img steps plus the detailer's img2img steps
+    detail_job = next(job for job in nested if job.nested_job)
+    assert detail_job.inpaint_full_res and detail_job.paste_to is not None and detail_job.prompt == "a detailed face"
+    _, _, crop_w, crop_h = detail_job.paste_to  # the face box grown by 10% and padded by 8 px: 44 px, drawn at 64
+    assert crop_w < 64 and crop_h < 64 and detail_job.seed == plain.seed
+    diff = np.abs(pixels(plain.images[0]) - pixels(detailed.images[0])).max(axis=2)
+    x, y, w, h = fake_face.box
+    assert diff[y:y + h, x:x + w].mean() > 5
+    far = np.ones_like(diff, dtype=bool)
+    far[y - 10:y + h + 10, x - 10:x + w + 10] = False
+    assert diff[far].max() <= 2
+    params = infotext_utils.parse_generation_parameters(detailed.infotexts[0])
+    assert params["Face detailer"] == "True" and params["Face detailer denoising strength"] == "0.5"
+    assert params["Face detailer prompt"] == "a detailed face" and params["Face detailer padding"] == "8"
+    assert "Face detailer" not in infotext_utils.parse_generation_parameters(plain.infotexts[0])
+
+
+def test_face_detailer_controls_paste_back_from_the_infotext(runners, tiny_model, fake_face):
+    import gradio as gr
+
+    from webui import ui_common
+    from webui.tabs import txt2img as txt2img_tab
+
+    with gr.Blocks():
+        runners["txt2img"].setup_ui()
+    detailed = run_script(runners["txt2img"], txt2img_job(prompt="a face", seed=9, steps=2), None, None, DETAILER)
+    updates = txt2img_tab.paste_parameters(detailed.infotexts[0])[len(txt2img_tab.PASTE_FIELDS) + 1:]
+    pasted = {component.elem_id: update.get("value") for component, update
+              in zip(ui_common.script_paste_components("txt2img"), updates) if "value" in update}
+    prefix = "script_txt2img_face_detailer_"
+    assert pasted[prefix + "enabled"] is True and pasted[prefix + "prompt"] == "a detailed face"
+    assert pasted[prefix + "padding"] == 8 and pasted[prefix + "mask_blur"] == 2
+    assert pasted[prefix + "denoising_strength"] == 0.5
+    updates = txt2img_tab.paste_parameters("a cat\nSteps: 3, Seed: 1")[len(txt2img_tab.PASTE_FIELDS) + 1:]
+    pasted = {component.elem_id: update.get("value") for component, update
+              in zip(ui_common.script_paste_components("txt2img"), updates) if "value" in update}
+    assert pasted[prefix + "enabled"] is False  # an infotext without the detailer turns it off
+
+
+def test_face_detailer_refuses_bad_arguments_by_name(runners, tiny_model):
+    from modules.errors import UserInputError
+
+    bad = {"Face detailer": {"args": [True, 1.5]}}
+    with pytest.raises(UserInputError, match="Face detailer: denoising strength must be between 0 and 1"):
+        run_script(runners["txt2img"], txt2img_job(), None, None, bad)

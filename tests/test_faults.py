@@ -140,12 +140,12 @@ WRITER = textwrap.dedent('''
     """Writes images, config.json, styles.csv and cache.json in a loop until it is killed."""
     import os, sys
     sys.path.insert(0, {root!r})
-    from modules import cmd_args, hashes, images, shared, styles
+    from modules import cmd_args, hashes, images, initialize, shared, styles
     from PIL import Image
     import numpy as np
 
     data = {data!r}
-    shared.init(cmd_args.parse(["--data-dir", data]))
+    initialize.initialize(cmd_args.parse(["--data-dir", data]))
     store = styles.StyleDatabase([os.path.join(data, "styles.csv")])
     picture = Image.fromarray((np.random.RandomState(0).rand(384, 384, 3) * 255).astype("uint8"))
     print("ready", flush=True)

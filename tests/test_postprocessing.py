@@ -1,5 +1,5 @@
 """Upscalers (ESRGAN/Real-ESRGAN/SRVGG in their official layouts, tiling, size rule, hires), face detection and
-restoration (CodeFormer, GFPGAN), the Extras pipeline and the face detailer."""
+restoration (CodeFormer, GFPGAN) and the Extras pipeline."""
 from __future__ import annotations
 
 import os
@@ -374,59 +374,13 @@ def test_extras_bad_parameters_are_named(data_dir, model_dirs):
             postprocessing.run([(Image.new("RGB", (8, 8)), None)], params, save_results=False)
 
 
-# ---------------------------------------------------------------- face detailer
-
-def test_face_detailer_rerenders_only_the_face_at_full_resolution(tiny_model, fake_face, monkeypatch):
-    from modules import face_detailer, infotext_utils, processing
-    from modules.shared import state
-    from tests.conftest import DenoiserCalls
-
-    def run(detailer):
-        p = processing.StableDiffusionProcessingTxt2Img(prompt="a face", seed=9, steps=4, width=64, height=64,
-                                                        sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
-        p.face_detailer = detailer
-        state.begin("test")
-        with DenoiserCalls() as calls:
-            return processing.process_images(p), calls.calls
-
-    nested = []
-    inner = processing.process_images_inner
-
-    def record(job):
-        result = inner(job)
-        nested.append(job)
-        return result
-
-    monkeypatch.setattr(processing, "process_images_inner", record)
-    plain, _ = run(None)
-    detailed, calls = run(face_detailer.FaceDetailerParams(enabled=True, denoising_strength=0.5, prompt="a detailed face",
-                                                           padding=8, mask_blur=2))
-    shapes = {tuple(c.x.shape[-2:]) for c in calls}
-    assert shapes == {(8, 8)}  # the face crop (24 px + padding) is rendered at the job's 64x64, not at its own size
-    assert len(calls) > 4  # the txt2img steps plus the detailer's img2img steps
-    detail_job = next(job for job in nested if job.nested_job)
-    assert detail_job.nested_job and detail_job.inpaint_full_res and detail_job.paste_to is not None
-    _, _, crop_w, crop_h = detail_job.paste_to  # the face box grown by 10% and padded by 8 px: 44 px, drawn at 64
-    assert crop_w < 64 and crop_h < 64 and detail_job.seed == plain.seed
-    diff = np.abs(pixels(plain.images[0]) - pixels(detailed.images[0])).max(axis=2)
-    x, y, w, h = fake_face.box
-    assert diff[y:y + h, x:x + w].mean() > 5
-    far = np.ones_like(diff, dtype=bool)
-    far[y - 10:y + h + 10, x - 10:x + w + 10] = False
-    assert diff[far].max() <= 2
-    params = infotext_utils.parse_generation_parameters(detailed.infotexts[0])
-    assert params["Face detailer"] == "True" and params["Face detailer denoising strength"] == "0.5"
-    assert params["Face detailer prompt"] == "a detailed face" and params["Face detailer padding"] == "8"
-    assert face_detailer.params_from_infotext(params) == face_detailer.FaceDetailerParams(
-        enabled=True, denoising_strength=0.5, prompt="a detailed face", padding=8, mask_blur=2)
-
-
 def test_nothing_pulls_in_torchvision():
     code = ("import sys, numpy as np\n"
-            "from modules import esrgan_model, face_restoration, face_detailer, postprocessing\n"
+            "from modules import esrgan_model, face_restoration, postprocessing, scripts\n"
             "from modules.arch import codeformer, gfpgan\n"
             "from modules.imaging import face_detection\n"
             "import webui.ui\n"
+            "scripts.runner_for(False)  # loads the built-in scripts, the face detailer's among them\n"
             "face_detection.detect(np.zeros((64, 64, 3), np.uint8))\n"
             "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
             "assert 'basicsr' not in sys.modules and 'facexlib' not in sys.modules\n")

@@ -27,10 +27,10 @@ def make_repo(folder, files: dict[str, str]):
 
 def test_install_from_a_git_url_then_update(ext_root, tmp_path):
     from modules import extensions
-    from webui import ui_extensions
+    from webui.tabs import extensions as extensions_tab
 
     source = make_repo(tmp_path / "src" / "my-ext", {"scripts/mine.py": titled("Mine")})
-    table, enabled, updatable, message = ui_extensions.install(str(source), "")
+    table, enabled, updatable, message = extensions_tab.install(str(source), "")
     assert "Installed my-ext" in message and "Restart" in message
     installed = ext_root["user"] / "my-ext"
     assert (installed / "scripts" / "mine.py").is_file() and not list(ext_root["user"].glob(".*installing"))
@@ -40,48 +40,48 @@ def test_install_from_a_git_url_then_update(ext_root, tmp_path):
     (source / "scripts" / "more.py").write_text(titled("More"))
     git(source, "add", "-A")
     git(source, "commit", "-qm", "second")
-    _, message = ui_extensions.update("my-ext")
+    _, message = extensions_tab.update("my-ext")
     assert git(source, "rev-parse", "HEAD")[:8] in message
     assert (installed / "scripts" / "more.py").is_file()
     assert extensions.find("my-ext").commit == git(source, "rev-parse", "HEAD")
-    *_, again = ui_extensions.install(str(source), "")
+    *_, again = extensions_tab.install(str(source), "")
     assert "already installed" in again
-    *_, bad = ui_extensions.install("ext::sh -c touch% /tmp/pwned", "")
+    *_, bad = extensions_tab.install("ext::sh -c touch% /tmp/pwned", "")
     assert "is not a git URL" in bad
-    *_, escape = ui_extensions.install(str(source), "../outside")
+    *_, escape = extensions_tab.install(str(source), "../outside")
     assert "may only contain" in escape and not (ext_root["user"].parent / "outside").exists()
 
 
 def test_install_and_update_do_not_exist_on_a_non_local_server(ext_root, tmp_path, monkeypatch):
     from modules import extensions, shared
-    from webui import ui_extensions
+    from webui.tabs import extensions as extensions_tab
 
     source = make_repo(tmp_path / "src" / "remote-ext", {"scripts/r.py": titled("R")})
     monkeypatch.setattr(shared.cmd_opts, "webui_is_non_local", True)
-    *_, message = ui_extensions.install(str(source), "")
+    *_, message = extensions_tab.install(str(source), "")
     assert "only possible when the server is bound to 127.0.0.1" in message
     assert not (ext_root["user"] / "remote-ext").exists()
     with pytest.raises(PermissionError):
         extensions.update("remote-ext")
     with gr.Blocks() as demo:
-        c = ui_extensions.create_tab()
+        c = extensions_tab.create_tab()
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert "install" not in c and "extensions_install_button" not in ids and "extensions_update_button" not in ids
     assert "extensions_install_unavailable" in ids and "extensions_table" in ids
     monkeypatch.setattr(shared.cmd_opts, "webui_is_non_local", False)
     with gr.Blocks() as demo:
-        c = ui_extensions.create_tab()
+        c = extensions_tab.create_tab()
     assert "install" in c and "extensions_install_button" in {getattr(b, "elem_id", None) for b in demo.blocks.values()}
 
 
 def test_enable_disable_from_the_tab_is_saved(ext_root):
     from modules import extensions, scripts, shared
-    from webui import ui_extensions
+    from webui.tabs import extensions as extensions_tab
 
     write_extension(ext_root["user"], "one", {"scripts/a.py": titled("One")})
     write_extension(ext_root["user"], "two", {"scripts/b.py": titled("Two")})
     scripts.reload_scripts()
-    table, message = ui_extensions.apply_enabled(["two"])
+    table, message = extensions_tab.apply_enabled(["two"])
     assert shared.opts.disabled_extensions == ["one"] and "Restart" in message
     assert [r[:2] for r in table["value"]] == [[False, "one"], [True, "two"]]
     scripts.reload_scripts()
@@ -134,7 +134,8 @@ def test_extension_tabs_settings_and_assets_reach_the_page(ext_root, data_dir):
 
 def test_start_up_keeps_what_install_py_reported(ext_root, monkeypatch):
     from modules import extensions, shared
-    from webui import server, ui_extensions
+    from webui import server
+    from webui.tabs import extensions as extensions_tab
 
     write_extension(ext_root["user"], "failing", {"install.py": "raise SystemExit('cannot set up the thing')\n",
                                                   "scripts/f.py": titled("Failing")})
@@ -142,7 +143,7 @@ def test_start_up_keeps_what_install_py_reported(ext_root, monkeypatch):
     monkeypatch.setattr(shared.cmd_opts, "skip_install", False)
     server.load_extensions(shared.cmd_opts)
     assert "cannot set up the thing" in extensions.find("failing").errors[-1]
-    assert "cannot set up the thing" in next(r for r in ui_extensions.table_rows() if r[1] == "failing")[6]
+    assert "cannot set up the thing" in next(r for r in extensions_tab.table_rows() if r[1] == "failing")[6]
 
 
 WATCHER = '''import gradio as gr

@@ -8,7 +8,7 @@ from PIL import Image
 from modules import img2img as img2img_module
 from modules import shared
 from tests.conftest import noise_image, pixels
-from webui import ui_img2img
+from webui.tabs import img2img as img2img_tab
 from webui.ui_common import POSTPROCESS_FIELDS
 
 
@@ -20,13 +20,13 @@ def _args(mode="img2img", **overrides):
                   batch_count=1, batch_size=1, denoising_strength=0.75, mask_blur=4, inpainting_mask_invert=0,
                   inpainting_fill=1, inpaint_full_res=0, inpaint_full_res_padding=32, stochastic_freeze=False,
                   color_correction=False, initial_noise_multiplier=1.0, override_settings=[])
-    assert list(values) + POSTPROCESS_FIELDS == ui_img2img.GENERATE_INPUTS  # the Faces controls come last, optional
+    assert list(values) + POSTPROCESS_FIELDS == img2img_tab.GENERATE_INPUTS  # the Faces controls come last, optional
     values.update(overrides)
-    return list(values.values())
+    return values
 
 
 def _run(**kwargs):
-    updates = list(ui_img2img.generate(*_args(**kwargs)))
+    updates = list(img2img_tab.generate(_args(**kwargs)))
     return updates[-1]
 
 
@@ -77,7 +77,7 @@ def test_inpaint_upload_mode(tiny_model):
     ("batch", {"batch_input": "missing-folder"}, "is not a folder"),
 ])
 def test_missing_inputs_are_named(tiny_model, mode, overrides, message):
-    updates = list(ui_img2img.generate(*_args(mode=mode, **overrides)))
+    updates = list(img2img_tab.generate(_args(mode=mode, **overrides)))
     assert len(updates) == 1 and message in updates[0][1]
 
 
@@ -109,7 +109,7 @@ def test_batch_from_folder_with_masks_and_stochastic_freeze(tiny_model, data_dir
 
 def test_batch_is_refused_on_a_non_local_server(tiny_model, monkeypatch):
     monkeypatch.setattr(shared.cmd_opts, "webui_is_non_local", True)
-    updates = list(ui_img2img.generate(*_args(mode="batch", batch_input="frames")))
+    updates = list(img2img_tab.generate(_args(mode="batch", batch_input="frames")))
     assert "only available when the server is bound to this computer" in updates[0][1]
     with pytest.raises(img2img_module.UserInputError):
         img2img_module.resolve_batch_dir("frames", "input folder")
@@ -135,14 +135,14 @@ def test_interrogate_buttons_fill_the_prompt_or_name_what_is_missing(tiny_model,
     monkeypatch.setattr(deepbooru, "model", deepbooru.DeepDanbooru())
     picture = noise_image(64, 64)
     pictures = dict(init_image=picture, sketch=None, inpaint_editor=None, upload_image=None, upload_mask=None)
-    prompt, progress = ui_img2img.interrogate("deepdanbooru", "img2img", *pictures.values())
+    prompt, progress = img2img_tab.interrogate("deepdanbooru", "img2img", *pictures.values())
     assert "model-resnet_custom_v3.pt" in progress and "error" in progress  # shown, nothing else touched
-    prompt, progress = ui_img2img.interrogate("clip", "img2img", *pictures.values())
+    prompt, progress = img2img_tab.interrogate("clip", "img2img", *pictures.values())
     assert "CLIP interrogator files are missing" in progress
     (tmp_path / "torch_deepdanbooru").mkdir()
     torch.save(_tiny_state(), tmp_path / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
-    assert ui_img2img.interrogate("deepdanbooru", "img2img", *pictures.values()) == (r"1girl, long hair, smile \(cute\)", "")
+    assert img2img_tab.interrogate("deepdanbooru", "img2img", *pictures.values()) == (r"1girl, long hair, smile \(cute\)", "")
     inpaint = dict(pictures, init_image=None, inpaint_editor={"background": picture, "layers": []})
-    assert ui_img2img.interrogate("deepdanbooru", "inpaint", *inpaint.values())[0].startswith("1girl")  # no mask needed
+    assert img2img_tab.interrogate("deepdanbooru", "inpaint", *inpaint.values())[0].startswith("1girl")  # no mask needed
     empty = dict(pictures, init_image=None)
-    assert "upload an image first" in ui_img2img.interrogate("deepdanbooru", "img2img", *empty.values())[1]
+    assert "upload an image first" in img2img_tab.interrogate("deepdanbooru", "img2img", *empty.values())[1]

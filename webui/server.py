@@ -11,7 +11,7 @@ import secrets
 import socket
 import sys
 
-from modules import cmd_args, devices, extensions, paths, script_callbacks, scripts, sd_models, sd_vae, shared
+from modules import cmd_args, devices, extensions, initialize, paths, script_callbacks, scripts, sd_models, sd_vae, shared
 from modules.loading import model_download
 from modules.runtime import job_queue
 from modules.loading.demo_model import ensure_demo_checkpoint
@@ -70,7 +70,7 @@ def parse_flags(argv: list[str] | None) -> object:
     """Find the data dir and its settings from a first parse, let the active extensions' preload.py add their
     flags, then parse for real (so an unknown flag is still an error)."""
     parser = cmd_args.make_parser()
-    shared.init(cmd_args.parse(argv, parser, known_only=True))
+    initialize.initialize(cmd_args.parse(argv, parser, known_only=True))
     extensions.list_extensions()
     extensions.run_preload(parser)
     return cmd_args.parse(argv, parser)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     opts = parse_flags(argv)
-    shared.init(opts)
+    initialize.initialize(opts)
     devices.request(opts.device, opts.precision)
     for folder in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
         os.makedirs(os.path.join(paths.models_path, folder), exist_ok=True)

@@ -3,9 +3,11 @@ builders and events of the controls both tabs have (prompts, buttons, sampler, s
 from __future__ import annotations
 
 import html
+import os
 
 import gradio as gr
 
+from modules import infotext_utils
 from modules.engine import prompt_chunks
 from modules.runtime import job_queue
 from modules.shared import state
@@ -176,11 +178,16 @@ def output_panel(tab: str, c: dict, below_gallery=None) -> None:
 
 def wire_generation(c: dict, generate, input_names: list[str], paste, paste_outputs: list) -> None:
     """The events both generation tabs have: Generate and Ctrl+Enter, Interrupt, Skip, gallery selection,
-    the token counters and the paste button. ``generate`` gets the named inputs, then the scripts' controls."""
+    the token counters and the paste button. ``generate(values, script_args)`` gets the controls named in
+    ``input_names`` as a dict, then the scripts' control values as a list."""
     outputs = [c["gallery"], c["progress"], c["preview"], c["info"], c["result"], c["job_id"]]
     inputs = [c[name] for name in input_names] + list(c.get("script_inputs") or [])
-    c["generate"].click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
-    c["prompt"].submit(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+
+    def submit(*values):
+        yield from generate(dict(zip(input_names, values)), list(values[len(input_names):]))
+
+    c["generate"].click(submit, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    c["prompt"].submit(submit, inputs, outputs, concurrency_limit=None, show_progress="hidden")
     c["interrupt"].click(lambda jid: job_queue.queue.interrupt(jid), [c["job_id"]], None, queue=False)
     c["skip"].click(lambda jid: job_queue.queue.skip(jid), [c["job_id"]], None, queue=False)
     c["gallery"].select(select_image, [c["result"]], [c["info"], c["result"]], queue=False)
@@ -260,26 +267,14 @@ def _pasted_value(component, value):
     return value
 
 
-def attach_scripts(p, tab: str, extra: tuple) -> None:
-    """Give ``p`` its tab's scripts and the values of their controls: what follows the Faces values in
-    ``generate``'s trailing arguments (the defaults when the page sent none)."""
-    from modules import scripts
-
-    script_args = list(extra[len(POSTPROCESS_FIELDS):])
-    scripts.runner_for(tab == "img2img").attach(p, script_args or None)
-
-
-POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_weight", "detailer_enabled",
-                      "detailer_denoising_strength", "detailer_prompt", "detailer_negative_prompt", "detailer_padding",
-                      "detailer_mask_blur"]  # the controls postprocess_controls adds; generate() takes them last
+POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_weight"]  # postprocess_controls adds them
 
 
 def postprocess_controls(tab: str, c: dict) -> None:
-    """Restore faces (model and CodeFormer weight) and the face detailer, for one generation tab."""
-    from modules import face_detailer, shared
+    """Restore faces (model and CodeFormer weight), for one generation tab."""
+    from modules import shared
     from modules.loading import model_catalog
 
-    defaults = face_detailer.FaceDetailerParams()
     with gr.Accordion("Faces", open=False, elem_id=f"{tab}_faces"):
         with gr.Row():
             c["restore_faces"] = gr.Checkbox(bool(shared.opts.face_restoration), label="Restore faces",
@@ -293,39 +288,36 @@ def postprocess_controls(tab: str, c: dict) -> None:
         if hint:
             gr.Markdown("Face restoration needs weights that are not installed yet:\n\n" +
                         "\n".join(f"- {line}" for line in hint.splitlines()), elem_id=f"{tab}_face_weights_hint")
-        c["detailer_enabled"] = gr.Checkbox(False, label="Face detailer: re-render each face at full resolution",
-                                            elem_id=f"{tab}_face_detailer")
-        with gr.Row():
-            c["detailer_denoising_strength"] = gr.Slider(0, 1, value=defaults.denoising_strength, step=0.01,
-                                                         label="Detailer denoising strength",
-                                                         elem_id=f"{tab}_face_detailer_denoising_strength")
-            c["detailer_padding"] = gr.Slider(0, 256, value=defaults.padding, step=4, label="Detailer padding, pixels",
-                                              elem_id=f"{tab}_face_detailer_padding")
-            c["detailer_mask_blur"] = gr.Slider(0, 64, value=defaults.mask_blur, step=1, label="Detailer mask blur",
-                                                elem_id=f"{tab}_face_detailer_mask_blur")
-        with gr.Row():
-            c["detailer_prompt"] = gr.Textbox(label="Detailer prompt", lines=1, elem_id=f"{tab}_face_detailer_prompt",
-                                              placeholder="Leave empty to use the image's prompt")
-            c["detailer_negative_prompt"] = gr.Textbox(label="Detailer negative prompt", lines=1,
-                                                       elem_id=f"{tab}_face_detailer_negative_prompt",
-                                                       placeholder="Leave empty to use the image's negative prompt")
 
 
-def postprocess_job_options(overrides: dict, restore_faces=False, face_restoration_model=None, code_former_weight=None,
-                            detailer_enabled=False, detailer_denoising_strength=0.4, detailer_prompt="",
-                            detailer_negative_prompt="", detailer_padding=32, detailer_mask_blur=4) -> dict:
-    """The ``make_txt2img``/``make_img2img`` keyword arguments of the Faces controls. The restoration model and
-    CodeFormer weight are settings in A1111, so they go into the job's ``overrides``."""
-    from modules import face_detailer
-
+def restore_faces_options(overrides: dict, restore_faces=False, face_restoration_model=None,
+                          code_former_weight=None) -> bool:
+    """The job's ``restore_faces``. The restoration model and CodeFormer weight are settings in A1111, so they go
+    into the job's ``overrides``."""
     if restore_faces:
         if face_restoration_model:
             overrides["face_restoration_model"] = face_restoration_model
         if code_former_weight is not None:
             overrides["code_former_weight"] = float(code_former_weight)
-    detailer = None
-    if detailer_enabled:
-        detailer = face_detailer.FaceDetailerParams(
-            enabled=True, denoising_strength=float(detailer_denoising_strength), prompt=detailer_prompt or "",
-            negative_prompt=detailer_negative_prompt or "", padding=int(detailer_padding), mask_blur=int(detailer_mask_blur))
-    return {"restore_faces": bool(restore_faces), "face_detailer": detailer}
+    return bool(restore_faces)
+
+
+def read_infotext(text: str) -> tuple[str, dict] | None:
+    """The parsed infotext of ``text``, or of params.txt (the last generation) when ``text`` is empty."""
+    from modules import paths, script_callbacks
+
+    if not (text or "").strip():
+        try:
+            with open(os.path.join(paths.data_path, "params.txt"), encoding="utf8") as f:
+                text = f.read()
+        except OSError:
+            return None
+    params = infotext_utils.parse_generation_parameters(text)
+    script_callbacks.infotext_pasted_callback(text, params)
+    return text, params
+
+
+def style_names() -> list[str]:
+    from modules import shared
+
+    return list(shared.prompt_styles.styles)

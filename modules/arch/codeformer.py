@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modules.loading.model_files import UnsupportedModelFile
+from modules.errors import UnsupportedModelFile
 
 RESOLUTION = 512
 LATENT_SIDE = 16

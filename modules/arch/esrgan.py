@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modules.loading.model_files import UnsupportedModelFile
+from modules.errors import UnsupportedModelFile
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modules.loading.model_files import UnsupportedModelFile
+from modules.errors import UnsupportedModelFile
 
 OUT_SIZE = 512
 LOG_SIZE = int(math.log2(OUT_SIZE))

@@ -9,16 +9,12 @@ import struct
 from typing import Any
 
 from modules import devices
-from modules.errors import UserInputError
+from modules.errors import UnsupportedModelFile, UserInputError  # noqa: F401  (UnsupportedModelFile re-exported)
 
 SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch-zip"
 TORCH_PICKLE = "torch-pickle"
 DIFFUSERS_FOLDER = "diffusers"
-
-
-class UnsupportedModelFile(UserInputError):
-    """The file is not a format we load (or not a model at all)."""
 
 
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from typing import Iterable
 
 MODULES = ("torch", "safetensors.torch", "accelerate", "diffusers", "transformers",
            "diffusers.loaders.single_file_utils")
@@ -20,24 +21,28 @@ TRANSFORMERS_NAMES = ("CLIPTextConfig", "CLIPTextModel", "CLIPTokenizer")
 
 _lock = threading.RLock()
 _ready = threading.Event()
+_resolved: set[str] = set()
 
 
-def ensure() -> None:
-    """Import the heavy libraries if that has not happened yet; other callers wait until it is complete."""
-    if _ready.is_set():
+def ensure(diffusers_names: Iterable[str] = ()) -> None:
+    """Import the heavy libraries if that has not happened yet, and resolve ``diffusers_names`` (scheduler classes,
+    say) too; other callers wait until it is complete."""
+    names = set(diffusers_names)
+    if _ready.is_set() and names <= _resolved:
         return
     with _lock:
-        if _ready.is_set():
-            return
-        from modules import sd_samplers
+        if not _ready.is_set():
+            loaded = {name: importlib.import_module(name) for name in MODULES}
+            for name in DIFFUSERS_NAMES:
+                getattr(loaded["diffusers"], name)
+            for name in TRANSFORMERS_NAMES:
+                getattr(loaded["transformers"], name)
+            _ready.set()
+        import diffusers
 
-        loaded = {name: importlib.import_module(name) for name in MODULES}
-        scheduler_names = sorted({sampler.scheduler_class for sampler in sd_samplers.samplers})
-        for name in (*DIFFUSERS_NAMES, *scheduler_names):
-            getattr(loaded["diffusers"], name)
-        for name in TRANSFORMERS_NAMES:
-            getattr(loaded["transformers"], name)
-        _ready.set()
+        for name in names - _resolved:
+            getattr(diffusers, name)
+            _resolved.add(name)
 
 
 def ready() -> bool:

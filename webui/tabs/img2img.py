@@ -2,17 +2,19 @@
 folders, with the inpaint options and the paste button."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence
+
 import gradio as gr
 
-from modules import img2img, images, infotext_utils, processing, shared
-from modules.runtime import job_queue
+from modules import img2img, images, infotext_utils, processing, scripts, shared
 from modules.errors import UserInputError
-from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, attach_scripts, cfg_slider, error_html, error_updates,
-                             output_panel,
-                             override_settings_box, override_settings_update, postprocess_controls, postprocess_job_options,
-                             prompt_boxes, sampler_controls, script_controls, script_paste_components,
-                             script_paste_updates, seed_controls, size_and_batch, stream_job,
-                             variation_values, wire_generation)
+from modules.runtime import job_queue
+from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_html, error_updates, output_panel,
+                             override_settings_box, override_settings_update, postprocess_controls, prompt_boxes,
+                             read_infotext, restore_faces_options, sampler_controls, script_controls,
+                             script_paste_components, script_paste_updates, seed_controls, size_and_batch, stream_job,
+                             style_names, variation_values, wire_generation)
 
 MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
          "batch": "Batch"}  # tab id -> label
@@ -24,13 +26,55 @@ PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps
                 "denoising_strength", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
                 "inpaint_full_res_padding", "stochastic_freeze", "initial_noise_multiplier", *POSTPROCESS_FIELDS]
 SEND_FIELDS = ["prompt", "negative_prompt", "steps", "seed", "width", "height"]  # what "Send to" from a gallery copies
-GENERATE_INPUTS = ["mode", "prompt", "negative_prompt", "styles", "init_image", "sketch", "inpaint_editor", "upload_image",
-                   "upload_mask", "batch_input", "batch_output", "batch_mask", "resize_mode", "sampler_name", "scheduler",
-                   "steps", "cfg_scale", "width", "height", "seed", "use_variation", "subseed", "subseed_strength",
-                   "seed_resize_from_w", "seed_resize_from_h", "batch_count", "batch_size", "denoising_strength",
-                   "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
-                   "stochastic_freeze", "color_correction", "initial_noise_multiplier", "override_settings",
-                   *POSTPROCESS_FIELDS]
+SEND_TARGET_UPDATES = 6  # what receive_result/receive_png update first: the main tabs, then mode_outputs
+
+
+@dataclass
+class Img2ImgInputs:
+    """The values of the tab's controls that make a job, by name (``GENERATE_INPUTS`` lists them in order)."""
+    mode: str
+    prompt: str
+    negative_prompt: str
+    styles: list
+    init_image: Any
+    sketch: Any
+    inpaint_editor: Any
+    upload_image: Any
+    upload_mask: Any
+    batch_input: str
+    batch_output: str
+    batch_mask: str
+    resize_mode: int
+    sampler_name: str
+    scheduler: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seed: int
+    use_variation: bool
+    subseed: int
+    subseed_strength: float
+    seed_resize_from_w: int
+    seed_resize_from_h: int
+    batch_count: int
+    batch_size: int
+    denoising_strength: float
+    mask_blur: int
+    inpainting_mask_invert: int
+    inpainting_fill: int
+    inpaint_full_res: int
+    inpaint_full_res_padding: int
+    stochastic_freeze: bool
+    color_correction: bool
+    initial_noise_multiplier: float
+    override_settings: list | None = field(default_factory=list)
+    restore_faces: bool = False
+    face_restoration_model: str | None = None
+    code_former_weight: float | None = None
+
+
+GENERATE_INPUTS = [f.name for f in fields(Img2ImgInputs)]
 
 
 def _radio_labels(values: dict) -> dict:
@@ -41,9 +85,7 @@ def _radio_labels(values: dict) -> dict:
 
 def paste_parameters(text: str, require_text: bool = False) -> list:
     """Fill the img2img fields from an infotext (or params.txt when ``text`` is empty and not ``require_text``)."""
-    from webui import ui
-
-    parsed = ui.read_infotext(text) if (text or "").strip() or not require_text else None
+    parsed = read_infotext(text) if (text or "").strip() or not require_text else None
     if parsed is None:
         return [gr.skip()] * (len(PASTE_FIELDS) + 1) + script_paste_updates("img2img", None)
     values = _radio_labels(infotext_utils.img2img_fields_from_infotext(parsed[1]))
@@ -68,6 +110,34 @@ def mode_outputs(c: dict) -> list:
 
 def paste_outputs(c: dict) -> list:
     return [c[name] for name in PASTE_FIELDS] + [c["override_settings"]] + script_paste_components("img2img")
+
+
+def receive_result(result: dict | None, target: str) -> list:
+    """Send to img2img / inpaint from a gallery: the selected image, its prompts and steps, the seed (``send_seed``)
+    and the size (``send_size``), then switch to that mode. ``SEND_TARGET_UPDATES`` updates, then one per
+    ``SEND_FIELDS`` entry."""
+    if not result or not result.get("images"):
+        return [gr.skip()] * (SEND_TARGET_UPDATES + len(SEND_FIELDS))
+    index = min(result.get("selected", 0), len(result["images"]) - 1)
+    image = result["images"][index]
+    params = infotext_utils.parse_generation_parameters(result["infotexts"][index])
+    values = infotext_utils.img2img_fields_from_infotext(params)
+    values["width"], values["height"] = image.size
+    wanted = {"prompt", "negative_prompt", "steps"} | ({"seed"} if shared.opts.send_seed else set()) | \
+        ({"width", "height"} if shared.opts.send_size else set())
+    return show_in_mode(image, target) + \
+        [gr.update(value=values[name]) if name in wanted and name in values else gr.skip() for name in SEND_FIELDS]
+
+
+def receive_png(path: str | None, text: str, target: str) -> list:
+    """Send to img2img / inpaint from PNG Info: the image, and every field its infotext fills."""
+    from modules import images
+
+    if not path:
+        return [gr.skip()] * (SEND_TARGET_UPDATES + len(PASTE_FIELDS) + 1)
+    with images.read(path) as image:
+        picture = image.convert("RGB")
+    return show_in_mode(picture, target) + paste_parameters(text or "", require_text=True)
 
 
 def mask_from_layers(editor: dict | None):
@@ -136,52 +206,53 @@ def interrogate(model: str, mode, init_image, sketch, inpaint_editor, upload_ima
     return job.result, ""
 
 
-def generate(mode, prompt, negative_prompt, styles, init_image, sketch, inpaint_editor, upload_image, upload_mask,
-             batch_input, batch_output, batch_mask, resize_mode, sampler_name, scheduler, steps, cfg_scale, width, height,
-             seed, use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h, batch_count,
-             batch_size, denoising_strength, mask_blur, inpainting_mask_invert, inpainting_fill, inpaint_full_res,
-             inpaint_full_res_padding, stochastic_freeze, color_correction, initial_noise_multiplier, override_settings,
-             *extra):
-    """Submit an img2img job (or a folder batch) and stream its progress, as txt2img's Generate."""
+def generate(values: dict[str, Any], script_args: Sequence = ()):
+    """Submit an img2img job (or a folder batch) and stream its progress, as txt2img's Generate. ``values``: the
+    controls by ``GENERATE_INPUTS`` name; ``script_args``: the scripts' controls (their defaults when empty)."""
     try:
-        overrides = infotext_utils.override_settings_from_labels(override_settings)
-        faces = postprocess_job_options(overrides, *extra[:len(POSTPROCESS_FIELDS)])
-        if color_correction:
+        v = Img2ImgInputs(**values)
+        overrides = infotext_utils.override_settings_from_labels(v.override_settings)
+        restore_faces = restore_faces_options(overrides, v.restore_faces, v.face_restoration_model,
+                                              v.code_former_weight)
+        if v.color_correction:
             overrides["img2img_color_correction"] = True
-        batch = mode == "batch"
-        image, mask = (None, None) if batch else inputs_for_mode(mode, init_image, sketch, inpaint_editor, upload_image, upload_mask)
+        batch = v.mode == "batch"
+        image, mask = (None, None) if batch else inputs_for_mode(v.mode, v.init_image, v.sketch, v.inpaint_editor,
+                                                                 v.upload_image, v.upload_mask)
         subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h = variation_values(
-            use_variation, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h)
+            v.use_variation, v.subseed, v.subseed_strength, v.seed_resize_from_w, v.seed_resize_from_h)
         p = img2img.make_img2img(
-            prompt, negative_prompt, image, mask, sampler_name=sampler_name, scheduler=scheduler, steps=steps,
-            cfg_scale=cfg_scale, width=width, height=height, seed=seed, subseed=subseed, subseed_strength=subseed_strength,
-            seed_resize_from_w=seed_resize_from_w, seed_resize_from_h=seed_resize_from_h, batch_count=batch_count,
-            batch_size=batch_size,
-            styles=styles, resize_mode=resize_mode, denoising_strength=denoising_strength, mask_blur=mask_blur,
-            inpainting_mask_invert=inpainting_mask_invert, inpainting_fill=inpainting_fill,
-            inpaint_full_res=bool(inpaint_full_res), inpaint_full_res_padding=inpaint_full_res_padding,
-            initial_noise_multiplier=float(initial_noise_multiplier), stochastic_freeze=stochastic_freeze,
-            override_settings=overrides, validate=not batch, **faces)
-        attach_scripts(p, "img2img", extra)
+            v.prompt, v.negative_prompt, image, mask, sampler_name=v.sampler_name, scheduler=v.scheduler, steps=v.steps,
+            cfg_scale=v.cfg_scale, width=v.width, height=v.height, seed=v.seed, subseed=subseed,
+            subseed_strength=subseed_strength, seed_resize_from_w=seed_resize_from_w,
+            seed_resize_from_h=seed_resize_from_h, batch_count=v.batch_count, batch_size=v.batch_size,
+            styles=v.styles, resize_mode=v.resize_mode, denoising_strength=v.denoising_strength,
+            mask_blur=v.mask_blur, inpainting_mask_invert=v.inpainting_mask_invert, inpainting_fill=v.inpainting_fill,
+            inpaint_full_res=bool(v.inpaint_full_res), inpaint_full_res_padding=v.inpaint_full_res_padding,
+            initial_noise_multiplier=float(v.initial_noise_multiplier), stochastic_freeze=v.stochastic_freeze,
+            override_settings=overrides, restore_faces=restore_faces, validate=not batch)
+        scripts.runner_for(True).attach(p, list(script_args) or None)
         if batch:
-            for folder, what in ((batch_input, "input folder"), (batch_mask, "mask folder"), (batch_output, "output folder")):
+            for folder, what in ((v.batch_input, "input folder"), (v.batch_mask, "mask folder"),
+                                 (v.batch_output, "output folder")):
                 if (folder or "").strip() or what == "input folder":
                     img2img.resolve_batch_dir(folder, what, must_exist=what != "output folder")
     except UserInputError as e:
         yield error_updates(str(e))
         return
     if batch:
-        yield from stream_job(lambda: img2img.process_batch(p, batch_input, batch_output, batch_mask), "img2img batch")
+        yield from stream_job(lambda: img2img.process_batch(p, v.batch_input, v.batch_output, v.batch_mask),
+                              "img2img batch")
     else:
         yield from stream_job(lambda: img2img.run(p), "img2img")
 
 
-def create_tab(sampler_names: list[str], schedule_labels: list[str], style_names: list[str]) -> dict:
+def create_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
     c: dict = {"mode": gr.State("img2img")}
     with gr.Row():
         with gr.Column(scale=4):
             prompt_boxes("img2img", c)
-            c["styles"] = gr.Dropdown(style_names, value=[], multiselect=True, label="Styles", elem_id="img2img_styles")
+            c["styles"] = gr.Dropdown(style_names(), value=[], multiselect=True, label="Styles", elem_id="img2img_styles")
         action_buttons("img2img", c, interrogate=True)
     with gr.Row():
         with gr.Column(scale=1):

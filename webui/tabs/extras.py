@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
+from typing import Any
 
 import gradio as gr
 
@@ -12,10 +14,21 @@ from modules.errors import UserInputError
 from webui.ui_common import POLL_SECONDS, error_html, infotext_html
 
 SOURCES = {"single": "Single Image", "batch": "Batch Process", "folder": "Batch from Directory"}
-GENERATE_INPUTS = ["source", "image", "files", "input_dir", "output_dir", "resize_mode", "upscaling_resize",
-                   "upscaling_resize_w", "upscaling_resize_h", "upscaling_crop", "upscaler_1", "upscaler_2",
-                   "extras_upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight",
-                   "upscale_first"]
+SOURCE_INPUTS = ["source", "image", "files", "input_dir", "output_dir"]
+GENERATE_INPUTS = SOURCE_INPUTS + [f.name for f in fields(postprocessing.ExtrasParams)]  # generate()'s value names
+
+
+def _params(values: dict[str, Any]) -> postprocessing.ExtrasParams:
+    """The options from the controls' values, in their types (a value that does not convert names its control)."""
+    params = {}
+    for option in fields(postprocessing.ExtrasParams):
+        value = values.get(option.name, option.default)
+        kind = {"int": int, "float": float, "bool": bool}.get(str(option.type))
+        try:
+            params[option.name] = kind(value) if kind is not None else (value or option.default)
+        except (TypeError, ValueError):
+            raise UserInputError(f"{option.name}: {value!r} is not a number") from None
+    return postprocessing.ExtrasParams(**params)
 
 
 def upscaler_names() -> list[str]:
@@ -53,18 +66,12 @@ def _sources(source: str, image: str | None, files, input_dir: str) -> list[tupl
     return pairs
 
 
-def generate(source, image, files, input_dir, output_dir, resize_mode, upscaling_resize, upscaling_resize_w,
-             upscaling_resize_h, upscaling_crop, upscaler_1, upscaler_2, extras_upscaler_2_visibility, gfpgan_visibility,
-             codeformer_visibility, codeformer_weight, upscale_first):
-    """Run the extras job in the queue and yield (gallery, info, progress) updates."""
+def generate(values: dict[str, Any]):
+    """Run the extras job in the queue and yield (gallery, info, progress) updates. ``values``: the controls by
+    ``GENERATE_INPUTS`` name."""
+    source, image, files, input_dir, output_dir = (values.get(name) for name in SOURCE_INPUTS)
     try:
-        params = postprocessing.ExtrasParams(
-            resize_mode=int(resize_mode), upscaling_resize=float(upscaling_resize),
-            upscaling_resize_w=int(upscaling_resize_w), upscaling_resize_h=int(upscaling_resize_h),
-            upscaling_crop=bool(upscaling_crop), upscaler_1=upscaler_1 or "None", upscaler_2=upscaler_2 or "None",
-            extras_upscaler_2_visibility=float(extras_upscaler_2_visibility), gfpgan_visibility=float(gfpgan_visibility),
-            codeformer_visibility=float(codeformer_visibility), codeformer_weight=float(codeformer_weight),
-            upscale_first=bool(upscale_first))
+        params = _params(values)
         params.validate()
         pairs = _sources(source, image, files, input_dir)
         outdir = None
@@ -84,6 +91,25 @@ def generate(source, image, files, input_dir, output_dir, resize_mode, upscaling
     results, text = job.result
     gallery = [getattr(picture, "already_saved_as", None) or picture for picture in results]
     yield gallery, infotext_html(text), ""
+
+
+def receive_result(result: dict | None) -> list:
+    """The selected gallery image (with its infotext) into the Extras tab's single-image source."""
+    if not result or not result.get("images"):
+        return [gr.skip(), gr.skip()]
+    index = min(result.get("selected", 0), len(result["images"]) - 1)
+    image = result["images"][index]
+    saved = getattr(image, "already_saved_as", None)
+    if not saved:  # not saved (samples_save off): Gradio writes the image with its text chunks
+        image = image.copy()
+        image.info["parameters"] = result["infotexts"][index]
+    return [gr.Tabs(selected="extras"), gr.update(value=saved or image)]
+
+
+def receive_png(path: str | None) -> list:
+    if not path:
+        return [gr.skip(), gr.skip()]
+    return [gr.Tabs(selected="extras"), gr.update(value=path)]
 
 
 def create_tab() -> dict:
@@ -145,6 +171,10 @@ def refresh_lists():
 def wire_tab(c: dict) -> None:
     for source, tab in c["source_tabs"].items():
         tab.select(lambda source=source: source, None, [c["source"]], queue=False)
-    c["generate"].click(generate, [c[name] for name in GENERATE_INPUTS], [c["gallery"], c["info"], c["progress"]],
+
+    def submit(*values):
+        yield from generate(dict(zip(GENERATE_INPUTS, values)))
+
+    c["generate"].click(submit, [c[name] for name in GENERATE_INPUTS], [c["gallery"], c["info"], c["progress"]],
                         concurrency_limit=None, show_progress="hidden")
     c["refresh"].click(refresh_lists, None, [c["upscaler_1"], c["upscaler_2"], c["hint"]], queue=False)
