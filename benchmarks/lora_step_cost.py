@@ -85,7 +85,7 @@ def main() -> None:
     print(f"median step with LoRA:    {lora_step * 1000:.2f} ms")
     print(f"step cost ratio (LoRA / none): {lora_step / plain_step:.3f}")
     print(f"job overhead of merge + restore: {statistics.median(lora_total) - statistics.median(plain_total):+.3f} s")
-    print(f"layers patched: {len(lora.load_network_weights(lora.registry.find('bench').filename))}")
+    print(f"layers patched: {len(lora.load_network_weights(lora.registry.find('bench').filename, model.family.lora_layout))}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from modules import esrgan_model, extra_networks, interrogate, sd_models, shared, upscaler
+from modules.families import detection, sd1, sd2, sdxl
 from modules.networks import extra_networks_lora
 
 
@@ -20,6 +21,7 @@ def initialize(options: Any) -> None:
 
 def register_builtin_features() -> None:
     """Register what ships with the engine; safe to call more than once."""
+    detection.register(*sd1.FAMILIES, *sd2.FAMILIES, *sdxl.FAMILIES)
     if "lora" not in extra_networks.extra_network_registry:
         extra_networks_lora.register()
     upscaler.register_model_source(esrgan_model.model_upscalers)

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae, shared, upscaler)
+from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae,
+                     shared, upscaler)
 from modules.engine import sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
@@ -17,7 +18,7 @@ from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, Postproces
 from modules.shared import opts, state
 from modules.runtime.version import infotext_version
 
-opt_C = 4
+opt_C = 4  # A1111's names for the SD latent format; the engine reads each model's own (p.latent_format)
 opt_f = 8
 MAX_SIDE = 2048
 MAX_HIRES_SIDE = 4096
@@ -147,7 +148,14 @@ class StableDiffusionProcessing:
 
     @property
     def model(self):
-        return sd_models.get_sd_model()
+        """The model this job's passes run on: ``sd_model``, which ``process_images_inner`` sets to the loaded
+        checkpoint (a pass on another model, such as a refiner, carries its own handle)."""
+        return self.sd_model if self.sd_model is not None else sd_models.get_sd_model()
+
+    @property
+    def latent_format(self):
+        """The latent space of this job's model (A1111 hard-codes SD's as ``opt_C`` and ``opt_f``)."""
+        return self.model.family.latent
 
     def validate(self) -> None:
         """Check the user-facing fields; errors name the field and its allowed range."""
@@ -234,8 +242,9 @@ class StableDiffusionProcessing:
 
         model = self.model
         embeddings = textual_inversion.refresh_for_model(model, rescan=not self.do_not_reload_embeddings)
-        encoder = conditioning.PromptEncoder(model, clip_skip=self.clip_skip, emphasis=opts.emphasis,
-                                             comma_padding_backtrack=opts.comma_padding_backtrack, embeddings=embeddings)
+        encoder = model.family.text_conditioner(model, clip_skip=self.clip_skip, emphasis=opts.emphasis,
+                                                comma_padding_backtrack=opts.comma_padding_backtrack,
+                                                embeddings=embeddings)
         old = bool(opts.use_old_scheduling)
         if old:
             texts = prompts + negative_prompts
@@ -435,8 +444,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
                 self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_x, self.hr_resize_x * self.height // self.width
             else:
                 self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_y * self.width // self.height, self.hr_resize_y
-            self.truncate_x = (self.hr_upscale_to_x - self.hr_resize_x) // opt_f
-            self.truncate_y = (self.hr_upscale_to_y - self.hr_resize_y) // opt_f
+            self.truncate_x = (self.hr_upscale_to_x - self.hr_resize_x) // self.latent_format.downscale
+            self.truncate_y = (self.hr_upscale_to_y - self.hr_resize_y) // self.latent_format.downscale
 
     def init(self, all_prompts, all_seeds, all_subseeds) -> None:
         if not self.enable_hr:
@@ -501,7 +510,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         target_w, target_h = self.hr_upscale_to_x, self.hr_upscale_to_y
         latent_mode = shared.latent_upscale_modes.get(self.hr_upscaler)
         if latent_mode is not None:
-            samples = torch.nn.functional.interpolate(samples, size=(target_h // opt_f, target_w // opt_f), **latent_mode)
+            scale = self.latent_format.downscale
+            samples = torch.nn.functional.interpolate(samples, size=(target_h // scale, target_w // scale), **latent_mode)
         else:
             first_pass = _to_pil(sampling.decode(model, samples))
             upscaled = [images.resize_image(0, image, target_w, target_h, upscaler_name=self.hr_upscaler) for image in first_pass]
@@ -520,7 +530,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.before_sampling(samples, noise, self.hr_c, self.hr_uc)
         run = self.sampling_run(self.hr_c, self.hr_uc, sampler_name, self.hr_scheduler or self.scheduler,
                                 max(schedule_steps, 1), hr_steps, init_latent=samples, denoise_steps=run_steps,
-                                image_conditioning=self.txt2img_image_conditioning(samples, w * opt_f, h * opt_f))
+                                image_conditioning=self.txt2img_image_conditioning(
+                                    samples, w * self.latent_format.downscale, h * self.latent_format.downscale))
         latents, _ = sampling.sample(run, noise)
         self.is_hr_pass = False
         return latents
@@ -653,7 +664,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             image = images.flatten(img, opts.img2img_background_color)
             if crop_region is None:
                 if self.resize_mode == 3:  # encoded at its own size, the latents are interpolated below
-                    image = image.resize((max(image.width // opt_f, 1) * opt_f, max(image.height // opt_f, 1) * opt_f), Image.LANCZOS)
+                    scale = self.latent_format.downscale
+                    image = image.resize((max(image.width // scale, 1) * scale, max(image.height // scale, 1) * scale),
+                                         Image.LANCZOS)
                 else:
                     image = images.resize_image(self.resize_mode, image, self.width, self.height)
             if image_mask is not None:
@@ -673,14 +686,14 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
                     setattr(self, name, getattr(self, name) * self.batch_size)
         pixels = _from_pil(prepared)
         self.init_latent = sampling.encode(model, pixels)
-        latent_size = (self.height // opt_f, self.width // opt_f)
+        latent_size = (self.height // self.latent_format.downscale, self.width // self.latent_format.downscale)
         if self.init_latent.shape[-2:] != latent_size:
             self.init_latent = torch.nn.functional.interpolate(self.init_latent, size=latent_size, mode="bilinear")
         if image_mask is not None:
             latmask = np.asarray(latent_mask.convert("L").resize(latent_size[::-1]), dtype=np.float32) / 255
             if self.mask_round:
                 latmask = np.around(latmask)
-            nmask = torch.from_numpy(latmask)[None, None].expand(1, opt_C, *latent_size)
+            nmask = torch.from_numpy(latmask)[None, None].expand(1, self.latent_format.channels, *latent_size)
             self.mask, self.nmask = 1.0 - nmask, nmask
             if self.inpainting_fill == 2:
                 noise = create_random_tensors(self.init_latent.shape[1:], all_seeds[:self.init_latent.shape[0]])
@@ -920,7 +933,7 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.validate()
     p.fill_fields_from_opts()
-    model = sd_models.get_sd_model()
+    p.sd_model = model = sd_models.get_sd_model()
     for problem in sd_models.load_problems:  # the page and the API answer say which model was used instead
         p.comment(problem)
     info = model.sd_checkpoint_info
@@ -1002,7 +1015,8 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
     p.seeds, p.subseeds = p.all_seeds[batch], p.all_subseeds[batch]
     if not p.prompts:
         return False
-    latent_shape = (opt_C, p.height // opt_f, p.width // opt_f)
+    latent = p.latent_format
+    latent_shape = (latent.channels, p.height // latent.downscale, p.width // latent.downscale)
     p.rng = rng.ImageRNG(latent_shape, p.seeds, p.subseeds, p.subseed_strength, p.seed_resize_from_h,
                          p.seed_resize_from_w, opts.eta_noise_seed_delta)
     batch_info = dict(batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)

@@ -164,12 +164,28 @@ class SDModel(Components):
     loaded_vae_hash: str | None = None  # its sha256[:10], read once when it is loaded
     own_vae_state: dict | None = None  # the checkpoint's own VAE weights, kept once another VAE is loaded
 
-    is_sd1 = True
-    is_sd2 = False
-    is_sdxl = False
     is_ssd = False
-    latent_channels = 4
-    vae_scale_factor = 8
+
+    # A1111's model attributes, from the family spec
+    @property
+    def is_sd1(self) -> bool:
+        return self.family.base == "sd1"
+
+    @property
+    def is_sd2(self) -> bool:
+        return self.family.base == "sd2"
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family.base == "sdxl"
+
+    @property
+    def latent_channels(self) -> int:
+        return self.family.latent.channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.family.latent.downscale
 
     @property
     def sd_model_checkpoint(self) -> str:
@@ -180,8 +196,8 @@ class SDModel(Components):
         return self.sd_checkpoint_info.shorthash
 
     def to(self, device) -> "SDModel":
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device)
+        for name in self.family.components:
+            getattr(self, name).to(device)
         self.device = device
         return self
 

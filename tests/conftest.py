@@ -38,7 +38,7 @@ def save_diffusers_folder(single_file: str, folder: str) -> None:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A data dir with two tiny checkpoints (single file, seeds 0 and 1) and a diffusers copy of the first."""
-    from modules import cmd_args, devices, initialize, shared
+    from modules import cmd_args, devices, initialize
     from modules.loading import demo_model
 
     root = tmp_path_factory.mktemp("data")
@@ -46,8 +46,8 @@ def data_dir(tmp_path_factory):
     models.mkdir(parents=True)
     tiny = demo_model.write_checkpoint(str(models / "tiny.safetensors"), seed=0)
     demo_model.write_checkpoint(str(models / "sub" / "other.safetensors"), seed=1)
-    save_diffusers_folder(tiny, str(models / "tiny-diffusers"))
     initialize.initialize(cmd_args.parse(["--data-dir", str(root)]))
+    save_diffusers_folder(tiny, str(models / "tiny-diffusers"))
     devices.configure("cpu", "full")
     return root
 

@@ -194,7 +194,7 @@ def test_live_previews_every_n_steps(tiny_model):
     finally:
         del tiny_model.unet.forward
     assert seen == [0, 0, 1, 1, 2, 2] and state.id_live_preview == 3
-    image = previews.latent_to_image(state.current_latent)
+    image = previews.current_preview(state, tiny_model)
     assert image.size == (64, 64) and pixels(image).std() > 0
 
 

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from modules import hashes
-from modules.families import detection as model_detection, sd1_layout
+from modules.families import detection, sd1, sd1_layout, sd2, sdxl
 from modules.loading import model_files, model_loader
 from tests.conftest import pixels, txt2img
 
@@ -73,19 +73,21 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_family_detection_from_keys_and_shapes(data_dir, tmp_path):
     tiny = os.path.join(data_dir, "models", "Stable-diffusion", "tiny.safetensors")
-    assert model_detection.detect_family(tiny) is model_detection.SD1
+    assert detection.detect_family(tiny) is sd1.SD1
     full = sd1_layout.checkpoint_shapes(sd1_layout.SD1Arch())
-    assert model_detection.family_from_shapes(full) is model_detection.SD1
+    assert detection.family_from_shapes(full) is sd1.SD1
     inpaint = dict(full, **{sd1_layout.UNET + "input_blocks.0.0.weight": (320, 9, 3, 3)})
-    assert model_detection.family_from_shapes(inpaint) is model_detection.SD1_INPAINT
-    sd2 = {k: v for k, v in full.items() if not k.startswith("cond_stage_model.")}
-    sd2["cond_stage_model.model.token_embedding.weight"] = (49408, 1024)
-    assert model_detection.family_from_shapes(sd2) is model_detection.SD2
-    sdxl = {sd1_layout.UNET + "input_blocks.0.0.weight": (320, 4, 3, 3),
-            "conditioner.embedders.1.model.ln_final.weight": (1280,)}
-    assert model_detection.family_from_shapes(sdxl) is model_detection.SDXL
-    assert model_detection.family_from_shapes({"foo": (1,)}) is model_detection.UNKNOWN
-    assert model_detection.detect_family(os.path.join(data_dir, "models", "Stable-diffusion", "tiny-diffusers")) is model_detection.SD1
+    assert detection.family_from_shapes(inpaint) is sd1.SD1_INPAINT
+    open_clip = {k: v for k, v in full.items() if not k.startswith("cond_stage_model.")}
+    open_clip["cond_stage_model.model.token_embedding.weight"] = (49408, 1024)
+    assert detection.family_from_shapes(open_clip) is sd2.SD2
+    assert detection.family_from_shapes(dict(open_clip, **{sd1_layout.UNET + "input_blocks.0.0.weight": (320, 9, 3, 3)})) \
+        is sd2.SD2_INPAINT
+    two_encoders = {sd1_layout.UNET + "input_blocks.0.0.weight": (320, 4, 3, 3),
+                    "conditioner.embedders.1.model.ln_final.weight": (1280,)}
+    assert detection.family_from_shapes(two_encoders) is sdxl.SDXL
+    assert detection.family_from_shapes({"foo": (1,)}) is detection.UNKNOWN
+    assert detection.detect_family(os.path.join(data_dir, "models", "Stable-diffusion", "tiny-diffusers")) is sd1.SD1
 
 
 def test_unsupported_family_is_refused_with_its_name(tmp_path):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from modules.families import detection as model_detection
+from modules.families import detection, sd1
 from modules.loading import model_download
 from modules.runtime import job_queue
 from tests.conftest import ROOT
@@ -106,7 +106,7 @@ def test_offline_first_start_creates_the_demo_model(tmp_path, monkeypatch):
         path, message = model_download.provide_checkpoint()
         assert os.path.basename(path) == "demo-random-weights.safetensors"
         assert "created the random-weight demo model" in message
-        assert model_detection.detect_family(path) is model_detection.SD1
+        assert detection.detect_family(path) is sd1.SD1
     finally:
         paths.models_path = saved
         sd_models.list_models()

@@ -29,7 +29,8 @@ def _model_notice() -> str:
         return "**Model:** " + " ".join(sd_models.load_problems)
     if not sd_models.checkpoints_list:
         return ("**No checkpoint found.** Put a Stable Diffusion 1.x `.safetensors` file into "
-                f"`{sd_models.model_dir()}` and press 🔄, or download SD 1.5 with the button below.")
+                f"`{sd_models.model_dir()}` and press 🔄, or download {model_download.OFFICIAL.label} with the button "
+                "below.")
     selected = sd_models.select_checkpoint()
     if selected is not None and DEMO_NAME in selected.name:
         return (f"**Demo model:** `{selected.name}` has random weights, so images are noise patterns, not pictures. "
@@ -90,7 +91,7 @@ def download_model():
     def report(done: int, total: int) -> None:
         progress.update(done=done, total=total)
 
-    job = job_queue.queue.submit(lambda: model_download.provide_checkpoint(report), "download SD 1.5")
+    job = job_queue.queue.submit(lambda: model_download.provide_checkpoint(report), f"download {model_download.OFFICIAL.label}")
     while not job.wait(POLL_SECONDS):
         total = progress["total"]
         text = f"Downloading: {progress['done'] / 2**20:.0f} / {total / 2**20:.0f} MiB" if total else "Contacting the hub..."
@@ -147,7 +148,7 @@ def create_ui() -> gr.Blocks:
             vae = gr.Dropdown(sd_vae.choices(), value=opts.sd_vae if opts.sd_vae in sd_vae.choices() else "Automatic",
                               label="SD VAE", elem_id="setting_sd_vae", scale=2)
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
-            download = gr.Button("Download SD 1.5", elem_id="download_sd15", scale=1)
+            download = gr.Button(f"Download {model_download.OFFICIAL.label}", elem_id="download_sd15", scale=1)
         notice = gr.Markdown(_model_notice(), elem_id="model_notice")
         model_status = gr.HTML("", elem_id="model_status")
         with gr.Tabs() as tabs:

@@ -7,8 +7,8 @@ import os
 
 import gradio as gr
 
-from modules import infotext_utils
-from modules.engine import prompt_chunks
+from modules import infotext_utils, sd_models
+from modules.engine import previews, prompt_chunks
 from modules.runtime import job_queue
 from modules.shared import state
 
@@ -56,10 +56,9 @@ def stream_job(run, description: str):
         progress = job_queue.queue.progress(job)
         preview = gr.skip()
         if job is job_queue.queue.current and state.id_live_preview != last_preview and state.current_latent is not None:
-            from modules.engine import previews
-
             last_preview = state.id_live_preview
-            preview = gr.update(value=previews.latent_to_image(state.current_latent), visible=True)
+            image = previews.current_preview(state, sd_models.current_model())
+            preview = gr.update(value=image, visible=True) if image is not None else gr.skip()
         yield gr.skip(), progress_html(progress, job_queue.queue.position(job)), preview, gr.skip(), gr.skip(), job.id
     if job.status != job_queue.DONE:
         yield gr.skip(), error_html(job.error or job.status), gr.update(visible=False), gr.skip(), gr.skip(), job.id
@@ -205,8 +204,6 @@ def override_settings_box(tab: str) -> gr.Dropdown:
 
 
 def override_settings_update(params: dict):
-    from modules import infotext_utils
-
     labels = infotext_utils.override_settings_labels(infotext_utils.override_settings_from_infotext(params))
     return gr.update(choices=labels, value=labels, visible=bool(labels))
 

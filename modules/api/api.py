@@ -23,10 +23,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from modules import (errors, extensions, images, infotext_utils, postprocessing, processing, script_callbacks, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared, upscaler)
-from modules.runtime import job_queue
+from modules import (errors, extensions, images, infotext_utils, postprocessing, processing, script_callbacks, scripts,
+                     sd_models, sd_samplers, sd_schedulers, sd_vae, shared, upscaler)
 from modules.api import encoding, models
+from modules.engine import previews
 from modules.errors import UserInputError
+from modules.runtime import job_queue
 from modules.shared import opts, state
 
 log = logging.getLogger("webui")
@@ -328,10 +330,9 @@ class Api:
                     "textinfo": state.textinfo, "queued": pending}
         progress = job_queue.queue.progress(current)
         image = None
-        if not skip_current_image and state.current_latent is not None:
-            from modules.engine import previews
-
-            image = encoding.encode_image(previews.latent_to_image(state.current_latent), "png")
+        preview = None if skip_current_image else previews.current_preview(state, sd_models.current_model())
+        if preview is not None:
+            image = encoding.encode_image(preview, "png")
         return {"progress": max(progress["progress"], 0.01), "eta_relative": progress["eta"] or 0.0,
                 "state": state.dict(), "current_image": image, "textinfo": state.textinfo, "queued": pending,
                 "id_task": current.id}

@@ -1,23 +1,26 @@
-"""Cheap live previews: a fixed linear map from SD 1.x latent channels to RGB (A1111's "Approx cheap")."""
+"""Cheap live previews: the family's fixed linear map from latent channels to RGB (A1111's "Approx cheap")."""
 from __future__ import annotations
 
-# Rows: latent channels 0..3; columns: R, G, B.
-SD1_LATENT_RGB = [
-    [0.298, 0.207, 0.208],
-    [0.187, 0.286, 0.173],
-    [-0.158, 0.189, 0.264],
-    [-0.184, -0.271, -0.473],
-]
+from modules.families.spec import LatentFormat
 
 
-def latent_to_image(latent):
-    """One latent (4, h, w) -> a PIL image at the output size (8x, nearest neighbour)."""
+def latent_to_image(latent, latent_format: LatentFormat):
+    """One latent (C, h, w) -> a PIL image at the output size (nearest neighbour)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    coefs = torch.tensor(SD1_LATENT_RGB, dtype=torch.float32)
-    rgb = torch.einsum("lhw,lr->hwr", latent.detach().float().cpu(), coefs)
+    coefs = torch.tensor(latent_format.preview_rgb, dtype=torch.float32)
+    bias = torch.tensor(latent_format.preview_bias, dtype=torch.float32)
+    rgb = torch.einsum("lhw,lr->hwr", latent.detach().float().cpu(), coefs) + bias
     array = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     image = Image.fromarray(np.ascontiguousarray(array))
-    return image.resize((image.width * 8, image.height * 8), Image.Resampling.NEAREST)
+    scale = latent_format.downscale
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+def current_preview(state, model):
+    """The live preview of the job now running (``state.current_latent``) for ``model``; None when there is none."""
+    if state.current_latent is None or model is None:
+        return None
+    return latent_to_image(state.current_latent, model.family.latent)

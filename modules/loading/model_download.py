@@ -1,14 +1,15 @@
-"""First-start model provisioning: download SD 1.5 through huggingface_hub, or fall back to the demo model."""
+"""First-start model provisioning: download the default family's official checkpoint (SD 1.5) through
+huggingface_hub, or fall back to the demo model."""
 from __future__ import annotations
 
 import os
 from typing import Callable
 
 from modules import paths
+from modules.families import sd1
 from modules.loading import demo_model
 
-SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SD15_FILE = "v1-5-pruned-emaonly.safetensors"
+OFFICIAL = sd1.SD1.official_checkpoint
 
 
 def hub_offline() -> bool:
@@ -27,8 +28,8 @@ def _progress_class(report: Callable[[int, int], None]):
     return Reporting
 
 
-def download_sd15(report: Callable[[int, int], None] | None = None) -> str:
-    """Download SD 1.5 into models/Stable-diffusion; raises if the hub cannot be reached."""
+def download_official(report: Callable[[int, int], None] | None = None) -> str:
+    """Download the official checkpoint into models/Stable-diffusion; raises if the hub cannot be reached."""
     from huggingface_hub import hf_hub_download
 
     if hub_offline():
@@ -36,14 +37,14 @@ def download_sd15(report: Callable[[int, int], None] | None = None) -> str:
     target = os.path.join(paths.models_path, "Stable-diffusion")
     os.makedirs(target, exist_ok=True)
     kwargs = {"tqdm_class": _progress_class(report)} if report else {}
-    return hf_hub_download(SD15_REPO, SD15_FILE, local_dir=target, etag_timeout=10, **kwargs)
+    return hf_hub_download(OFFICIAL.repo, OFFICIAL.filename, local_dir=target, etag_timeout=10, **kwargs)
 
 
 def provide_checkpoint(report: Callable[[int, int], None] | None = None) -> tuple[str, str]:
-    """Try the SD 1.5 download; when that is impossible create the demo model. Returns (path, message)."""
+    """Try the official download; when that is impossible create the demo model. Returns (path, message)."""
     try:
-        return download_sd15(report), f"Downloaded {SD15_FILE}."
+        return download_official(report), f"Downloaded {OFFICIAL.filename}."
     except Exception as e:  # offline, hub unreachable, disk full...
         path = demo_model.ensure_demo_checkpoint(paths.models_path)
-        return path, (f"Could not download SD 1.5 ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        return path, (f"Could not download {OFFICIAL.label} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       f"created the random-weight demo model instead.")

@@ -1,6 +1,7 @@
-"""LoRA networks for SD 1.x: discovery in ``models/Lora``, the common file layouts, and merging.
+"""LoRA networks: discovery in ``models/Lora``, the common file layouts, and merging.
 
-Layouts read:
+Layouts read, with the component prefixes the model's family declares (``ModelFamily.lora_layout``; SD 1.x's are
+shown):
 - kohya / A1111: ``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` and
   ``lora_te_<module>...``, with LoCon's ``lora_mid`` for convolutions;
 - diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B`` (or ``.lora.down``/``.lora.up``);
@@ -132,7 +133,7 @@ def list_available_networks(force: bool = False) -> dict[str, NetworkOnDisk]:
 
 # --- reading a file into per-module weight groups ----------------------------------------------
 
-def _split_key(key: str) -> tuple[str, str] | None:
+def _split_key(key: str, layout: tuple) -> tuple[str, str] | None:
     """``lora_unet_x.lora_down.weight`` -> (``lora_unet_x``, ``lora_down.weight``); PEFT/diffusers keys are
     renamed to the kohya form. None for keys that carry no weights we use."""
     for peft, part in _PEFT_PARTS.items():
@@ -140,38 +141,40 @@ def _split_key(key: str) -> tuple[str, str] | None:
             module = key[: -len(peft) - 1].replace(".processor.", ".")
             for suffix in ("_lora",):  # old diffusers attention-processor names: to_q_lora
                 module = module[: -len(suffix)] if module.endswith(suffix) else module
-            for prefix, kohya in (("unet.", "lora_unet_"), ("text_encoder.", "lora_te_")):
-                if module.startswith(prefix):
-                    return kohya + module[len(prefix):].replace(".", "_"), part
-            return "lora_unet_" + module.replace(".", "_"), part
+            for component in layout:
+                if module.startswith(component.peft_prefix):
+                    return component.kohya_prefix + module[len(component.peft_prefix):].replace(".", "_"), part
+            return layout[0].kohya_prefix + module.replace(".", "_"), part  # bare keys address the denoiser
     for part in _PART_SUFFIXES:
         if key.endswith("." + part):
             return key[: -len(part) - 1], part
     return None
 
 
-def load_network_weights(filename: str) -> dict[str, dict[str, Any]]:
+def load_network_weights(filename: str, layout: tuple) -> dict[str, dict[str, Any]]:
+    """The file's weights grouped by kohya module key, for a model family's ``lora_layout``."""
     with model_files.loading(filename, "LoRA"):
         state = model_files.read_state_dict(filename)
     groups: dict[str, dict[str, Any]] = {}
     for key, tensor in state.items():
-        split = _split_key(key)
+        split = _split_key(key, layout)
         if split:
             groups.setdefault(split[0], {})[split[1]] = tensor
     return groups
 
 
 def module_lookup(model: Any) -> dict[str, Any]:
-    """kohya key -> torch module, for every Linear/Conv2d of the UNet and the text encoder."""
+    """kohya key -> torch module, for every Linear/Conv2d of the components the family's LoRA layout names."""
     import torch
 
     lookup: dict[str, Any] = {}
-    for prefix, root in (("lora_unet_", model.unet), ("lora_te_", model.text_encoder)):
-        for name, module in root.named_modules():
+    for component in model.family.lora_layout:
+        prefix = component.kohya_prefix
+        for name, module in getattr(model, component.component).named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 key = name.replace(".", "_")
                 lookup[prefix + key] = module
-                if prefix == "lora_te_" and not name.startswith("text_model."):
+                if component.text_encoder and not name.startswith("text_model."):
                     lookup[prefix + "text_model_" + key] = module  # kohya names keep the text_model level
     return lookup
 
@@ -236,16 +239,18 @@ class AppliedNetworks:
         if not networks:
             return warnings
         lookup = module_lookup(model)
+        layout = model.family.lora_layout
+        text_prefixes = tuple(component.kohya_prefix for component in layout if component.text_encoder)
         self.model = model
         with torch.no_grad():
             for loaded in networks:
                 unmatched, failed = 0, []
-                for key, parts in load_network_weights(loaded.network.filename).items():
+                for key, parts in load_network_weights(loaded.network.filename, layout).items():
                     module = lookup.get(key)
                     if module is None:
                         unmatched += 1
                         continue
-                    multiplier = loaded.te_multiplier if key.startswith("lora_te_") else loaded.unet_multiplier
+                    multiplier = loaded.te_multiplier if key.startswith(text_prefixes) else loaded.unet_multiplier
                     if multiplier == 0:
                         continue
                     try:

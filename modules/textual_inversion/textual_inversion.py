@@ -182,4 +182,6 @@ def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bo
             errors.report(f"Could not scan embeddings: {e}")
     if model is None:
         return embedding_db.lookup(tokenizer)
-    return embedding_db.lookup(model.tokenizer, int(model.text_encoder.get_input_embeddings().weight.shape[1]))
+    encoder, _ = model.family.text_encoders[0]  # single-tensor embedding files address the first text encoder
+    width = int(getattr(model, encoder).get_input_embeddings().weight.shape[1])
+    return embedding_db.lookup(model.tokenizer, width)
