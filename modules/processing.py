@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae,
                      shared, upscaler)
-from modules.engine import sampling
+from modules.engine import denoiser, sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
 from modules.runtime import atomic_files
@@ -142,6 +142,7 @@ class StableDiffusionProcessing:
         self.empty_cond = None
         self.used_embedding_hashes: dict[str, str] = {}
         self.nested_job = False  # run inside another job (the face detailer's): no params.txt, no job counting
+        self.denoiser_hooks = denoiser.DenoiserHooks()  # per-step extension points every sampling pass uses
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prompt={self.prompt!r}, seed={self.seed}, size={self.width}x{self.height})"
@@ -262,7 +263,7 @@ class StableDiffusionProcessing:
         key = (tuple(negative_prompts), text_encoder_state)
         if cache_uc.get("key") != key:
             value = conditioning.get_learned_conditioning(encoder, negative_prompts, total_steps, hires_steps, old)
-            cache_uc.update(key=key, value=value, empty=encoder.encode([""])[0])
+            cache_uc.update(key=key, value=value, empty=conditioning.split_rows(encoder.encode([""]))[0])
         if opts.textual_inversion_add_hashes_to_infotext:
             for name, embedding in encoder.used_embeddings.items():
                 self.used_embedding_hashes[name.replace(":", "").replace(",", "")] = embedding.shorthash
@@ -293,7 +294,8 @@ class StableDiffusionProcessing:
             model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=float(self.cfg_scale), steps=steps,
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
             should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
-            extra_noise=self._extra_noise() if img2img else 0.0, step_options=self._sigma_options(sampler_name), **img2img)
+            extra_noise=self._extra_noise() if img2img else 0.0, step_options=self._sigma_options(sampler_name),
+            hooks=self.denoiser_hooks, **img2img)
 
     def _sigma_options(self, sampler_name: str) -> dict:
         """A1111's s_churn, s_tmin, s_tmax (0: no upper bound) and s_noise for Euler, recorded in the infotext when

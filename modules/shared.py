@@ -1,12 +1,14 @@
 """The shared objects the Script API exposes: ``opts``, ``cmd_opts``, ``state``, ``sd_model`` ...
 
 They are not the only process-wide mutable objects. The others, each owned by the module that names it, are the
-registries A1111's module surface also exposes or that cache files on disk: ``sd_models`` (checkpoint list, loaded
-models, load failures and ``load_problems``), ``sd_vae.vae_dict``, ``scripts`` (script classes and runners),
-``extensions.extensions``, ``extra_networks`` (registry), ``lora`` (``registry``, ``applied``),
-``textual_inversion.embedding_db``, ``interrogate.clip_interrogator``, ``deepbooru.model``, ``job_queue.queue``,
-``infotext_utils.registered_param_bindings``, ``devices`` (the chosen device) and ``runtime.heavy_imports``.
-Everything a generation needs is passed to it explicitly.
+registries A1111's module surface also exposes, that ``modules.initialize`` fills, or that cache files on disk:
+``sd_models`` (checkpoint list, loaded models, load failures and ``load_problems``), ``sd_vae.vae_dict``,
+``scripts`` (script classes and runners), ``extensions.extensions``, ``extra_networks`` (registry),
+``upscaler.model_sources``, ``families.detection.registry``, ``networks.lora`` (``registry``, ``applied``),
+``textual_inversion.embedding_db``, ``interrogate.clip_interrogator``, ``deepbooru.model``,
+``runtime.job_queue.queue``, ``infotext_utils.registered_param_bindings`` (until the page wires them),
+``devices`` (the chosen device) and ``runtime.heavy_imports``. Everything a generation needs is passed to it
+explicitly: the sampling loop gets it all in its run object.
 """
 from __future__ import annotations
 

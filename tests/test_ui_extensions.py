@@ -198,3 +198,57 @@ def test_component_hooks_see_every_component_and_their_tab(ext_root, data_dir):
     assert "img2img_prompt" in img2img_watcher.own and "txt2img_prompt" not in img2img_watcher.own
     assert txt2img_watcher.own.count(("callback", "txt2img_prompt")) == 1
     assert not any(isinstance(entry, tuple) for entry in img2img_watcher.own)
+
+
+PASTER = '''import gradio as gr
+from modules import infotext_utils, script_callbacks
+
+
+def tabs():
+    with gr.Blocks(analytics_enabled=False) as block:
+        text = gr.Textbox("", elem_id="paster_text")
+        image = gr.Image(type="pil", elem_id="paster_image")
+        to_txt2img = gr.Button("to txt2img", elem_id="paster_to_txt2img")
+        to_inpaint = gr.Button("to inpaint", elem_id="paster_to_inpaint")
+    infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
+        paste_button=to_txt2img, tabname="txt2img", source_text_component=text))
+    infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
+        paste_button=to_inpaint, tabname="inpaint", source_text_component=text, source_image_component=image))
+    return [(block, "Paster", "paster")]
+
+
+script_callbacks.on_ui_tabs(tabs)
+'''
+
+
+def test_paste_buttons_extensions_register_fill_the_target_tab(ext_root, data_dir):
+    from modules import infotext_utils, scripts
+    from tests.conftest import noise_image
+    from webui import ui
+
+    write_extension(ext_root["user"], "paster", {"scripts/paster.py": PASTER})
+    scripts.reload_scripts()
+    demo = ui.create_ui()
+    assert infotext_utils.registered_param_bindings == []  # each binding is wired into the page it belongs to
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+    def handler(elem_id):
+        button = by_id[elem_id]
+        return next(f for f in demo.fns.values() if (button._id, "click") in f.targets)
+
+    infotext = "a lighthouse\nNegative prompt: fog\nSteps: 7, Sampler: Euler, CFG scale: 5, Seed: 42, Size: 64x96"
+    to_txt2img = handler("paster_to_txt2img")
+    assert [c.elem_id for c in to_txt2img.inputs] == ["paster_text"]
+    updates = to_txt2img.fn(infotext)
+    values = {out.elem_id: update for out, update in zip(to_txt2img.outputs, updates)}
+    assert updates[0].selected == "txt2img"
+    assert values["txt2img_prompt"]["value"] == "a lighthouse" and values["txt2img_steps"]["value"] == 7
+    assert values["txt2img_seed"]["value"] == 42 and values["txt2img_height"]["value"] == 96
+    to_inpaint = handler("paster_to_inpaint")
+    picture = noise_image(64, 96)
+    updates = to_inpaint.fn(infotext, picture)
+    values = {out.elem_id: update for out, update in zip(to_inpaint.outputs, updates)}
+    assert updates[0].selected == "img2img" and updates[1].selected == "inpaint"
+    assert values["img2maskimg"]["value"]["background"].size == (64, 96)
+    assert values["img2img_prompt"]["value"] == "a lighthouse" and values["img2img_steps"]["value"] == 7
+    assert values["img2img_neg_prompt"]["value"] == "fog"

@@ -20,7 +20,7 @@ def _args(mode="img2img", **overrides):
                   batch_count=1, batch_size=1, denoising_strength=0.75, mask_blur=4, inpainting_mask_invert=0,
                   inpainting_fill=1, inpaint_full_res=0, inpaint_full_res_padding=32, stochastic_freeze=False,
                   color_correction=False, initial_noise_multiplier=1.0, override_settings=[])
-    assert list(values) + POSTPROCESS_FIELDS == img2img_tab.GENERATE_INPUTS  # the Faces controls come last, optional
+    assert set(values) | set(POSTPROCESS_FIELDS) == set(img2img_tab.GENERATE_INPUTS)  # the Faces controls are optional
     values.update(overrides)
     return values
 

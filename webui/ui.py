@@ -15,7 +15,7 @@ from webui.tabs import extras as extras_tab
 from webui.tabs import img2img as img2img_tab
 from webui.tabs import pnginfo as pnginfo_tab
 from webui.tabs import txt2img as txt2img_tab
-from webui.ui_common import POLL_SECONDS, error_html
+from webui.ui_common import POLL_SECONDS, error_html, script_paste_components
 
 MODEL_WATCH_SECONDS = 2.0  # how often a freshly opened page checks on the start-up model load
 
@@ -136,6 +136,85 @@ def _wire_send_buttons(tabs: gr.Tabs, t2i: dict, i2i: dict, extras: dict, png: d
                               queue=False)
 
 
+PASTE_TARGETS = ("txt2img", "img2img", "inpaint", "extras")
+
+
+def _as_picture(value):
+    """An image from a source component's value (PIL, a file path, an array, or a gallery's first entry)."""
+    import numpy as np
+    from PIL import Image
+
+    from modules import images
+
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0][0] if isinstance(value[0], (list, tuple)) else value[0]
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("composite") or value.get("background")
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value).convert("RGB")
+    if isinstance(value, str) and value:
+        with images.read(value) as image:
+            return image.convert("RGB")
+    return None
+
+
+def receive_pasted(target: str, text: str | None, image) -> list:
+    """A paste button an extension registered (``register_paste_params_button``): switch to ``target`` and fill it
+    from the source's infotext and image. The updates match ``_paste_button_outputs``."""
+    picture = _as_picture(image)
+    if target == "txt2img":
+        if text:
+            return txt2img_tab.receive_infotext(text)
+        return [gr.Tabs(selected="txt2img")] + [gr.skip()] * (len(txt2img_tab.PASTE_FIELDS) + 1 + len(
+            script_paste_components("txt2img")))
+    if target == "extras":
+        return [gr.Tabs(selected="extras"), gr.update(value=picture) if picture is not None else gr.skip()]
+    switch = img2img_tab.show_in_mode(picture, target) if picture is not None else \
+        [gr.Tabs(selected="img2img"), gr.Tabs(selected=target), target, gr.update(visible=target == "inpaint"),
+         gr.skip(), gr.skip()]
+    fields = img2img_tab.paste_parameters(text, require_text=True) if text else \
+        [gr.skip()] * (len(img2img_tab.PASTE_FIELDS) + 1 + len(script_paste_components("img2img")))
+    return switch + fields
+
+
+def _paste_button_outputs(target: str, tabs: gr.Tabs, t2i: dict, i2i: dict, extras: dict) -> list:
+    if target == "txt2img":
+        return [tabs, *txt2img_tab.paste_outputs(t2i)]
+    if target == "extras":
+        return [tabs, extras["image"]]
+    return [tabs, *img2img_tab.mode_outputs(i2i), *img2img_tab.paste_outputs(i2i)]
+
+
+def _connect_paste_buttons(demo: gr.Blocks, tabs: gr.Tabs, t2i: dict, i2i: dict, extras: dict) -> None:
+    """Wire the buttons extensions registered with ``infotext_utils.register_paste_params_button`` (A1111's
+    ``connect_paste_params_buttons``); each binding is used once, by the page it was built into."""
+    from modules import errors, infotext_utils
+
+    for binding in list(infotext_utils.registered_param_bindings):
+        if getattr(binding.paste_button, "_id", None) not in demo.blocks:
+            continue
+        infotext_utils.registered_param_bindings.remove(binding)
+        if binding.tabname not in PASTE_TARGETS:
+            errors.report(f"register_paste_params_button: unknown tab {binding.tabname!r}; "
+                          f"choose one of {', '.join(PASTE_TARGETS)}")
+            continue
+        if binding.source_tabname or binding.paste_field_names:
+            errors.report("register_paste_params_button: copying fields from another tab (source_tabname, "
+                          "paste_field_names) is not supported; the button pastes the infotext and the image")
+        sources = [binding.source_text_component, binding.source_image_component]
+        inputs = [component for component in sources if component is not None]
+
+        def paste(*values, target=binding.tabname, has=tuple(c is not None for c in sources)):
+            given = iter(values)
+            text, image = (next(given) if present else None for present in has)
+            return receive_pasted(target, text, image)
+
+        binding.paste_button.click(paste, inputs, _paste_button_outputs(binding.tabname, tabs, t2i, i2i, extras),
+                                   queue=False)
+
+
 def create_ui() -> gr.Blocks:
     sampler_names = sd_samplers.visible_sampler_names()
     schedule_labels = [s.label for s in sd_schedulers.schedulers if not s.unsupported]
@@ -172,6 +251,7 @@ def create_ui() -> gr.Blocks:
         extensions_tab.wire_tab(installed)
         pnginfo_tab.wire_tab(png)
         _wire_send_buttons(tabs, t2i, i2i, extras, png)
+        _connect_paste_buttons(demo, tabs, t2i, i2i, extras)
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice, checkpoint], concurrency_limit=None)
         model_watch = gr.Timer(MODEL_WATCH_SECONDS)
         model_watch.tick(current_checkpoint_and_notice, None, [checkpoint, notice, model_watch], queue=False,

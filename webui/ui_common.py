@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -265,6 +266,32 @@ def _pasted_value(component, value):
 
 
 POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_weight"]  # postprocess_controls adds them
+
+
+@dataclass(kw_only=True)
+class GenerationInputs:
+    """The controls both generation tabs have, by name; each tab's ``generate`` receives its subclass."""
+    prompt: str
+    negative_prompt: str
+    sampler_name: str
+    scheduler: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seed: int
+    use_variation: bool
+    subseed: int
+    subseed_strength: float
+    seed_resize_from_w: int
+    seed_resize_from_h: int
+    batch_count: int
+    batch_size: int
+    styles: list = field(default_factory=list)
+    override_settings: list | None = None
+    restore_faces: bool = False
+    face_restoration_model: str | None = None
+    code_former_weight: float | None = None
 
 
 def postprocess_controls(tab: str, c: dict) -> None:

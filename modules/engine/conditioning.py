@@ -15,10 +15,44 @@ from modules import prompt_parser, sd_emphasis
 from modules.engine import prompt_chunks
 
 
+class DictWithShape(dict):
+    """Conditioning made of more than one tensor, in A1111's layout and under its name: SDXL's ``crossattn``
+    (tokens, D) context next to its ``vector`` (pooled text embedding and size conditioning). ``shape`` is the
+    context's, so code written for a single tensor still reads the token count."""
+
+    @property
+    def shape(self):
+        return self["crossattn"].shape
+
+
+def map_cond(function, cond):
+    """``function`` applied to a conditioning tensor, or to each tensor of a :class:`DictWithShape`."""
+    if isinstance(cond, dict):
+        return DictWithShape({key: function(value) for key, value in cond.items()})
+    return function(cond)
+
+
+def split_rows(cond) -> list:
+    """The rows of a batch of conditioning: a tensor's rows, or one dict per row of a :class:`DictWithShape`."""
+    if isinstance(cond, dict):
+        count = len(next(iter(cond.values())))
+        return [DictWithShape({key: value[i] for key, value in cond.items()}) for i in range(count)]
+    return list(cond)
+
+
+def cat_conds(conds: list):
+    """Concatenate batches of conditioning along the batch dimension (key by key for dicts)."""
+    import torch
+
+    if isinstance(conds[0], dict):
+        return DictWithShape({key: torch.cat([cond[key] for cond in conds]) for key in conds[0]})
+    return torch.cat(conds)
+
+
 @dataclass
 class ScheduledPromptConditioning:
     end_at_step: int
-    cond: Any  # (tokens, D)
+    cond: Any  # (tokens, D), or a DictWithShape for families with more than one conditioning tensor
 
 
 @dataclass
@@ -129,7 +163,7 @@ def get_learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: 
     result = []
     for prompt, schedule in zip(prompts, schedules):
         if prompt not in cache:
-            conds = encoder.encode([text for _, text in schedule])
+            conds = split_rows(encoder.encode([text for _, text in schedule]))
             cache[prompt] = [ScheduledPromptConditioning(end, cond) for (end, _), cond in zip(schedule, conds)]
         result.append(cache[prompt])
     return result
@@ -151,9 +185,11 @@ def _at_step(schedules: list[ScheduledPromptConditioning], step: int):
 
 
 def stack_conds(tensors: list):
-    """Stack (tokens, D) tensors, padding shorter ones by repeating their last vector."""
+    """Stack (tokens, D) tensors, padding shorter ones by repeating their last vector (dicts: key by key)."""
     import torch
 
+    if isinstance(tensors[0], dict):
+        return DictWithShape({key: stack_conds([t[key] for t in tensors]) for key in tensors[0]})
     length = max(t.shape[0] for t in tensors)
     padded = [t if t.shape[0] == length else torch.cat([t, t[-1:].repeat(length - t.shape[0], 1)]) for t in tensors]
     return torch.stack(padded)
@@ -177,9 +213,13 @@ def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step: i
 
 
 def pad_to_length(tensor, length: int, empty):
-    """Append copies of the empty-prompt chunk ``empty`` (77, D) until ``tensor`` (B, T, D) is ``length`` long."""
+    """Append copies of the empty-prompt chunk ``empty`` (77, D) until ``tensor`` (B, T, D) is ``length`` long
+    (for a dict, its ``crossattn`` context)."""
     import torch
 
+    if isinstance(tensor, dict):
+        empty = empty["crossattn"] if isinstance(empty, dict) else empty
+        return DictWithShape(tensor, crossattn=pad_to_length(tensor["crossattn"], length, empty))
     missing = (length - tensor.shape[1]) // empty.shape[0]
     if missing <= 0:
         return tensor

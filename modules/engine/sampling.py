@@ -4,6 +4,9 @@ We own this loop (rather than calling a diffusers pipeline) because A1111 semant
 it: per-step progress, interrupt and skip within one step, live previews, per-model-call prompt
 schedules, composable AND, the A1111 CFG callbacks, and inpaint blending.
 
+The model call itself (guidance, the A1111 CFG callbacks, the per-step extension points) is the run's
+``engine.denoiser.Denoiser``. The loop reads no settings: everything arrives in its :class:`SamplingRun`.
+
 img2img starts part-way down the schedule (diffusers' ``set_begin_index``): with ``steps`` N and
 ``denoise_steps`` k it noises the init latent to the level of step N-k and runs the last k steps.
 """
@@ -14,18 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from modules import script_callbacks
-from modules.engine import conditioning
+from modules.engine import denoiser
 
 
 @dataclass
 class SamplingRun:
     model: Any
     scheduler: Any
-    cond: Any  # conditioning.MulticondLearnedConditioning
-    uncond: Any  # list[list[conditioning.ScheduledPromptConditioning]]
+    cond: Any  # engine.conditioning.MulticondLearnedConditioning
+    uncond: Any  # list[list[engine.conditioning.ScheduledPromptConditioning]]
     cfg_scale: float
     steps: int
-    empty_cond: Any = None  # (77, D) encoding of "", used to pad cond and uncond to one length
+    empty_cond: Any = None  # (77, D) encoding of "" (a dict for some families), pads cond and uncond to one length
     schedule_steps: int | None = None  # model calls prompt schedules count (A1111 total_steps)
     generators: list | None = None
     eta: float | None = None
@@ -40,6 +43,7 @@ class SamplingRun:
     mask_blend: Callable[..., Any] | None = None
     extra_noise: float = 0.0  # img2img/hires: the starting noise added once more, times this (A1111 "Extra noise")
     step_options: dict = field(default_factory=dict)  # more scheduler.step arguments (Euler's s_churn ...)
+    hooks: denoiser.DenoiserHooks = field(default_factory=denoiser.DenoiserHooks)  # per-step extension points
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -82,13 +86,14 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
             latents = latents + params.noise * run.extra_noise
     mask, nmask = (m.to(device=device, dtype=torch.float32) if m is not None else None for m in (run.mask, run.nmask))
     step_kwargs = _step_kwargs(scheduler, run)
+    denoise = denoiser.Denoiser(run)
     total = len(timesteps)
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             if run.should_stop():
                 return latents, False
             model_input = scheduler.scale_model_input(latents, t)
-            prediction = guided_prediction(run, model_input, t, i)
+            prediction = denoise(model_input, t, i)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
             if mask is not None:
                 # keep the unmasked area on the init latent's path: noised to the next step's level, clean at the end
@@ -100,48 +105,6 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
             if run.on_step is not None:
                 run.on_step(i + 1, total, latents)
     return latents, True
-
-
-def guided_prediction(run: SamplingRun, x, t, call_index: int):
-    """One batched UNet call for every AND part and the negative prompt of model call ``call_index``,
-    combined as ``uncond + sum_i w_i * cfg * (cond_i - uncond)``."""
-    import torch
-
-    conds_list, cond = conditioning.reconstruct_multicond_batch(run.cond, call_index)
-    uncond = conditioning.reconstruct_cond_batch(run.uncond, call_index)
-    batch = x.shape[0]
-    plain = all(len(conds) == 1 and conds[0][1] == 1.0 for conds in conds_list)
-    guided = run.cfg_scale != 1.0 or not plain
-
-    def batched(tensor):  # one row per AND part of each image, then (with guidance) one per image for uncond
-        rows = torch.cat([tensor[i:i + 1].expand(len(conds), *tensor.shape[1:]) for i, conds in enumerate(conds_list)])
-        return torch.cat([rows, tensor]) if guided else rows
-
-    image_cond = batched(run.image_conditioning.to(x)) if run.image_conditioning is not None else None
-    total = run.schedule_steps or run.steps
-    params = script_callbacks.CFGDenoiserParams(batched(x), image_cond, t, call_index, total, cond, uncond)
-    script_callbacks.cfg_denoiser_callback(params)
-    x_in, cond, uncond = params.x, params.text_cond, params.text_uncond
-    if params.image_cond is not None:
-        x_in = torch.cat([x_in, params.image_cond], dim=1)
-    if guided and cond.shape[1] != uncond.shape[1] and run.empty_cond is not None:
-        length = max(cond.shape[1], uncond.shape[1])
-        cond = conditioning.pad_to_length(cond, length, run.empty_cond)
-        uncond = conditioning.pad_to_length(uncond, length, run.empty_cond)
-    context = torch.cat([cond, uncond]) if guided else cond
-    dtype = run.model.dtype
-    out = run.model.unet(x_in.to(dtype), t, encoder_hidden_states=context.to(dtype), return_dict=False)[0].float()
-    script_callbacks.cfg_denoised_callback(script_callbacks.CFGDenoisedParams(out, call_index, total, run.model.unet))
-    if not guided:
-        return out
-    uncond_out = out[-batch:]
-    denoised = uncond_out.clone()
-    for i, conds in enumerate(conds_list):
-        for row, weight in conds:
-            denoised[i] += (out[row] - uncond_out[i]) * (weight * run.cfg_scale)
-    after = script_callbacks.AfterCFGCallbackParams(denoised, call_index, total)
-    script_callbacks.cfg_after_cfg_callback(after)
-    return after.x
 
 
 def encode(model: Any, images):

@@ -2,7 +2,7 @@
 folders, with the inpaint options and the paste button."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import gradio as gr
@@ -10,7 +10,7 @@ import gradio as gr
 from modules import img2img, images, infotext_utils, processing, scripts, shared
 from modules.errors import UserInputError
 from modules.runtime import job_queue
-from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_html, error_updates, output_panel,
+from webui.ui_common import (POSTPROCESS_FIELDS, GenerationInputs, action_buttons, cfg_slider, error_html, error_updates, output_panel,
                              override_settings_box, override_settings_update, postprocess_controls, prompt_boxes,
                              read_infotext, restore_faces_options, sampler_controls, script_controls,
                              script_paste_components, script_paste_updates, seed_controls, size_and_batch, stream_job,
@@ -29,13 +29,10 @@ SEND_FIELDS = ["prompt", "negative_prompt", "steps", "seed", "width", "height"] 
 SEND_TARGET_UPDATES = 6  # what receive_result/receive_png update first: the main tabs, then mode_outputs
 
 
-@dataclass
-class Img2ImgInputs:
-    """The values of the tab's controls that make a job, by name (``GENERATE_INPUTS`` lists them in order)."""
+@dataclass(kw_only=True)
+class Img2ImgInputs(GenerationInputs):
+    """The values of the tab's controls that make a job, by name (``GENERATE_INPUTS`` lists them)."""
     mode: str
-    prompt: str
-    negative_prompt: str
-    styles: list
     init_image: Any
     sketch: Any
     inpaint_editor: Any
@@ -45,20 +42,6 @@ class Img2ImgInputs:
     batch_output: str
     batch_mask: str
     resize_mode: int
-    sampler_name: str
-    scheduler: str
-    steps: int
-    cfg_scale: float
-    width: int
-    height: int
-    seed: int
-    use_variation: bool
-    subseed: int
-    subseed_strength: float
-    seed_resize_from_w: int
-    seed_resize_from_h: int
-    batch_count: int
-    batch_size: int
     denoising_strength: float
     mask_blur: int
     inpainting_mask_invert: int
@@ -68,10 +51,6 @@ class Img2ImgInputs:
     stochastic_freeze: bool
     color_correction: bool
     initial_noise_multiplier: float
-    override_settings: list | None = field(default_factory=list)
-    restore_faces: bool = False
-    face_restoration_model: str | None = None
-    code_former_weight: float | None = None
 
 
 GENERATE_INPUTS = [f.name for f in fields(Img2ImgInputs)]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import gradio as gr
 
 from modules import infotext_utils, scripts, sd_models, shared, txt2img
 from modules.errors import UserInputError
-from webui.ui_common import (POSTPROCESS_FIELDS, action_buttons, cfg_slider, error_html, error_updates, output_panel,
+from webui.ui_common import (POSTPROCESS_FIELDS, GenerationInputs, action_buttons, cfg_slider, error_html, error_updates, output_panel,
                              override_settings_box, override_settings_update, postprocess_controls, prompt_boxes,
                              read_infotext, restore_faces_options, sampler_controls, script_controls,
                              script_paste_components, script_paste_updates, seed_controls, size_and_batch, stream_job,
@@ -21,26 +21,9 @@ HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULER = "Use same scheduler"
 
 
-@dataclass
-class Txt2ImgInputs:
-    """The values of the tab's controls that make a job, by name (``GENERATE_INPUTS`` lists them in order)."""
-    prompt: str
-    negative_prompt: str
-    sampler_name: str
-    scheduler: str
-    steps: int
-    cfg_scale: float
-    width: int
-    height: int
-    seed: int
-    use_variation: bool
-    subseed: int
-    subseed_strength: float
-    seed_resize_from_w: int
-    seed_resize_from_h: int
-    batch_count: int
-    batch_size: int
-    styles: list = field(default_factory=list)
+@dataclass(kw_only=True)
+class Txt2ImgInputs(GenerationInputs):
+    """The values of the tab's controls that make a job, by name (``GENERATE_INPUTS`` lists them)."""
     enable_hr: bool = False
     denoising_strength: float = 0.7
     hr_scale: float = 2.0
@@ -52,10 +35,6 @@ class Txt2ImgInputs:
     hr_scheduler: str = HIRES_SAME_SCHEDULER
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    override_settings: list | None = None
-    restore_faces: bool = False
-    face_restoration_model: str | None = None
-    code_former_weight: float | None = None
 
 
 GENERATE_INPUTS = [f.name for f in fields(Txt2ImgInputs)]

@@ -1,6 +1,8 @@
 """Face detailer (an always-on script, as ADetailer is for A1111): after generation, find the faces and re-render
 each one with inpaint "only masked" at the job's full resolution, so a face that covered 60 pixels gets all 512
-(what users do by hand with img2img). Written on the public Script API only.
+(what users do by hand with img2img). Written on the public Script API, plus the engine's face detection
+(``modules.imaging.face_detection``) and ``p.nested_job``, which keeps the inner inpaint job out of the queue's
+counting and params.txt.
 
 The infotext records the options (``Face detailer: True``, ``Face detailer denoising strength`` ...); the paste
 button reads them back through the script's ``infotext_fields``. From the HTTP API:
@@ -94,7 +96,6 @@ def detail(p: Any, params: FaceDetailerParams, index: int, image: Image.Image) -
         if processed.images:
             image = processed.images[0]
     return image
-
 
 
 class Script(scripts.Script):

@@ -1,0 +1,168 @@
+"""The denoiser seam: the per-step extension points before and after the UNet call, a replaceable UNet forward,
+the model handle a job carries, and conditioning made of more than one tensor."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tests.conftest import DenoiserCalls, pixels
+
+
+def _run(configure=None, **overrides):
+    """A small txt2img job whose ``p.denoiser_hooks`` ``configure`` may change first."""
+    from modules import processing
+    from modules.shared import state
+
+    params = dict(prompt="a cat", negative_prompt="", seed=77, steps=4, width=64, height=64, sampler_name="Euler",
+                  do_not_save_samples=True, do_not_save_grid=True)
+    p = processing.StableDiffusionProcessingTxt2Img(**{**params, **overrides})
+    if configure is not None:
+        configure(p.denoiser_hooks)
+    state.begin("test")
+    return processing.process_images(p)
+
+
+def test_a_replaced_unet_forward_runs_every_model_call_and_gives_the_same_image(tiny_model):
+    from modules.engine import denoiser
+
+    plain = _run()
+    seen = []
+
+    def forward(unet, call):
+        seen.append((call.step, call.total_steps, call.x.shape[0], call.guided, call.rows))
+        return denoiser.call_unet(unet, call)
+
+    same = _run(lambda hooks: setattr(hooks, "unet_forward", forward))
+    assert np.array_equal(pixels(plain.images[0]), pixels(same.images[0]))
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and {s[1] for s in seen} == {4}
+    assert all(rows == 2 and guided and layout == [[(0, 1.0)]] for _, _, rows, guided, layout in seen)  # cond, uncond
+
+
+def test_before_unet_hooks_add_unet_inputs_as_controlnet_will(tiny_model):
+    import torch
+
+    config = tiny_model.unet.config
+    plain = _run()
+    kwargs_seen = []
+
+    def residual(scale):
+        """ControlNet's two UNet inputs: a residual per down-block output (zeros here) and one for the mid block."""
+        def hook(call):
+            kwargs_seen.append(sorted(call.kwargs))
+            rows, size, channels = call.x.shape[0], call.x.shape[-1], config.block_out_channels
+            down = [(channels[0], size)]
+            for level, width in enumerate(channels):
+                down += [(width, size)] * config.layers_per_block
+                if level < len(channels) - 1:
+                    size //= 2
+                    down.append((width, size))
+            call.kwargs["down_block_additional_residuals"] = [torch.zeros(rows, c, s, s, dtype=call.x.dtype)
+                                                              for c, s in down]
+            call.kwargs["mid_block_additional_residual"] = torch.full((rows, channels[-1], size, size), scale,
+                                                                      dtype=call.x.dtype)
+        return hook
+
+    zero = _run(lambda hooks: hooks.before_unet.append(residual(0.0)))
+    strong = _run(lambda hooks: hooks.before_unet.append(residual(1.0)))
+    assert kwargs_seen[0] == ["encoder_hidden_states"]  # the family's UNet inputs, before the hook adds its own
+    assert np.array_equal(pixels(plain.images[0]), pixels(zero.images[0]))
+    assert np.abs(pixels(plain.images[0]) - pixels(strong.images[0])).max() > 10
+
+
+def test_after_unet_hooks_change_the_predictions_sampling_uses(tiny_model):
+    import torch
+
+    def zero_forward(unet, call):
+        return torch.zeros_like(call.x[:, :4])
+
+    def zero_after(result):
+        result.output = torch.zeros_like(result.output)
+
+    plain = _run()
+    from_forward = _run(lambda hooks: setattr(hooks, "unet_forward", zero_forward))
+    from_after = _run(lambda hooks: hooks.after_unet.append(zero_after))
+    assert np.array_equal(pixels(from_forward.images[0]), pixels(from_after.images[0]))
+    assert np.abs(pixels(plain.images[0]) - pixels(from_after.images[0])).max() > 10
+
+
+def test_the_job_carries_its_model(tiny_model):
+    from modules import processing
+    from modules.shared import state
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=1, steps=1, width=64, height=64,
+                                                    sampler_name="Euler", do_not_save_samples=True,
+                                                    do_not_save_grid=True)
+    state.begin("test")
+    processing.process_images(p)
+    assert p.sd_model is tiny_model and p.model is tiny_model
+    assert p.latent_format.channels == 4 and p.latent_format.downscale == 8  # read from the model's family
+    other = dataclasses.replace(tiny_model)
+    p.sd_model = other  # a second pass (a refiner, a hires checkpoint) hands its own model to the run
+    assert p.sampling_run(p.c, p.uc, "Euler", "Automatic", 2, 2).model is other
+
+
+def test_conditioning_of_several_tensors_reaches_the_unet_through_the_family(tiny_model):
+    """SDXL's shape of conditioning (a dict with the context and a vector): batched row by row with AND parts and
+    the negative prompt, shown to on_cfg_denoiser scripts in A1111's layout, turned into UNet inputs by the
+    family; the image is the single-tensor one when the family ignores the vector."""
+    import torch
+
+    from modules import sd_samplers
+    from modules.engine import conditioning, sampling
+
+    class TwoTensorEncoder(conditioning.PromptEncoder):
+        def encode(self, texts):
+            context = super().encode(texts)
+            vector = torch.tensor([[float(len(text.strip())), 1.0, 2.0] for text in texts])
+            return conditioning.DictWithShape(crossattn=context, vector=vector)
+
+    vectors = []
+
+    def unet_inputs(cond):
+        vectors.append(cond["vector"])
+        return {"encoder_hidden_states": cond["crossattn"]}
+
+    family = dataclasses.replace(tiny_model.family, text_conditioner=TwoTensorEncoder, unet_inputs=unet_inputs)
+    two_tensor_model = dataclasses.replace(tiny_model, family=family)
+
+    def sample(model):
+        encoder = model.family.text_conditioner(model)
+        cond = conditioning.get_multicond_learned_conditioning(encoder, ["a cat AND a red dog"], 3)
+        uncond = conditioning.get_learned_conditioning(encoder, ["ugly"], 3)
+        empty = conditioning.split_rows(encoder.encode([""]))[0]
+        scheduler = sd_samplers.create_scheduler(model.scheduler_config, "Euler", None)
+        run = sampling.SamplingRun(model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=7.0,
+                                   steps=3, empty_cond=empty)
+        noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+        with DenoiserCalls() as calls:
+            latents, completed = sampling.sample(run, noise)
+        return latents, calls.calls
+
+    expected, _ = sample(tiny_model)
+    latents, calls = sample(two_tensor_model)
+    assert torch.equal(latents, expected)
+    text_cond = calls[0].text_cond
+    assert isinstance(text_cond, dict) and text_cond.shape == text_cond["crossattn"].shape  # A1111's DictWithShape
+    assert text_cond["crossattn"].shape[0] == 2 and text_cond["vector"].tolist() == [[5.0, 1, 2], [9.0, 1, 2]]
+    assert calls[0].text_uncond["vector"].tolist() == [[4.0, 1, 2]]
+    assert vectors[0].tolist() == [[5.0, 1, 2], [9.0, 1, 2], [4.0, 1, 2]]  # AND parts, then the negative prompt
+    assert len(vectors) == 3
+
+
+def test_padding_and_rows_of_dict_conditioning():
+    import torch
+
+    from modules.engine import conditioning
+
+    context = torch.ones(2, 77, 4)
+    cond = conditioning.DictWithShape(crossattn=context, vector=torch.zeros(2, 3))
+    padded = conditioning.pad_to_length(cond, 154, conditioning.DictWithShape(crossattn=torch.zeros(77, 4),
+                                                                               vector=torch.zeros(3)))
+    assert padded.shape == (2, 154, 4) and padded["vector"].shape == (2, 3)
+    assert torch.equal(padded["crossattn"][:, 77:], torch.zeros(2, 77, 4))
+    rows = conditioning.split_rows(cond)
+    assert len(rows) == 2 and rows[0].shape == (77, 4) and rows[0]["vector"].shape == (3,)
+    with pytest.raises(KeyError):
+        conditioning.DictWithShape(vector=torch.zeros(3)).shape
