@@ -108,23 +108,23 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
 
 
 def encode(model: Any, images):
-    """Float images in 0..1, (B, 3, H, W) -> scaled latents. Uses the mean of the VAE's latent distribution
+    """Float images in 0..1, (B, 3, H, W) -> latents scaled as the model family says. Uses the mean of the VAE's latent distribution
     (A1111 samples it with the global RNG; the mean is deterministic)."""
     import torch
 
-    vae = model.vae
+    vae, latent = model.vae, model.family.latent
     with torch.inference_mode():
         pixels = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1)
         latents = vae.encode(pixels, return_dict=False)[0].mode()
-    return latents.float() * vae.config.scaling_factor
+    return (latents.float() - latent.shift_factor) * latent.scale_factor
 
 
 def decode(model: Any, latents):
     """Latents -> float images in 0..1, (B, 3, H, W). Retries in float32 if half precision gave NaNs."""
     import torch
 
-    vae = model.vae
-    scaled = latents / vae.config.scaling_factor
+    vae, latent = model.vae, model.family.latent
+    scaled = latents / latent.scale_factor + latent.shift_factor
     with torch.inference_mode():
         images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         if torch.isnan(images).any() and vae.dtype != torch.float32:
