@@ -395,7 +395,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.hr_upscale_to_x = self.hr_upscale_to_y = 0
-        self.truncate_x = self.truncate_y = 0
+        self.hr_crop_x = self.hr_crop_y = 0  # pixels cut from the upscaled first pass to reach hr_resize_x/y
+        self.truncate_x = self.truncate_y = 0  # the same in latent pixels (A1111's names), set by the hires pass
         self.all_hr_prompts: list[str] = []
         self.all_hr_negative_prompts: list[str] = []
         self.hr_c = self.hr_uc = None
@@ -431,8 +432,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
     def calculate_target_resolution(self) -> None:
         """The hires size: width/height x hr_scale, or hr_resize_x/y (one zero keeps the aspect ratio; both set
-        covers the box, then the latents are cropped to it)."""
-        self.truncate_x = self.truncate_y = 0
+        covers the box, then the latents are cropped to it). Needs no model, so requests are checked without one."""
+        self.hr_crop_x = self.hr_crop_y = 0
         if not self.hr_resize_x and not self.hr_resize_y:
             self.hr_upscale_to_x = int(self.width * float(self.hr_scale))
             self.hr_upscale_to_y = int(self.height * float(self.hr_scale))
@@ -446,8 +447,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
                 self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_x, self.hr_resize_x * self.height // self.width
             else:
                 self.hr_upscale_to_x, self.hr_upscale_to_y = self.hr_resize_y * self.width // self.height, self.hr_resize_y
-            self.truncate_x = (self.hr_upscale_to_x - self.hr_resize_x) // self.latent_format.downscale
-            self.truncate_y = (self.hr_upscale_to_y - self.hr_resize_y) // self.latent_format.downscale
+            self.hr_crop_x = self.hr_upscale_to_x - self.hr_resize_x
+            self.hr_crop_y = self.hr_upscale_to_y - self.hr_resize_y
 
     def init(self, all_prompts, all_seeds, all_subseeds) -> None:
         if not self.enable_hr:
@@ -518,6 +519,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             first_pass = _to_pil(sampling.decode(model, samples))
             upscaled = [images.resize_image(0, image, target_w, target_h, upscaler_name=self.hr_upscaler) for image in first_pass]
             samples = sampling.encode(model, _from_pil(upscaled))
+        self.truncate_x = self.hr_crop_x // self.latent_format.downscale
+        self.truncate_y = self.hr_crop_y // self.latent_format.downscale
         if self.truncate_x or self.truncate_y:
             samples = samples[:, :, self.truncate_y // 2:samples.shape[2] - (self.truncate_y + 1) // 2,
                               self.truncate_x // 2:samples.shape[3] - (self.truncate_x + 1) // 2]

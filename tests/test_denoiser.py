@@ -166,3 +166,17 @@ def test_padding_and_rows_of_dict_conditioning():
     assert len(rows) == 2 and rows[0].shape == (77, 4) and rows[0]["vector"].shape == (3,)
     with pytest.raises(KeyError):
         conditioning.DictWithShape(vector=torch.zeros(3)).shape
+
+
+def test_checking_a_hires_request_needs_no_model(registry, monkeypatch):
+    """Validation runs on request threads: it must not reach for the model (which could load a checkpoint)."""
+    from modules import processing, sd_models
+
+    def no_model():
+        raise AssertionError("validation asked for the model")
+
+    monkeypatch.setattr(sd_models, "get_sd_model", no_model)
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", steps=2, width=64, height=96, sampler_name="Euler",
+                                                    enable_hr=True, hr_resize_x=128, hr_resize_y=128)
+    p.validate()
+    assert (p.hr_upscale_to_x, p.hr_upscale_to_y, p.hr_crop_x, p.hr_crop_y) == (128, 192, 0, 64)
