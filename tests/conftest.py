@@ -267,3 +267,55 @@ def titled(title: str, body: str = "", show: str = "True") -> str:
     head = (f"import modules.scripts as scripts\n\n\nclass Script(scripts.Script):\n"
             f"    def title(self):\n        return {title!r}\n\n    def show(self, is_img2img):\n        return {show}\n")
     return head + textwrap.dedent(body).replace("\n", "\n    ").rstrip() + "\n"
+
+
+SD2_EPS_CONFIG = 'model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n    scale_factor: 0.18215\n'
+
+
+@pytest.fixture(scope="session")
+def sd2_dir(tmp_path_factory, data_dir):
+    """Tiny SD 2.x checkpoints in the LDM single-file layout: epsilon (declared by a v2-inference style yaml next
+    to it), v-prediction (the ``v_pred`` marker), inpainting (9 channels), and a diffusers copy of the v model."""
+    import dataclasses
+
+    import torch
+
+    from modules.families import sd2
+    from modules.loading import demo_model
+
+    root = tmp_path_factory.mktemp("sd2-models")
+    unet, vae, text = sd2.TINY
+    eps = demo_model.write_checkpoint(str(root / "tiny-sd2.safetensors"), seed=5, shapes=sd2.checkpoint_shapes(*sd2.TINY))
+    (root / "tiny-sd2.yaml").write_text(SD2_EPS_CONFIG)
+    v_model = demo_model.write_checkpoint(str(root / "tiny-sd2-v.safetensors"), seed=5,
+                                          shapes=sd2.checkpoint_shapes(*sd2.TINY), extra={"v_pred": torch.zeros(0)})
+    demo_model.write_checkpoint(str(root / "tiny-sd2-inpainting.safetensors"), seed=6,
+                                shapes=sd2.checkpoint_shapes(dataclasses.replace(unet, in_channels=9), vae, text))
+    save_diffusers_folder(v_model, str(root / "tiny-sd2-v-diffusers"))
+    assert os.path.isfile(eps)
+    return root
+
+
+@pytest.fixture()
+def use_checkpoint_dir(registry):
+    """Call with a folder: its checkpoints join the list (as ``--ckpt-dir`` does) until the test ends."""
+    from modules import sd_models, shared
+    from modules.shared import opts, state
+
+    saved_dir, saved_options = shared.cmd_opts.ckpt_dir, dict(opts.data)
+
+    def use(folder, name: str):
+        shared.cmd_opts.ckpt_dir = str(folder)
+        sd_models.list_models()
+        info = sd_models.get_closet_checkpoint_match(name)
+        model = sd_models.reload_model_weights(info=info)
+        opts.set("sd_model_checkpoint", info.title)
+        state.begin("test")
+        return model
+
+    yield use
+    shared.cmd_opts.ckpt_dir = saved_dir
+    sd_models.list_models()
+    opts.data.clear()
+    opts.data.update(saved_options)
+    sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny.safetensors"))

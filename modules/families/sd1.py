@@ -51,17 +51,14 @@ def diffusers_in_channels(unet: Mapping[str, Any]) -> int | None:
     return unet.get("in_channels", 4)
 
 
-def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
+def build_unet_and_vae(state: dict, unet_arch: sd1_layout.UNetArch, vae_arch: sd1_layout.VAEArch, dtype) -> tuple:
+    """The diffusers UNet and VAE of an LDM-layout checkpoint (SD 1.x and SD 2.x)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
-        create_unet_diffusers_config_from_ldm, create_vae_diffusers_config_from_ldm)
-    from transformers import CLIPTextConfig, CLIPTextModel
+        convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, create_unet_diffusers_config_from_ldm,
+        create_vae_diffusers_config_from_ldm)
 
-    state = sd1_layout.normalise_text_keys(model_files.read_state_dict(path))
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    arch = sd1_layout.infer_architecture(shapes)
-    original = sd1_layout.original_config(arch)
+    original = sd1_layout.original_config(sd1_layout.SD1Arch(unet=unet_arch, vae=vae_arch))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # image_size is passed to avoid guessing; diffusers flags it as deprecated
         unet_config = create_unet_diffusers_config_from_ldm(original, state, image_size=512)
@@ -69,6 +66,16 @@ def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
     unet = build_module(lambda: UNet2DConditionModel.from_config(unet_config),
                         convert_ldm_unet_checkpoint(state, unet_config), dtype)
     vae = build_module(lambda: AutoencoderKL.from_config(vae_config), convert_ldm_vae_checkpoint(state, vae_config), dtype)
+    return unet, vae
+
+
+def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    state = sd1_layout.normalise_text_keys(model_files.read_state_dict(path))
+    arch = sd1_layout.infer_architecture({k: tuple(v.shape) for k, v in state.items()})
+    unet, vae = build_unet_and_vae(state, arch.unet, arch.vae, dtype)
     text_config = CLIPTextConfig(**sd1_layout.text_config_kwargs(arch.text))
     text_encoder = build_module(lambda: CLIPTextModel(text_config), convert_ldm_clip_checkpoint(state), dtype)
     return Components(unet, vae, text_encoder, load_tokenizer(), dict(family.scheduler_config), family, {"arch": arch})

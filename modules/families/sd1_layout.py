@@ -1,5 +1,7 @@
 """The SD 1.x single-file (original LDM) layout: infer the architecture from tensor shapes, and list the
-keys and shapes an architecture has (used to build random-weight demo and test checkpoints).
+keys and shapes an architecture has (used to build random-weight demo and test checkpoints). SD 2.x keeps the same
+UNet and VAE layout with linear attention projections (``UNetArch.linear_projection``); its text encoder is in
+``open_clip.py``.
 
 Real SD 1.5 has model_channels 320, channel_mult (1, 2, 4, 4), 2 res blocks, context 768, a 12-layer
 CLIP ViT-L/14 text encoder and a 128-channel VAE; tiny test models only shrink those numbers.
@@ -13,6 +15,7 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 TEXT = "cond_stage_model.transformer.text_model."
 UNET_HEADS = 8  # SD 1.x uses 8 attention heads everywhere; head count is not visible in the weights
+SD2_HEAD_CHANNELS = 64  # SD 2.x: 64 channels per head (tiny models with fewer channels use one head per level)
 TEXT_HEAD_DIM = 64  # CLIP ViT-L/14: 768 / 12 heads
 
 
@@ -30,6 +33,8 @@ class UNetArch:
     attention_levels: tuple[bool, ...] = (True, True, True, False)
     context_dim: int = 768
     transformer_depth: int = 1
+    linear_projection: bool = False  # SD 2.x: 2-D proj_in/proj_out
+    head_channels: int = 0  # SD 2.x: channels per attention head (0: SD 1.x's fixed 8 heads)
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,9 @@ def infer_unet(shapes: dict) -> UNetArch:
         raise NotSD1Layout("UNet input blocks not found")
     context_dim = s.get(UNET + "middle_block.1.transformer_blocks.0.attn2.to_k.weight", (0, 0))[1]
     depth = _count(s, re.escape(UNET + "middle_block.1.transformer_blocks.") + r"(\d+)\.")
+    linear = len(s.get(UNET + "middle_block.1.proj_in.weight", (0, 0, 1, 1))) == 2
     return UNetArch(
+        linear_projection=linear, head_channels=min(SD2_HEAD_CHANNELS, model_channels) if linear else 0,
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
         channel_mult=tuple(level[0][0] // model_channels for level in levels),
         num_res_blocks=len(levels[0]),
@@ -158,8 +165,9 @@ def original_config(arch: SD1Arch) -> dict:
             "in_channels": u.in_channels, "out_channels": u.out_channels, "model_channels": u.model_channels,
             "channel_mult": list(u.channel_mult), "num_res_blocks": u.num_res_blocks,
             "attention_resolutions": [2 ** i for i, a in enumerate(u.attention_levels) if a],
-            "num_heads": UNET_HEADS, "transformer_depth": u.transformer_depth, "context_dim": u.context_dim,
-            "use_linear_in_transformer": False,
+            **({"num_head_channels": u.head_channels} if u.head_channels else {"num_heads": UNET_HEADS}),
+            "transformer_depth": u.transformer_depth, "context_dim": u.context_dim,
+            "use_linear_in_transformer": u.linear_projection,
         }},
         "first_stage_config": {"params": {"ddconfig": {
             "ch": v.ch, "ch_mult": list(v.ch_mult), "num_res_blocks": v.num_res_blocks,
@@ -168,11 +176,12 @@ def original_config(arch: SD1Arch) -> dict:
     }}}
 
 
-def text_config_kwargs(t: TextArch) -> dict:
+def text_config_kwargs(t: TextArch, hidden_act: str = "quick_gelu") -> dict:
+    """transformers ``CLIPTextConfig`` arguments (``quick_gelu``: OpenAI's CLIP-L; OpenCLIP towers use ``gelu``)."""
     return {
         "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
         "num_hidden_layers": t.num_layers, "num_attention_heads": t.num_heads,
-        "max_position_embeddings": t.max_positions, "hidden_act": "quick_gelu", "projection_dim": t.hidden_size,
+        "max_position_embeddings": t.max_positions, "hidden_act": hidden_act, "projection_dim": t.hidden_size,
         "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
     }
 
@@ -200,8 +209,9 @@ def _unet_resblock(p: str, cin: int, cout: int, emb: int) -> dict:
     return d
 
 
-def _transformer(p: str, ch: int, ctx: int, depth: int) -> dict:
-    d = {**_norm(p + "norm.", ch), **_conv(p + "proj_in.", ch, ch, 1), **_conv(p + "proj_out.", ch, ch, 1)}
+def _transformer(p: str, ch: int, ctx: int, depth: int, linear: bool = False) -> dict:
+    project = (lambda name: _linear(p + name, ch, ch)) if linear else (lambda name: _conv(p + name, ch, ch, 1))
+    d = {**_norm(p + "norm.", ch), **project("proj_in."), **project("proj_out.")}
     for i in range(depth):
         b = f"{p}transformer_blocks.{i}."
         for attn, kv in (("attn1", ch), ("attn2", ctx)):
@@ -228,7 +238,7 @@ def unet_shapes(u: UNetArch) -> dict:
             d.update(_unet_resblock(p + "0.", ch, mult * mc, emb))
             ch = mult * mc
             if u.attention_levels[level]:
-                d.update(_transformer(p + "1.", ch, u.context_dim, u.transformer_depth))
+                d.update(_transformer(p + "1.", ch, u.context_dim, u.transformer_depth, u.linear_projection))
             chans.append(ch)
             n += 1
         if level != last:
@@ -236,7 +246,7 @@ def unet_shapes(u: UNetArch) -> dict:
             chans.append(ch)
             n += 1
     d.update(_unet_resblock(UNET + "middle_block.0.", ch, ch, emb))
-    d.update(_transformer(UNET + "middle_block.1.", ch, u.context_dim, u.transformer_depth))
+    d.update(_transformer(UNET + "middle_block.1.", ch, u.context_dim, u.transformer_depth, u.linear_projection))
     d.update(_unet_resblock(UNET + "middle_block.2.", ch, ch, emb))
     n = 0
     for level in reversed(range(len(u.channel_mult))):
@@ -247,7 +257,7 @@ def unet_shapes(u: UNetArch) -> dict:
             ch = u.channel_mult[level] * mc
             idx = 1
             if u.attention_levels[level]:
-                d.update(_transformer(p + "1.", ch, u.context_dim, u.transformer_depth))
+                d.update(_transformer(p + "1.", ch, u.context_dim, u.transformer_depth, u.linear_projection))
                 idx = 2
             if level and i == u.num_res_blocks:
                 d.update(_conv(f"{p}{idx}.conv.", ch, ch))

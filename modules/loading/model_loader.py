@@ -56,12 +56,16 @@ def build_module(make, state: dict, dtype) -> Any:
     return module.eval().requires_grad_(False)
 
 
-def load_tokenizer(folder: str | None = None):
+def load_tokenizer(folder: str | None = None, pad_token: str | None = None):
+    """The CLIP BPE tokenizer of a diffusers folder, or the bundled one. OpenCLIP text towers pad with ``!`` (id 0)
+    instead of the end token: ``pad_token="!"``."""
     heavy_imports.ensure()  # the UI's token counter asks for it from its own thread
     from transformers import CLIPTokenizer
 
-    source = folder if folder and os.path.isfile(os.path.join(folder, "vocab.json")) else TOKENIZER_DIR
-    return CLIPTokenizer.from_pretrained(source, local_files_only=True)
+    saved = folder and any(os.path.isfile(os.path.join(folder, name)) for name in ("vocab.json", "tokenizer.json"))
+    source = folder if saved else TOKENIZER_DIR
+    extra = {"pad_token": pad_token} if pad_token and source == TOKENIZER_DIR else {}
+    return CLIPTokenizer.from_pretrained(source, local_files_only=True, **extra)
 
 
 @functools.lru_cache(maxsize=1)
