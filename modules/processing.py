@@ -262,7 +262,8 @@ class StableDiffusionProcessing:
             cache_c.update(key=key, value=value)
         key = (tuple(negative_prompts), text_encoder_state)
         if cache_uc.get("key") != key:
-            value = conditioning.get_learned_conditioning(encoder, negative_prompts, total_steps, hires_steps, old)
+            value = conditioning.get_learned_conditioning(encoder, negative_prompts, total_steps, hires_steps, old,
+                                                          negative=True)
             cache_uc.update(key=key, value=value, empty=conditioning.split_rows(encoder.encode([""]))[0])
         if opts.textual_inversion_add_hashes_to_infotext:
             for name, embedding in encoder.used_embeddings.items():

@@ -113,14 +113,14 @@ def test_conditioning_of_several_tensors_reaches_the_unet_through_the_family(tin
     from modules.engine import conditioning, sampling
 
     class TwoTensorEncoder(conditioning.PromptEncoder):
-        def encode(self, texts):
+        def encode(self, texts, negative=False):
             context = super().encode(texts)
             vector = torch.tensor([[float(len(text.strip())), 1.0, 2.0] for text in texts])
             return conditioning.DictWithShape(crossattn=context, vector=vector)
 
     vectors = []
 
-    def unet_inputs(cond):
+    def unet_inputs(model, cond):
         vectors.append(cond["vector"])
         return {"encoder_hidden_states": cond["crossattn"]}
 

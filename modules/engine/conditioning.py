@@ -71,17 +71,20 @@ class PromptEncoder:
     """Encodes prompt texts with one model's tokenizer and text encoder under the current settings."""
 
     def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original",
-                 comma_padding_backtrack: int = 20, embeddings: Any = None):
+                 comma_padding_backtrack: int = 20, embeddings: Any = None, tokenizer: Any = None,
+                 text_encoder: Any = None):
         self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        self.text_encoder = text_encoder if text_encoder is not None else model.text_encoder
         self.clip_skip = max(1, int(clip_skip))
         self.emphasis = emphasis
         self.comma_padding_backtrack = comma_padding_backtrack
         self.embeddings = embeddings
-        self.ids = prompt_chunks.special_tokens(model.tokenizer)
+        self.ids = prompt_chunks.special_tokens(self.tokenizer)
         self.used_embeddings: dict[str, Any] = {}
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.model.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
 
     def find_embedding(self, tokens: list[int], position: int):
         if self.embeddings is None:
@@ -93,9 +96,10 @@ class PromptEncoder:
                                            comma_padding_backtrack=self.comma_padding_backtrack,
                                            find_embedding=self.find_embedding)
 
-    def encode(self, texts: list[str]):
+    def encode(self, texts: list[str], negative: bool = False):
         """(len(texts), 77 * chunks, D). Texts with fewer chunks get empty chunks, as in A1111, and the
-        emphasis normalisation of each chunk index spans all the texts encoded together."""
+        emphasis normalisation of each chunk index spans all the texts encoded together. ``negative``: the texts are
+        negative prompts (SD 1.x and 2.x encode them like any other; SDXL zeroes empty ones)."""
         import torch
 
         per_text = [self.chunks(text)[0] for text in texts]
@@ -118,16 +122,20 @@ class PromptEncoder:
         if self.ids.pad != self.ids.end:  # families padding with a pad token: everything after the first EOS
             is_end = (tokens == self.ids.end).int()
             tokens = torch.where(is_end.cumsum(dim=1) - is_end >= 1, torch.full_like(tokens, self.ids.pad), tokens)
-        with torch.inference_mode(), _embedding_fixes(model.text_encoder, [chunk.fixes for chunk in chunks]):
-            if self.clip_skip <= 1:
-                z = model.text_encoder(input_ids=tokens).last_hidden_state
-            else:
-                out = model.text_encoder(input_ids=tokens, output_hidden_states=True)
-                transformer = getattr(model.text_encoder, "text_model", model.text_encoder)  # layout differs by version
-                z = transformer.final_layer_norm(out.hidden_states[-self.clip_skip])
+        with torch.inference_mode(), _embedding_fixes(self.text_encoder, [chunk.fixes for chunk in chunks]):
+            z = self.hidden_states(tokens)
             multipliers = torch.tensor([chunk.multipliers for chunk in chunks], device=z.device, dtype=torch.float32)
             z = sd_emphasis.get_current_option(self.emphasis)().after_transformers(z.float(), multipliers)
         return z.to(model.dtype)
+
+    def hidden_states(self, tokens):
+        """The text encoder's output for a batch of chunks: the last layer, or with clip skip N the N-th from
+        the end, through the final layer norm (A1111's SD 1.x rule)."""
+        if self.clip_skip <= 1:
+            return self.text_encoder(input_ids=tokens).last_hidden_state
+        out = self.text_encoder(input_ids=tokens, output_hidden_states=True)
+        transformer = getattr(self.text_encoder, "text_model", self.text_encoder)  # the layout differs by version
+        return transformer.final_layer_norm(out.hidden_states[-self.clip_skip])
 
 
 @contextmanager
@@ -156,14 +164,16 @@ def _embedding_fixes(text_encoder: Any, fixes: list[list[prompt_chunks.PromptChu
 
 
 def get_learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int, hires_steps: int | None = None,
-                             use_old_scheduling: bool = False) -> list[list[ScheduledPromptConditioning]]:
-    """Per prompt, its schedule with encoded conditioning; each distinct prompt is encoded once."""
+                             use_old_scheduling: bool = False,
+                             negative: bool = False) -> list[list[ScheduledPromptConditioning]]:
+    """Per prompt, its schedule with encoded conditioning; each distinct prompt is encoded once. ``negative``:
+    these are negative prompts."""
     schedules = prompt_parser.get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, use_old_scheduling)
     cache: dict[str, list[ScheduledPromptConditioning]] = {}
     result = []
     for prompt, schedule in zip(prompts, schedules):
         if prompt not in cache:
-            conds = split_rows(encoder.encode([text for _, text in schedule]))
+            conds = split_rows(encoder.encode([text for _, text in schedule], negative=negative))
             cache[prompt] = [ScheduledPromptConditioning(end, cond) for (end, _), cond in zip(schedule, conds)]
         result.append(cache[prompt])
     return result

@@ -90,7 +90,7 @@ class Denoiser:
         context = conditioning.cat_conds([cond, uncond]) if guided else cond
         dtype = model.dtype
         context = conditioning.map_cond(lambda tensor: tensor.to(dtype), context)
-        call = UNetCall(x_in.to(dtype), t, model.family.unet_inputs(context), call_index, total, conds_list, guided)
+        call = UNetCall(x_in.to(dtype), t, model.family.unet_inputs(model, context), call_index, total, conds_list, guided)
         for hook in self.hooks.before_unet:
             hook(call)
         result = UNetResult(call, self.hooks.unet_forward(model.unet, call).float())

@@ -11,8 +11,7 @@ def latent_to_image(latent, latent_format: LatentFormat):
     from PIL import Image
 
     coefs = torch.tensor(latent_format.preview_rgb, dtype=torch.float32)
-    bias = torch.tensor(latent_format.preview_bias, dtype=torch.float32)
-    rgb = torch.einsum("lhw,lr->hwr", latent.detach().float().cpu(), coefs) + bias
+    rgb = torch.einsum("lhw,lr->hwr", latent.detach().float().cpu(), coefs)
     array = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     image = Image.fromarray(np.ascontiguousarray(array))
     scale = latent_format.downscale

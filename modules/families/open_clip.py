@@ -31,8 +31,11 @@ class OpenClipArch:
 def infer(shapes: dict, prefix: str) -> OpenClipArch:
     vocab, width = shapes[prefix + "token_embedding.weight"]
     layers = len({m.group(1) for key in shapes if (m := re.match(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.", key))})
-    projection = shapes.get(prefix + "text_projection", (width, width))
-    return OpenClipArch(width=width, layers=layers, projection_dim=projection[-1], vocab_size=vocab,
+    if prefix + "text_projection" in shapes:  # used as x @ P: [W, P]
+        projection_dim = shapes[prefix + "text_projection"][-1]
+    else:  # some converted files store it as a Linear weight: [P, W]
+        projection_dim = shapes.get(prefix + "text_projection.weight", (width, width))[0]
+    return OpenClipArch(width=width, layers=layers, projection_dim=projection_dim, vocab_size=vocab,
                         max_positions=shapes[prefix + "positional_embedding"][0])
 
 

@@ -51,22 +51,31 @@ def diffusers_in_channels(unet: Mapping[str, Any]) -> int | None:
     return unet.get("in_channels", 4)
 
 
-def build_unet_and_vae(state: dict, unet_arch: sd1_layout.UNetArch, vae_arch: sd1_layout.VAEArch, dtype) -> tuple:
-    """The diffusers UNet and VAE of an LDM-layout checkpoint (SD 1.x and SD 2.x)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, create_unet_diffusers_config_from_ldm,
-        create_vae_diffusers_config_from_ldm)
+def build_unet(state: dict, unet_arch: sd1_layout.UNetArch, vae_arch: sd1_layout.VAEArch, dtype,
+               config_changes: dict | None = None):
+    """The diffusers UNet of an LDM-layout checkpoint (SD 1.x, SD 2.x, SDXL); ``config_changes`` amend the config
+    diffusers derives from the layout."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
 
     original = sd1_layout.original_config(sd1_layout.SD1Arch(unet=unet_arch, vae=vae_arch))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # image_size is passed to avoid guessing; diffusers flags it as deprecated
-        unet_config = create_unet_diffusers_config_from_ldm(original, state, image_size=512)
-        vae_config = create_vae_diffusers_config_from_ldm(original, state, image_size=512)
-    unet = build_module(lambda: UNet2DConditionModel.from_config(unet_config),
-                        convert_ldm_unet_checkpoint(state, unet_config), dtype)
-    vae = build_module(lambda: AutoencoderKL.from_config(vae_config), convert_ldm_vae_checkpoint(state, vae_config), dtype)
-    return unet, vae
+        config = create_unet_diffusers_config_from_ldm(original, state, image_size=512)
+    config.update(config_changes or {})
+    return build_module(lambda: UNet2DConditionModel.from_config(config), convert_ldm_unet_checkpoint(state, config), dtype)
+
+
+def build_vae(state: dict, vae_arch: sd1_layout.VAEArch, dtype, scale_factor: float):
+    """The diffusers VAE of an LDM-layout checkpoint, with the family's latent scale in its config."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    original = sd1_layout.original_config(sd1_layout.SD1Arch(vae=vae_arch))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = create_vae_diffusers_config_from_ldm(original, state, image_size=512, scaling_factor=scale_factor)
+    return build_module(lambda: AutoencoderKL.from_config(config), convert_ldm_vae_checkpoint(state, config), dtype)
 
 
 def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
@@ -75,7 +84,8 @@ def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
 
     state = sd1_layout.normalise_text_keys(model_files.read_state_dict(path))
     arch = sd1_layout.infer_architecture({k: tuple(v.shape) for k, v in state.items()})
-    unet, vae = build_unet_and_vae(state, arch.unet, arch.vae, dtype)
+    unet = build_unet(state, arch.unet, arch.vae, dtype)
+    vae = build_vae(state, arch.vae, dtype, family.latent.scale_factor)
     text_config = CLIPTextConfig(**sd1_layout.text_config_kwargs(arch.text))
     text_encoder = build_module(lambda: CLIPTextModel(text_config), convert_ldm_clip_checkpoint(state), dtype)
     return Components(unet, vae, text_encoder, load_tokenizer(), dict(family.scheduler_config), family, {"arch": arch})
@@ -97,7 +107,7 @@ def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
     return Components(unet, vae, text_encoder, load_tokenizer(os.path.join(path, "tokenizer")), scheduler_config, family)
 
 
-def unet_inputs(cond) -> dict:
+def unet_inputs(model, cond) -> dict:
     return {"encoder_hidden_states": cond}
 
 

@@ -32,9 +32,19 @@ class UNetArch:
     num_res_blocks: int = 2
     attention_levels: tuple[bool, ...] = (True, True, True, False)
     context_dim: int = 768
-    transformer_depth: int = 1
-    linear_projection: bool = False  # SD 2.x: 2-D proj_in/proj_out
-    head_channels: int = 0  # SD 2.x: channels per attention head (0: SD 1.x's fixed 8 heads)
+    transformer_depth: int = 1  # transformer blocks per attention layer, on every level and in the middle
+    linear_projection: bool = False  # SD 2.x, SDXL: 2-D proj_in/proj_out
+    head_channels: int = 0  # SD 2.x, SDXL: channels per attention head (0: SD 1.x's fixed 8 heads)
+    level_depths: tuple[int, ...] = ()  # SDXL: blocks per level (0 where a level has no attention)
+    middle_depth: int = 0  # SDXL: blocks in the middle (0: transformer_depth)
+    adm_in_channels: int = 0  # SDXL: the input width of label_emb (pooled text + size embeddings)
+
+    def depth(self, level: int) -> int:
+        return self.level_depths[level] if self.level_depths else self.transformer_depth
+
+    @property
+    def middle(self) -> int:
+        return self.middle_depth or self.transformer_depth
 
 
 @dataclass(frozen=True)
@@ -97,29 +107,34 @@ def infer_unet(shapes: dict) -> UNetArch:
         out_channels = s[UNET + "out.2.weight"][0]
     except KeyError as e:
         raise NotSD1Layout(f"no LDM UNet key {e}") from e
-    levels: list[list[tuple[int, bool]]] = [[]]
+    levels: list[list[tuple[int, int]]] = [[]]  # per level: (channels, transformer blocks) of each res block
     i = 1
     while True:
         p = f"{UNET}input_blocks.{i}."
         if p + "0.op.weight" in s:
             levels.append([])
         elif p + "0.in_layers.2.weight" in s:
-            levels[-1].append((s[p + "0.in_layers.2.weight"][0], p + "1.proj_in.weight" in s))
+            levels[-1].append((s[p + "0.in_layers.2.weight"][0],
+                               _count(s, re.escape(p + "1.transformer_blocks.") + r"(\d+)\.")))
         else:
             break
         i += 1
     if not levels[0]:
         raise NotSD1Layout("UNet input blocks not found")
     context_dim = s.get(UNET + "middle_block.1.transformer_blocks.0.attn2.to_k.weight", (0, 0))[1]
-    depth = _count(s, re.escape(UNET + "middle_block.1.transformer_blocks.") + r"(\d+)\.")
+    middle = max(_count(s, re.escape(UNET + "middle_block.1.transformer_blocks.") + r"(\d+)\."), 1)
     linear = len(s.get(UNET + "middle_block.1.proj_in.weight", (0, 0, 1, 1))) == 2
+    depths = tuple(level[0][1] for level in levels)
+    uniform = {d for d in depths if d} <= {middle}  # SD 1.x and 2.x: one depth everywhere
     return UNetArch(
         linear_projection=linear, head_channels=min(SD2_HEAD_CHANNELS, model_channels) if linear else 0,
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
         channel_mult=tuple(level[0][0] // model_channels for level in levels),
         num_res_blocks=len(levels[0]),
-        attention_levels=tuple(level[0][1] for level in levels),
-        context_dim=context_dim, transformer_depth=max(depth, 1),
+        attention_levels=tuple(depth > 0 for depth in depths),
+        context_dim=context_dim, transformer_depth=middle if uniform else 1,
+        level_depths=() if uniform else depths, middle_depth=0 if uniform else middle,
+        adm_in_channels=s.get(UNET + "label_emb.0.0.weight", (0, 0))[1],
     )
 
 
@@ -136,15 +151,15 @@ def infer_vae(shapes: dict) -> VAEArch:
     return VAEArch(ch=ch, ch_mult=mult, num_res_blocks=blocks, z_channels=z)
 
 
-def infer_text(shapes: dict) -> TextArch:
+def infer_text(shapes: dict, prefix: str = TEXT) -> TextArch:
     s = shapes
     try:
-        vocab, hidden = s[TEXT + "embeddings.token_embedding.weight"]
-        positions = s[TEXT + "embeddings.position_embedding.weight"][0]
-        intermediate = s[TEXT + "encoder.layers.0.mlp.fc1.weight"][0]
+        vocab, hidden = s[prefix + "embeddings.token_embedding.weight"]
+        positions = s[prefix + "embeddings.position_embedding.weight"][0]
+        intermediate = s[prefix + "encoder.layers.0.mlp.fc1.weight"][0]
     except KeyError as e:
         raise NotSD1Layout(f"no CLIP text encoder key {e}") from e
-    layers = _count(s, re.escape(TEXT + "encoder.layers.") + r"(\d+)\.")
+    layers = _count(s, re.escape(prefix + "encoder.layers.") + r"(\d+)\.")
     return TextArch(vocab_size=vocab, hidden_size=hidden, num_layers=layers,
                     intermediate_size=intermediate, max_positions=positions)
 
@@ -166,8 +181,10 @@ def original_config(arch: SD1Arch) -> dict:
             "channel_mult": list(u.channel_mult), "num_res_blocks": u.num_res_blocks,
             "attention_resolutions": [2 ** i for i, a in enumerate(u.attention_levels) if a],
             **({"num_head_channels": u.head_channels} if u.head_channels else {"num_heads": UNET_HEADS}),
-            "transformer_depth": u.transformer_depth, "context_dim": u.context_dim,
-            "use_linear_in_transformer": u.linear_projection,
+            "transformer_depth": ([u.depth(level) or 1 for level in range(len(u.channel_mult))] if u.level_depths
+                                  else u.transformer_depth),
+            "context_dim": u.context_dim, "use_linear_in_transformer": u.linear_projection,
+            **({"num_classes": "sequential", "adm_in_channels": u.adm_in_channels} if u.adm_in_channels else {}),
         }},
         "first_stage_config": {"params": {"ddconfig": {
             "ch": v.ch, "ch_mult": list(v.ch_mult), "num_res_blocks": v.num_res_blocks,
@@ -230,6 +247,8 @@ def unet_shapes(u: UNetArch) -> dict:
     mc, emb = u.model_channels, u.model_channels * 4
     d = {**_linear(UNET + "time_embed.0.", emb, mc), **_linear(UNET + "time_embed.2.", emb, emb),
          **_conv(UNET + "input_blocks.0.0.", mc, u.in_channels)}
+    if u.adm_in_channels:
+        d.update({**_linear(UNET + "label_emb.0.0.", emb, u.adm_in_channels), **_linear(UNET + "label_emb.0.2.", emb, emb)})
     chans, ch, n = [mc], mc, 1
     last = len(u.channel_mult) - 1
     for level, mult in enumerate(u.channel_mult):
@@ -238,7 +257,7 @@ def unet_shapes(u: UNetArch) -> dict:
             d.update(_unet_resblock(p + "0.", ch, mult * mc, emb))
             ch = mult * mc
             if u.attention_levels[level]:
-                d.update(_transformer(p + "1.", ch, u.context_dim, u.transformer_depth, u.linear_projection))
+                d.update(_transformer(p + "1.", ch, u.context_dim, u.depth(level), u.linear_projection))
             chans.append(ch)
             n += 1
         if level != last:
@@ -246,7 +265,7 @@ def unet_shapes(u: UNetArch) -> dict:
             chans.append(ch)
             n += 1
     d.update(_unet_resblock(UNET + "middle_block.0.", ch, ch, emb))
-    d.update(_transformer(UNET + "middle_block.1.", ch, u.context_dim, u.transformer_depth, u.linear_projection))
+    d.update(_transformer(UNET + "middle_block.1.", ch, u.context_dim, u.middle, u.linear_projection))
     d.update(_unet_resblock(UNET + "middle_block.2.", ch, ch, emb))
     n = 0
     for level in reversed(range(len(u.channel_mult))):
@@ -257,7 +276,7 @@ def unet_shapes(u: UNetArch) -> dict:
             ch = u.channel_mult[level] * mc
             idx = 1
             if u.attention_levels[level]:
-                d.update(_transformer(p + "1.", ch, u.context_dim, u.transformer_depth, u.linear_projection))
+                d.update(_transformer(p + "1.", ch, u.context_dim, u.depth(level), u.linear_projection))
                 idx = 2
             if level and i == u.num_res_blocks:
                 d.update(_conv(f"{p}{idx}.conv.", ch, ch))
@@ -312,13 +331,13 @@ def vae_shapes(v: VAEArch) -> dict:
     return d
 
 
-def text_shapes(t: TextArch) -> dict:
+def text_shapes(t: TextArch, prefix: str = TEXT) -> dict:
     h, i = t.hidden_size, t.intermediate_size
-    d = {TEXT + "embeddings.token_embedding.weight": (t.vocab_size, h),
-         TEXT + "embeddings.position_embedding.weight": (t.max_positions, h),
-         **_norm(TEXT + "final_layer_norm.", h)}
+    d = {prefix + "embeddings.token_embedding.weight": (t.vocab_size, h),
+         prefix + "embeddings.position_embedding.weight": (t.max_positions, h),
+         **_norm(prefix + "final_layer_norm.", h)}
     for n in range(t.num_layers):
-        p = f"{TEXT}encoder.layers.{n}."
+        p = f"{prefix}encoder.layers.{n}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             d.update(_linear(f"{p}self_attn.{proj}.", h, h))
         d.update(_norm(p + "layer_norm1.", h))

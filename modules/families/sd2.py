@@ -81,11 +81,19 @@ def _predicts_velocity(unet) -> bool:
             unet.to(dtype)
 
 
-def prediction_type(path: str, shapes: Mapping[str, tuple], unet) -> str:
+def declared_config(path: str) -> str:
+    """The text of the ``<checkpoint stem>.yaml`` next to the file (A1111 reads it in place of its own guess); ""
+    when there is none."""
     config_file = os.path.splitext(path)[0] + ".yaml"
-    if os.path.isfile(config_file):
-        with open(config_file, encoding="utf8", errors="replace") as f:
-            text = f.read()
+    if not os.path.isfile(config_file):
+        return ""
+    with open(config_file, encoding="utf8", errors="replace") as f:
+        return f.read()
+
+
+def prediction_type(path: str, shapes: Mapping[str, tuple], unet) -> str:
+    text = declared_config(path)
+    if text:
         return "v_prediction" if any(pattern.search(text) for pattern in V_PREDICTION_CONFIG) else "epsilon"
     if "v_pred" in shapes:
         return "v_prediction"
@@ -100,7 +108,8 @@ def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
     state = _from_sgm(model_files.read_state_dict(path))
     shapes = {key: tuple(value.shape) for key, value in state.items()}
     unet_arch, vae_arch = sd1_layout.infer_unet(shapes), sd1_layout.infer_vae(shapes)
-    unet, vae = sd1.build_unet_and_vae(state, unet_arch, vae_arch, dtype)
+    unet = sd1.build_unet(state, unet_arch, vae_arch, dtype)
+    vae = sd1.build_vae(state, vae_arch, dtype, family.latent.scale_factor)
     text_arch = open_clip.infer(shapes, open_clip.SD2_PREFIX)
     layers = text_arch.layers - 1  # the last block is never used (diffusers' SD 2 text_encoder has 23 of 24)
     text_config = CLIPTextConfig(**open_clip.text_config_kwargs(text_arch, layers))

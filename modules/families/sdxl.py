@@ -1,24 +1,175 @@
-"""SDXL base (two text encoders) and the SDXL refiner (OpenCLIP bigG only): recognised so that the user is told
-what the checkpoint is; loading comes with the model-families work."""
+"""SDXL base (CLIP-L and OpenCLIP ViT-bigG text encoders) and the SDXL refiner (bigG only): their single-file
+layout (the SGM code's: LDM UNet and VAE names, text encoders under ``conditioner.embedders.N.``), its sizes, the
+base model's loader and its conditioner as A1111 computes it.
+
+Not enabled yet (``supported=False``): the loader and conditioner are proven against diffusers'
+``StableDiffusionXLPipeline`` by the tests, but the job path still lacks the size conditioning of hires passes,
+SDXL's LoRA key names, ``clip_l``/``clip_g`` embeddings, the fp16 VAE's float32 fallback and the refiner.
+"""
 from __future__ import annotations
 
-from modules.families.spec import ModelFamily
+from types import MappingProxyType
+from typing import Any
+
+from modules.engine import conditioning
+from modules.families import open_clip, sd1, sd1_layout, sd2
+from modules.families.spec import LatentFormat, LoraLayout, ModelFamily
+from modules.loading import model_files
+from modules.loading.model_loader import Components, build_module, load_tokenizer
+
+CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+BIG_G_PREFIX = "conditioner.embedders.1.model."
+REFINER_G_PREFIX = "conditioner.embedders.0.model."
+LABEL_EMB = sd1_layout.UNET + "label_emb.0.0.weight"
 
 
 def _has(shapes, prefix: str) -> bool:
     return any(key.startswith(prefix) for key in shapes)
 
 
+def checkpoint_shapes(unet: sd1_layout.UNetArch, vae: sd1_layout.VAEArch, big_g: open_clip.OpenClipArch,
+                      clip_l: sd1_layout.TextArch | None = None) -> dict:
+    """Every key and shape of an SDXL single-file checkpoint: base and inpainting with ``clip_l``, the refiner
+    (bigG as embedder 0) without."""
+    shapes = {**sd1_layout.unet_shapes(unet), **sd1_layout.vae_shapes(vae)}
+    if clip_l is None:
+        return {**shapes, **open_clip.checkpoint_shapes(big_g, REFINER_G_PREFIX)}
+    return {**shapes, **sd1_layout.text_shapes(clip_l, CLIP_L_PREFIX), **open_clip.checkpoint_shapes(big_g, BIG_G_PREFIX)}
+
+
+FULL_SIZE_BASE = (
+    sd1_layout.UNetArch(model_channels=320, channel_mult=(1, 2, 4), attention_levels=(False, True, True),
+                        context_dim=2048, linear_projection=True, head_channels=64, level_depths=(0, 2, 10),
+                        middle_depth=10, adm_in_channels=2816),
+    sd1_layout.VAEArch(), open_clip.OpenClipArch(width=1280, layers=32, projection_dim=1280), sd1_layout.TextArch())
+FULL_SIZE_REFINER = (
+    sd1_layout.UNetArch(model_channels=384, channel_mult=(1, 2, 4, 4), attention_levels=(False, True, True, False),
+                        context_dim=1280, transformer_depth=4, linear_projection=True, head_channels=64,
+                        adm_in_channels=2560),
+    sd1_layout.VAEArch(), open_clip.OpenClipArch(width=1280, layers=32, projection_dim=1280))
+
+LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.13025, preview_rgb=(  # A1111's SDXL "Approx cheap"
+    (0.3448, 0.4168, 0.4395),
+    (-0.1953, -0.0290, 0.0250),
+    (0.1074, 0.0886, -0.0163),
+    (-0.3730, -0.2499, -0.2088),
+))
+TIME_IDS = 6  # original height and width, crop top and left, target height and width
+
+
+def size_ids(width: int, height: int, crop_top: int = 0, crop_left: int = 0) -> list[float]:
+    """The base model's size conditioning, as A1111 sets it: the original size is the target size."""
+    return [float(height), float(width), float(crop_top), float(crop_left), float(height), float(width)]
+
+
+def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    state = model_files.read_state_dict(path)
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    unet_arch, vae_arch = sd1_layout.infer_unet(shapes), sd1_layout.infer_vae(shapes)
+    big_g, clip_l = open_clip.infer(shapes, BIG_G_PREFIX), sd1_layout.infer_text(shapes, CLIP_L_PREFIX)
+    # diffusers picks SDXL's added conditioning only for the real context widths; declare it for every size
+    unet = sd1.build_unet(state, unet_arch, vae_arch, dtype, {
+        "class_embed_type": None, "addition_embed_type": "text_time",
+        "addition_time_embed_dim": (unet_arch.adm_in_channels - big_g.projection_dim) // TIME_IDS,
+        "projection_class_embeddings_input_dim": unet_arch.adm_in_channels})
+    vae = sd1.build_vae(state, vae_arch, dtype, family.latent.scale_factor)
+    l_config = CLIPTextConfig(**sd1_layout.text_config_kwargs(clip_l))
+    l_state = {"text_model." + key[len(CLIP_L_PREFIX):]: value for key, value in state.items()
+               if key.startswith(CLIP_L_PREFIX) and not key.endswith("position_ids")}
+    text_encoder = build_module(lambda: CLIPTextModel(l_config), l_state, dtype)
+    g_config = CLIPTextConfig(**open_clip.text_config_kwargs(big_g, big_g.layers))
+    g_state = open_clip.to_transformers(state, BIG_G_PREFIX, big_g.layers)
+    projection = state.get(BIG_G_PREFIX + "text_projection")  # used as x @ P; a Linear stores P transposed
+    g_state["text_projection.weight"] = projection.t().contiguous() if projection is not None else \
+        state[BIG_G_PREFIX + "text_projection.weight"]
+    text_encoder_2 = build_module(lambda: CLIPTextModelWithProjection(g_config), g_state, dtype)
+    scheduler_config = dict(family.scheduler_config, prediction_type="epsilon")
+    if "v_pred" in shapes or any(p.search(sd2.declared_config(path)) for p in sd2.V_PREDICTION_CONFIG):
+        scheduler_config["prediction_type"] = "v_prediction"
+    if "ztsnr" in shapes:
+        scheduler_config["rescale_betas_zero_snr"] = True
+    return Components(unet, vae, text_encoder, load_tokenizer(), scheduler_config, family,
+                      {"unet": unet_arch, "vae": vae_arch, "clip_l": clip_l, "big_g": big_g},
+                      text_encoder_2=text_encoder_2, tokenizer_2=load_tokenizer(pad_token="!"))
+
+
+class _ClipLEncoder(conditioning.PromptEncoder):
+    def hidden_states(self, tokens):
+        """CLIP-L's penultimate layer without the final layer norm (A1111 with ``sdxl_clip_l_skip`` off)."""
+        return self.text_encoder(input_ids=tokens, output_hidden_states=True).hidden_states[-2]
+
+
+class _BigGEncoder(conditioning.PromptEncoder):
+    pooled: Any = None
+
+    def hidden_states(self, tokens):
+        """bigG's penultimate layer without the final layer norm; the projected pooled output of the first chunk
+        is kept (A1111 pools the first 75 tokens of a long prompt)."""
+        out = self.text_encoder(input_ids=tokens, output_hidden_states=True)
+        if self.pooled is None:
+            self.pooled = out.text_embeds
+        return out.hidden_states[-2]
+
+
+class PromptEncoder:
+    """SDXL's conditioner, as A1111 computes it: both encoders read the prompt in the same 75-token chunks (CLIP-L
+    pads with the end token, bigG with 0), each output gets its own emphasis, the context is CLIP-L's then
+    bigG's channels; ``vector`` is bigG's pooled output and the 256-wide embeddings of the size ids (A1111's
+    layout), and ``time_ids`` keeps the ids themselves for diffusers' UNet. Clip skip does not change SDXL
+    conditioning. An all-empty negative prompt is zeros (context and pooled part), as A1111 does."""
+
+    def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original", comma_padding_backtrack: int = 20,
+                 embeddings: Any = None, image_size: tuple[int, int] = (1024, 1024), crop: tuple[int, int] = (0, 0)):
+        options = {"emphasis": emphasis, "comma_padding_backtrack": comma_padding_backtrack}
+        self.model = model
+        self.clip_l = _ClipLEncoder(model, **options)
+        self.big_g = _BigGEncoder(model, tokenizer=model.tokenizer_2, text_encoder=model.text_encoder_2, **options)
+        self.image_size, self.crop = image_size, crop
+        self.used_embeddings: dict[str, Any] = {}
+
+    def chunks(self, text: str):
+        return self.clip_l.chunks(text)
+
+    def encode(self, texts: list[str], negative: bool = False):
+        import torch
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        self.big_g.pooled = None
+        context = torch.cat([self.clip_l.encode(texts), self.big_g.encode(texts)], dim=-1)
+        pooled = self.big_g.pooled.to(context.dtype)
+        if negative and all(text == "" for text in texts):
+            context, pooled = torch.zeros_like(context), torch.zeros_like(pooled)
+        ids = torch.tensor([size_ids(*self.image_size, *self.crop)] * len(texts), device=context.device)
+        width = self.model.unet.config.addition_time_embed_dim
+        embedded = get_timestep_embedding(ids.flatten(), width, flip_sin_to_cos=True, downscale_freq_shift=0)
+        vector = torch.cat([pooled, embedded.reshape(len(texts), -1).to(context.dtype)], dim=-1)
+        return conditioning.DictWithShape(crossattn=context, vector=vector, time_ids=ids.to(context.dtype))
+
+
+def unet_inputs(model, cond) -> dict:
+    pooled = cond["vector"][:, :cond["vector"].shape[1] - TIME_IDS * model.unet.config.addition_time_embed_dim]
+    return {"encoder_hidden_states": cond["crossattn"],
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": cond["time_ids"]}}
+
+
 SDXL = ModelFamily(
     key="sdxl", label="SDXL", base="sdxl", supported=False, note="SDXL support is coming", default_size=1024,
     matches_checkpoint=lambda shapes: _has(shapes, "conditioner.embedders.1.model."),
     matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and unet.get("cross_attention_dim") == 2048,
+    latent=LATENT, scheduler_config=MappingProxyType(dict(sd1.SCHEDULER_CONFIG)),
+    components=("unet", "vae", "text_encoder", "text_encoder_2"),
+    text_encoders=(("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")),
+    lora_layout=(LoraLayout("lora_unet_", "unet", "unet."),
+                 LoraLayout("lora_te1_", "text_encoder", "text_encoder.", text_encoder=True),
+                 LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
+    load_single_file=load_single_file, text_conditioner=PromptEncoder, unet_inputs=unet_inputs,
 )
 SDXL_REFINER = ModelFamily(
     key="sdxl-refiner", label="SDXL refiner", base="sdxl", supported=False, note="SDXL support is coming",
     default_size=1024,
-    matches_checkpoint=lambda shapes: _has(shapes, "conditioner.embedders.0.model.") and not _has(
-        shapes, "conditioner.embedders.1.model.") and "model.diffusion_model.label_emb.0.0.weight" in shapes,
+    matches_checkpoint=lambda shapes: _has(shapes, REFINER_G_PREFIX) and not _has(shapes, BIG_G_PREFIX) and LABEL_EMB in shapes,
     matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and unet.get("cross_attention_dim") != 2048,
 )
 FAMILIES = (SDXL, SDXL_REFINER)

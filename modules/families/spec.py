@@ -20,7 +20,6 @@ class LatentFormat:
     scale_factor: float
     shift_factor: float = 0.0
     preview_rgb: tuple[tuple[float, float, float], ...] = ()  # one RGB row per channel: the cheap live preview
-    preview_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,12 @@ class ModelFamily:
     # (path, dtype, family) -> loading.model_loader.Components
     load_single_file: Callable[..., Any] | None = None
     load_diffusers_folder: Callable[..., Any] | None = None
-    # (model, clip_skip=, emphasis=, comma_padding_backtrack=, embeddings=) -> an encoder with encode(texts),
-    # chunks(text) and used_embeddings, as engine.conditioning.PromptEncoder
+    # (model, clip_skip=, emphasis=, comma_padding_backtrack=, embeddings=) -> an encoder with
+    # encode(texts, negative=False), chunks(text) and used_embeddings, as engine.conditioning.PromptEncoder
     text_conditioner: Callable[..., Any] | None = None
-    # a batch of conditioning (a tensor, or a dict of tensors for families with several) -> the UNet's keyword
-    # arguments besides the latents and the timestep (encoder_hidden_states, added_cond_kwargs ...)
-    unet_inputs: Callable[[Any], dict] | None = None
+    # (model, a batch of conditioning: a tensor, or a dict of tensors for families with several) -> the UNet's
+    # keyword arguments besides the latents and the timestep (encoder_hidden_states, added_cond_kwargs ...)
+    unet_inputs: Callable[[Any, Any], dict] | None = None
     official_checkpoint: OfficialCheckpoint | None = None
 
     @property

@@ -31,6 +31,8 @@ class Components:
     scheduler_config: dict
     family: ModelFamily
     extra: dict = field(default_factory=dict)
+    text_encoder_2: Any = None  # SDXL: OpenCLIP ViT-bigG (with its projection)
+    tokenizer_2: Any = None
 
 
 def _module_key(key: str, expected: set[str]) -> str:

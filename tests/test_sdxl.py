@@ -1,0 +1,170 @@
+"""SDXL groundwork (the family is still refused by the loader): the base model's single-file loader and conditioner,
+checked on a tiny checkpoint in the real layout against diffusers' own StableDiffusionXLPipeline.
+
+Tiny geometry (reference-model-families.md §9): 3 levels, attention on levels 1 and 2 with depths 1 and 2, middle
+depth 2; CLIP-L 32 wide with 2 layers; bigG 48 wide with 3 blocks and a 24-wide (non-square) projection; context
+80; size embeddings 8 wide, so label_emb takes 24 + 6 x 8 = 72."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from modules.families import open_clip, sd1_layout
+
+UNET = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                           attention_levels=(False, True, True), context_dim=80, linear_projection=True,
+                           head_channels=32, level_depths=(0, 1, 2), middle_depth=2, adm_in_channels=72)
+CLIP_L = sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64)
+BIG_G = open_clip.OpenClipArch(width=48, layers=3, projection_dim=24)
+
+
+@pytest.fixture(scope="module")
+def sdxl_model(data_dir, tmp_path_factory):
+    import torch
+
+    from modules import sd_models
+    from modules.families import sdxl
+    from modules.loading import demo_model
+
+    path = str(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl.safetensors")
+    demo_model.write_checkpoint(path, seed=9, shapes=sdxl.checkpoint_shapes(UNET, sd1_layout.TINY.vae, BIG_G, CLIP_L))
+    components = sdxl.load_single_file(path, torch.float32, sdxl.SDXL)
+    return sd_models.SDModel(**vars(components), device=torch.device("cpu"), dtype=torch.float32), path
+
+
+def _pipeline(model):
+    from diffusers import StableDiffusionXLPipeline
+
+    from modules import sd_samplers
+
+    pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+                                     tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+                                     scheduler=sd_samplers.create_scheduler(model.scheduler_config, "Euler", None))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_tiny_sdxl_checkpoint_loads_every_tensor(sdxl_model):
+    import torch
+
+    from modules.families import detection, sdxl
+    from modules.loading import model_files
+
+    model, path = sdxl_model
+    assert detection.detect_family(path) is sdxl.SDXL and not sdxl.SDXL.supported
+    config = model.unet.config
+    assert config.addition_embed_type == "text_time" and config.projection_class_embeddings_input_dim == 72
+    assert config.cross_attention_dim == 80 and config.use_linear_projection
+    assert list(config.transformer_layers_per_block) == [1, 1, 2] and config.addition_time_embed_dim == 8
+    state = model_files.read_state_dict(path)
+    projection = model.text_encoder_2.text_projection.weight
+    assert projection.shape == (24, 48) and torch.equal(projection, state[sdxl.BIG_G_PREFIX + "text_projection"].t())
+    stored = sum(t.numel() for k, t in state.items() if not k.endswith("logit_scale"))
+    built = sum(p.numel() for name in model.family.components for p in getattr(model, name).parameters())
+    assert built == stored  # every tensor of the file is used, none is missing
+    assert model.tokenizer.pad_token_id == 49407 and model.tokenizer_2.pad_token_id == 0
+    assert model.vae.config.scaling_factor == 0.13025 and model.latent_channels == 4
+
+
+def test_sdxl_conditioning_equals_diffusers_encode_prompt(sdxl_model):
+    import torch
+
+    from modules.families import sdxl
+
+    model, _ = sdxl_model
+    encoder = sdxl.PromptEncoder(model, image_size=(96, 64), crop=(16, 8))
+    cond = encoder.encode(["a lighthouse at dusk"])
+    uncond = encoder.encode(["ugly"], negative=True)
+    prompt, negative, pooled, negative_pooled = _pipeline(model).encode_prompt(
+        "a lighthouse at dusk", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
+        negative_prompt="ugly")
+    assert cond.shape == (1, 77, 80) and torch.allclose(cond["crossattn"], prompt, atol=1e-5)
+    assert torch.allclose(uncond["crossattn"], negative, atol=1e-5)
+    assert torch.allclose(cond["vector"][:, :24], pooled, atol=1e-5)
+    assert torch.allclose(uncond["vector"][:, :24], negative_pooled, atol=1e-5)
+    assert cond["vector"].shape == (1, 72) and cond["time_ids"].tolist() == [[64.0, 96.0, 16.0, 8.0, 64.0, 96.0]]
+    empty = encoder.encode([""], negative=True)  # A1111: an empty negative prompt is zeros, its size ids are not
+    assert not empty["crossattn"].any() and not empty["vector"][:, :24].any() and empty["vector"][:, 24:].any()
+    assert encoder.encode([""])["crossattn"].any()  # an empty positive prompt is encoded
+
+
+@pytest.mark.parametrize("negative", ["ugly", ""])
+def test_sdxl_sampling_matches_diffusers_pipeline(sdxl_model, negative):
+    """Our conditioning, denoiser and Euler loop against StableDiffusionXLPipeline with the same components,
+    scheduler and noise: within 2 of 255 (float rounding of the batched CFG rows and the 8-bit conversion). An
+    empty negative prompt is zeros in A1111, which diffusers does for ``negative_prompt=None``."""
+    import torch
+
+    from modules import rng, sd_samplers
+    from modules.engine import conditioning, sampling
+    from modules.families import sdxl
+    from tests.conftest import pixels
+
+    model, _ = sdxl_model
+    size, steps, prompt = 64, 4, "a lighthouse at dusk"
+    encoder = sdxl.PromptEncoder(model, image_size=(size, size))
+    cond = conditioning.get_multicond_learned_conditioning(encoder, [prompt], steps)
+    uncond = conditioning.get_learned_conditioning(encoder, [negative], steps, negative=True)
+    noise = rng.ImageRNG((4, size // 8, size // 8), [21]).first()
+    run = sampling.SamplingRun(model=model, scheduler=sd_samplers.create_scheduler(model.scheduler_config, "Euler", None),
+                               cond=cond, uncond=uncond, cfg_scale=5.0, steps=steps,
+                               empty_cond=conditioning.split_rows(encoder.encode([""]))[0])
+    latents, _ = sampling.sample(run, noise)
+    ours = (sampling.decode(model, latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+    with torch.inference_mode():
+        theirs = _pipeline(model)(prompt, negative_prompt=negative or None, num_inference_steps=steps, height=size,
+                                  width=size, guidance_scale=5.0, latents=noise, output_type="pil").images[0]
+    assert np.abs(ours - pixels(theirs)).max() <= 2
+    assert ours.std() > 1
+
+
+def test_sdxl_is_refused_until_it_is_complete(sdxl_model):
+    from modules.loading import model_loader
+
+    _, path = sdxl_model
+    with pytest.raises(model_loader.ModelNotSupported, match="SDXL checkpoint: SDXL support is coming"):
+        model_loader.load_components(path, None)
+
+
+def test_a_linear_text_projection_loads_the_same_model(sdxl_model, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from modules.families import sdxl
+    from modules.loading import model_files
+
+    model, path = sdxl_model
+    state = model_files.read_state_dict(path)
+    state[sdxl.BIG_G_PREFIX + "text_projection.weight"] = state.pop(sdxl.BIG_G_PREFIX + "text_projection").t().contiguous()
+    save_file(state, str(tmp_path / "linear.safetensors"))
+    other = sdxl.load_single_file(str(tmp_path / "linear.safetensors"), torch.float32, sdxl.SDXL)
+    assert torch.equal(other.text_encoder_2.text_projection.weight, model.text_encoder_2.text_projection.weight)
+    assert dataclasses.is_dataclass(other)
+
+
+@pytest.mark.parametrize("kind", ["base", "refiner"])
+def test_the_real_sdxl_architectures_have_the_real_parameter_counts(kind):
+    """SDXL's from-shapes layout (reference-model-families.md §2.5): the loader for SDXL builds on it."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from modules.families import open_clip, sd1_layout, sdxl
+
+    arch = sdxl.FULL_SIZE_BASE if kind == "base" else sdxl.FULL_SIZE_REFINER
+    shapes = sdxl.checkpoint_shapes(*arch)
+    total = {"base": 3_468_837_868, "refiner": 3_037_840_364}[kind]
+    assert sum(math.prod(shape) for shape in shapes.values()) == total
+    assert sd1_layout.infer_unet(shapes) == arch[0]
+    original = sd1_layout.original_config(sd1_layout.SD1Arch(unet=arch[0], vae=arch[1]))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(create_unet_diffusers_config_from_ldm(original, {}, image_size=1024))
+        big_g = CLIPTextModelWithProjection(CLIPTextConfig(**open_clip.text_config_kwargs(arch[2], arch[2].layers)))
+        clip_l = CLIPTextModel(CLIPTextConfig(**sd1_layout.text_config_kwargs(sd1_layout.TextArch())))
+    assert count(unet) == {"base": 2_567_463_684, "refiner": 2_259_526_660}[kind]
+    assert count(big_g) == 694_659_840 and count(clip_l) == 123_060_480
