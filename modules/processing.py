@@ -230,12 +230,13 @@ class StableDiffusionProcessing:
         total_steps = sd_samplers.all_samplers_map[self.sampler_name].total_steps(self.steps)
         self.step_multiplier = total_steps // self.steps
         self.c, self.uc, self.empty_cond = self.get_conds(self.prompts, self.negative_prompts, total_steps, None,
-                                                          self.cached_c, self.cached_uc)
+                                                          self.cached_c, self.cached_uc, (self.width, self.height))
 
     def get_conds(self, prompts: list[str], negative_prompts: list[str], total_steps: int, hires_steps: int | None,
-                  cache_c: dict, cache_uc: dict) -> tuple:
+                  cache_c: dict, cache_uc: dict, image_size: tuple[int, int]) -> tuple:
         """(multicond, uncond, empty-prompt encoding) for a batch, taken from the caches when the prompts and
-        everything else that changes the text encoder's output are unchanged."""
+        everything else that changes the text encoder's output are unchanged. ``image_size`` (width, height) of the
+        pass reaches families that condition on it (SDXL), with the ``sdxl_crop_top/left`` settings."""
         from modules import prompt_parser
         from modules.engine import conditioning
         from modules.networks import lora
@@ -243,9 +244,11 @@ class StableDiffusionProcessing:
 
         model = self.model
         embeddings = textual_inversion.refresh_for_model(model, rescan=not self.do_not_reload_embeddings)
-        encoder = model.family.text_conditioner(model, clip_skip=self.clip_skip, emphasis=opts.emphasis,
-                                                comma_padding_backtrack=opts.comma_padding_backtrack,
-                                                embeddings=embeddings)
+        options = {"clip_skip": self.clip_skip, "emphasis": opts.emphasis,
+                   "comma_padding_backtrack": opts.comma_padding_backtrack, "embeddings": embeddings}
+        if model.family.size_conditioning:
+            options.update(image_size=tuple(image_size), crop=(int(opts.sdxl_crop_top), int(opts.sdxl_crop_left)))
+        encoder = model.family.text_conditioner(model, **options)
         old = bool(opts.use_old_scheduling)
         if old:
             texts = prompts + negative_prompts
@@ -253,7 +256,8 @@ class StableDiffusionProcessing:
                          for flag in (True, False)]
             if schedules[0] != schedules[1]:
                 self.extra_generation_params["Old prompt editing timelines"] = True
-        text_encoder_state = (id(model), total_steps, hires_steps, old, opts.emphasis, self.clip_skip,
+        text_encoder_state = (id(model), total_steps, hires_steps, old, options.get("image_size"), options.get("crop"),
+                              opts.emphasis, self.clip_skip,
                               opts.comma_padding_backtrack, textual_inversion.embedding_db.files_signature,
                               tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
         key = (tuple(prompts), text_encoder_state)
@@ -552,7 +556,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             extra_networks.activate(self, self.hr_extra_network_data)
         total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(hr_steps)
         self.hr_c, self.hr_uc, self.empty_cond = self.get_conds(hr_prompts, hr_negative_prompts, self.steps, total_steps,
-                                                                self.cached_hr_c, self.cached_hr_uc)
+                                                                self.cached_hr_c, self.cached_hr_uc,
+                                                                (self.hr_upscale_to_x, self.hr_upscale_to_y))
 
 
 INPAINTING_FILL_NAMES = ["fill", "original", "latent noise", "latent nothing"]

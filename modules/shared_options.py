@@ -62,6 +62,11 @@ options_templates.update(options_section(("sd", "Stable Diffusion"), {
     "randn_source": OptionInfo("CPU", "Random number generator source", infotext="RNG"),
 }))
 
+options_templates.update(options_section(("sdxl", "Stable Diffusion XL"), {
+    "sdxl_crop_top": OptionInfo(0, "crop top coordinate"),
+    "sdxl_crop_left": OptionInfo(0, "crop left coordinate"),
+}))
+
 options_templates.update(options_section(("img2img", "img2img"), {
     "img2img_color_correction": OptionInfo(False, "Apply color correction to img2img results to match original colors."),
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies."),

@@ -168,3 +168,87 @@ def test_the_real_sdxl_architectures_have_the_real_parameter_counts(kind):
         clip_l = CLIPTextModel(CLIPTextConfig(**sd1_layout.text_config_kwargs(sd1_layout.TextArch())))
     assert count(unet) == {"base": 2_567_463_684, "refiner": 2_259_526_660}[kind]
     assert count(big_g) == 694_659_840 and count(clip_l) == 123_060_480
+
+
+@pytest.fixture()
+def sdxl_enabled(sdxl_model, use_checkpoint_dir, monkeypatch):
+    """The tiny SDXL model through the real discovery and job code, with the family switched on for the test."""
+    import os
+
+    from modules.families import detection, sdxl
+
+    enabled = dataclasses.replace(sdxl.SDXL, supported=True)
+    monkeypatch.setattr(detection, "registry", [enabled if f is sdxl.SDXL else f for f in detection.registry])
+    return use_checkpoint_dir(os.path.dirname(sdxl_model[1]), "tiny-sdxl.safetensors")
+
+
+def test_sdxl_jobs_condition_on_each_pass_size_and_the_crop_settings(sdxl_enabled):
+    from modules import processing
+    from modules.shared import opts, state
+
+    seen = []
+    opts.set("sdxl_crop_top", 16)
+    opts.set("sdxl_crop_left", 8)
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", negative_prompt="", seed=4, steps=2, width=96,
+                                                    height=64, sampler_name="Euler", enable_hr=True, hr_scale=1.5,
+                                                    hr_upscaler="Latent", denoising_strength=0.5,
+                                                    do_not_save_samples=True, do_not_save_grid=True)
+    p.denoiser_hooks.before_unet.append(lambda call: seen.append(call.kwargs["added_cond_kwargs"]["time_ids"].tolist()))
+    state.begin("test")
+    processed = processing.process_images(p)
+    assert p.sd_model.is_sdxl and processed.images[0].size == (144, 96)
+    assert seen[0] == [[64.0, 96.0, 16.0, 8.0, 64.0, 96.0]] * 2  # cond and uncond rows of the first pass
+    assert seen[-1] == [[96.0, 144.0, 16.0, 8.0, 96.0, 144.0]] * 2  # the hires pass: its own size
+
+
+def _module(root, suffix: str):
+    return next(module for name, module in root.named_modules() if name.endswith(suffix))
+
+
+def test_kohya_sdxl_lora_names_reach_the_intended_modules(sdxl_enabled, tmp_path):
+    """kohya's SDXL files name the UNet's modules in the LDM layout and the encoders te1/te2
+    (reference-model-families.md §9, item 22); the weights are restored bit for bit after the job."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from modules import paths
+    from modules.networks import lora
+    from tests.conftest import pixels, txt2img
+
+    model = sdxl_enabled
+    lookup = lora.module_lookup(model)
+    unet = model.unet
+    expected = {
+        "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q": unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q,
+        "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_k": unet.mid_block.attentions[0].transformer_blocks[1].attn2.to_k,
+        "lora_unet_output_blocks_1_2_conv": unet.up_blocks[0].upsamplers[0].conv,
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": _module(model.text_encoder, "layers.0.self_attn.q_proj"),
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": _module(model.text_encoder_2, "layers.0.self_attn.q_proj"),
+    }
+    for key, module in expected.items():
+        assert lookup[key] is module, key
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for key, module in expected.items():
+        rank = 2
+        if isinstance(module, torch.nn.Conv2d):
+            down, up = torch.randn(rank, module.in_channels, 3, 3, generator=generator), torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        else:
+            down, up = torch.randn(rank, module.in_features, generator=generator), torch.randn(module.out_features, rank, generator=generator)
+        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)})
+    folder = os.path.join(paths.models_path, "Lora")
+    os.makedirs(folder, exist_ok=True)
+    save_file(tensors, os.path.join(folder, "xl-style.safetensors"))
+    try:
+        before = {key: module.weight.detach().clone() for key, module in expected.items()}
+        plain = pixels(txt2img(prompt="a cat", steps=2).images[0])
+        styled = txt2img(prompt="a cat <lora:xl-style:1>", steps=2)
+        assert "match no layer" not in str(styled.comments) and "skipped" not in str(styled.comments)
+        assert np.abs(pixels(styled.images[0]) - plain).max() > 0
+        assert all(torch.equal(module.weight, before[key]) for key, module in expected.items())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lora.applied.restore()

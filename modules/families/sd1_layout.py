@@ -138,6 +138,25 @@ def infer_unet(shapes: dict) -> UNetArch:
     )
 
 
+def unet_arch_from_config(config) -> UNetArch:
+    """The LDM layout of a diffusers UNet (its config.json), for names that only the LDM layout has."""
+    model_channels = config["block_out_channels"][0]
+    attention = tuple("CrossAttn" in kind for kind in config["down_block_types"])
+    layers = config.get("transformer_layers_per_block", 1)
+    per_level = not isinstance(layers, int)
+    linear = bool(config.get("use_linear_projection"))
+    return UNetArch(
+        in_channels=config["in_channels"], out_channels=config["out_channels"], model_channels=model_channels,
+        channel_mult=tuple(c // model_channels for c in config["block_out_channels"]),
+        num_res_blocks=config["layers_per_block"], attention_levels=attention,
+        context_dim=config["cross_attention_dim"], transformer_depth=1 if per_level else layers,
+        linear_projection=linear, head_channels=min(SD2_HEAD_CHANNELS, model_channels) if linear else 0,
+        level_depths=tuple(d if a else 0 for d, a in zip(layers, attention)) if per_level else (),
+        middle_depth=layers[-1] if per_level else 0,
+        adm_in_channels=config.get("projection_class_embeddings_input_dim") or 0,
+    )
+
+
 def infer_vae(shapes: dict) -> VAEArch:
     s = shapes
     try:

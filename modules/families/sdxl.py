@@ -3,8 +3,9 @@ layout (the SGM code's: LDM UNet and VAE names, text encoders under ``conditione
 base model's loader and its conditioner as A1111 computes it.
 
 Not enabled yet (``supported=False``): the loader and conditioner are proven against diffusers'
-``StableDiffusionXLPipeline`` by the tests, but the job path still lacks the size conditioning of hires passes,
-SDXL's LoRA key names, ``clip_l``/``clip_g`` embeddings, the fp16 VAE's float32 fallback and the refiner.
+``StableDiffusionXLPipeline``, jobs condition on each pass's size and the crop settings, and kohya's SDXL LoRA
+names reach their modules (tests/test_sdxl.py runs them with the family switched on), but diffusers folders,
+SDXL inpainting, ``clip_l``/``clip_g`` embeddings, the fp16 VAE's float32 fallback and the refiner are missing.
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ SDXL = ModelFamily(
     lora_layout=(LoraLayout("lora_unet_", "unet", "unet."),
                  LoraLayout("lora_te1_", "text_encoder", "text_encoder.", text_encoder=True),
                  LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
-    load_single_file=load_single_file, text_conditioner=PromptEncoder, unet_inputs=unet_inputs,
+    load_single_file=load_single_file, text_conditioner=PromptEncoder, size_conditioning=True, unet_inputs=unet_inputs,
 )
 SDXL_REFINER = ModelFamily(
     key="sdxl-refiner", label="SDXL refiner", base="sdxl", supported=False, note="SDXL support is coming",

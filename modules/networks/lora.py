@@ -163,17 +163,42 @@ def load_network_weights(filename: str, layout: tuple) -> dict[str, dict[str, An
     return groups
 
 
+def ldm_unet_names(model: Any) -> dict[str, str]:
+    """diffusers UNet module name -> its name in the original LDM layout, which kohya's SDXL LoRA files (and
+    A1111's own compvis-style names) use. Derived once per model by running diffusers' own key conversion over
+    values tagged with their LDM key."""
+    cached = model.extra.get("ldm_unet_names")
+    if cached is not None:
+        return cached
+    import torch
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from modules.families import sd1_layout
+
+    keys = sorted(sd1_layout.unet_shapes(sd1_layout.unet_arch_from_config(model.unet.config)))
+    tagged = {key: torch.tensor(float(index)) for index, key in enumerate(keys)}
+    names = {}
+    for key, tag in convert_ldm_unet_checkpoint(dict(tagged), dict(model.unet.config)).items():
+        names[key.rpartition(".")[0]] = keys[int(tag.item())][len(sd1_layout.UNET):].rpartition(".")[0]
+    model.extra["ldm_unet_names"] = names
+    return names
+
+
 def module_lookup(model: Any) -> dict[str, Any]:
-    """kohya key -> torch module, for every Linear/Conv2d of the components the family's LoRA layout names."""
+    """kohya key -> torch module, for every Linear/Conv2d of the components the family's LoRA layout names; the
+    denoiser's modules also answer to their LDM names."""
     import torch
 
     lookup: dict[str, Any] = {}
     for component in model.family.lora_layout:
         prefix = component.kohya_prefix
+        ldm_names = ldm_unet_names(model) if component.component == "unet" else {}
         for name, module in getattr(model, component.component).named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 key = name.replace(".", "_")
                 lookup[prefix + key] = module
+                if name in ldm_names:
+                    lookup[prefix + ldm_names[name].replace(".", "_")] = module
                 if component.text_encoder and not name.startswith("text_model."):
                     lookup[prefix + "text_model_" + key] = module  # kohya names keep the text_model level
     return lookup
