@@ -252,3 +252,35 @@ def test_kohya_sdxl_lora_names_reach_the_intended_modules(sdxl_enabled, tmp_path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         lora.applied.restore()
+
+
+def test_a_folder_saved_by_diffusers_gives_the_single_file_pixels(sdxl_model, sdxl_enabled, use_checkpoint_dir):
+    """diffusers' own StableDiffusionXLPipeline.save_pretrained writes the folder; discovery finds it, detection
+    calls it SDXL (not the refiner) from its components, and the same seed gives the same image."""
+    import os
+
+    from modules.families import detection, sdxl
+    from tests.conftest import pixels, txt2img
+
+    model, path = sdxl_model
+    folder = os.path.join(os.path.dirname(path), "tiny-sdxl-diffusers")
+    if not os.path.isdir(folder):
+        _pipeline(model).save_pretrained(folder)
+    assert detection.family_from_diffusers_folder(folder).key == sdxl.SDXL.key
+    single = txt2img(prompt="a red boat", seed=5, steps=3).images[0]
+    loaded = use_checkpoint_dir(os.path.dirname(path), "tiny-sdxl-diffusers")
+    assert loaded.text_encoder_2 is not None and loaded.tokenizer_2.pad_token_id == 0
+    assert loaded.scheduler_config["_class_name"] == "EulerDiscreteScheduler"
+    folder_image = txt2img(prompt="a red boat", seed=5, steps=3).images[0]
+    assert pixels(single).std() > 1 and np.array_equal(pixels(single), pixels(folder_image))
+
+
+def test_sdxl_variants_are_told_apart_from_the_header(data_dir):
+    from modules.families import detection, sdxl
+
+    for channels, family in ((4, sdxl.SDXL), (9, sdxl.SDXL_INPAINT), (8, sdxl.SDXL_PIX2PIX)):
+        unet = dataclasses.replace(UNET, in_channels=channels)
+        assert detection.family_from_shapes(sdxl.checkpoint_shapes(unet, sd1_layout.TINY.vae, BIG_G, CLIP_L)) is family
+    refiner = dataclasses.replace(UNET, adm_in_channels=64)
+    assert detection.family_from_shapes(sdxl.checkpoint_shapes(refiner, sd1_layout.TINY.vae, BIG_G)) is sdxl.SDXL_REFINER
+    assert not sdxl.SDXL_PIX2PIX.supported and sdxl.SDXL_INPAINT.is_inpainting

@@ -27,8 +27,11 @@ def family_from_shapes(shapes: dict[str, tuple]) -> ModelFamily:
 
 
 def family_from_diffusers_folder(path: str) -> ModelFamily:
+    """From the UNet's config.json, with ``_subfolders`` added: the folder's components (SDXL base has
+    ``text_encoder`` and ``text_encoder_2``, the refiner only the second)."""
     with open(os.path.join(path, "unet", "config.json"), encoding="utf8") as f:
         unet = json.load(f)
+    unet["_subfolders"] = sorted(entry for entry in os.listdir(path) if os.path.isdir(os.path.join(path, entry)))
     return next((family for family in registry if family.matches_diffusers(unet)), UNKNOWN)
 
 

@@ -99,12 +99,18 @@ def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **common).eval().requires_grad_(False)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **common).eval().requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), **common).eval().requires_grad_(False)
+    return Components(unet, vae, text_encoder, load_tokenizer(os.path.join(path, "tokenizer")),
+                      folder_scheduler_config(path, family), family)
+
+
+def folder_scheduler_config(path: str, family: ModelFamily) -> dict:
+    """The family's noise schedule, updated by the folder's scheduler/scheduler_config.json when it has one."""
     scheduler_file = os.path.join(path, "scheduler", "scheduler_config.json")
     scheduler_config = dict(family.scheduler_config)
     if os.path.isfile(scheduler_file):
         with open(scheduler_file, encoding="utf8") as f:
             scheduler_config.update(json.load(f))
-    return Components(unet, vae, text_encoder, load_tokenizer(os.path.join(path, "tokenizer")), scheduler_config, family)
+    return scheduler_config
 
 
 def unet_inputs(model, cond) -> dict:

@@ -9,6 +9,7 @@ SDXL inpainting, ``clip_l``/``clip_g`` embeddings, the fp16 VAE's float32 fallba
 """
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 from typing import Any
 
@@ -26,6 +27,18 @@ LABEL_EMB = sd1_layout.UNET + "label_emb.0.0.weight"
 
 def _has(shapes, prefix: str) -> bool:
     return any(key.startswith(prefix) for key in shapes)
+
+
+def _base_in_channels(shapes) -> int | None:
+    """The UNet's input channels of an SDXL base-family checkpoint (two text encoders), else None."""
+    if not _has(shapes, BIG_G_PREFIX):
+        return None
+    return shapes.get(sd1_layout.UNET + "input_blocks.0.0.weight", (0, 4))[1]
+
+
+def _base_diffusers(unet) -> bool:
+    return unet.get("addition_embed_type") == "text_time" and (
+        "text_encoder" in unet.get("_subfolders", ()) or unet.get("cross_attention_dim") == 2048)
 
 
 def checkpoint_shapes(unet: sd1_layout.UNetArch, vae: sd1_layout.VAEArch, big_g: open_clip.OpenClipArch,
@@ -96,6 +109,26 @@ def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
                       text_encoder_2=text_encoder_2, tokenizer_2=load_tokenizer(pad_token="!"))
 
 
+def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
+    import os
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    common = {"torch_dtype": dtype, "local_files_only": True}
+
+    def part(kind, name: str):
+        return kind.from_pretrained(os.path.join(path, name), **common).eval().requires_grad_(False)
+
+    components = Components(part(UNet2DConditionModel, "unet"), part(AutoencoderKL, "vae"),
+                            part(CLIPTextModel, "text_encoder"), load_tokenizer(os.path.join(path, "tokenizer")),
+                            sd1.folder_scheduler_config(path, family), family,
+                            text_encoder_2=part(CLIPTextModelWithProjection, "text_encoder_2"),
+                            tokenizer_2=load_tokenizer(os.path.join(path, "tokenizer_2"), pad_token="!"))
+    components.tokenizer_2.pad_token = "!"  # OpenCLIP pads with "!" (id 0) whatever the folder's file says
+    return components
+
+
 class _ClipLEncoder(conditioning.PromptEncoder):
     def hidden_states(self, tokens):
         """CLIP-L's penultimate layer without the final layer norm (A1111 with ``sdxl_clip_l_skip`` off)."""
@@ -157,20 +190,32 @@ def unet_inputs(model, cond) -> dict:
 
 SDXL = ModelFamily(
     key="sdxl", label="SDXL", base="sdxl", supported=False, note="SDXL support is coming", default_size=1024,
-    matches_checkpoint=lambda shapes: _has(shapes, "conditioner.embedders.1.model."),
-    matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and unet.get("cross_attention_dim") == 2048,
+    matches_checkpoint=lambda shapes: _base_in_channels(shapes) not in (None, 8, 9),
+    matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels", 4) not in (8, 9),
     latent=LATENT, scheduler_config=MappingProxyType(dict(sd1.SCHEDULER_CONFIG)),
     components=("unet", "vae", "text_encoder", "text_encoder_2"),
     text_encoders=(("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")),
     lora_layout=(LoraLayout("lora_unet_", "unet", "unet."),
                  LoraLayout("lora_te1_", "text_encoder", "text_encoder.", text_encoder=True),
                  LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
-    load_single_file=load_single_file, text_conditioner=PromptEncoder, size_conditioning=True, unet_inputs=unet_inputs,
+    load_single_file=load_single_file, load_diffusers_folder=load_diffusers_folder, text_conditioner=PromptEncoder,
+    size_conditioning=True, unet_inputs=unet_inputs,
+)
+SDXL_INPAINT = dataclasses.replace(
+    SDXL, key="sdxl-inpaint", label="SDXL inpainting (9-channel UNet)", unet_in_channels=9,
+    matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 9,
+    matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 9,
+)
+SDXL_PIX2PIX = dataclasses.replace(
+    SDXL, key="sdxl-pix2pix", label="SDXL InstructPix2Pix (8-channel UNet)", unet_in_channels=8,
+    note="InstructPix2Pix support is coming", matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 8,
+    matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 8,
 )
 SDXL_REFINER = ModelFamily(
     key="sdxl-refiner", label="SDXL refiner", base="sdxl", supported=False, note="SDXL support is coming",
     default_size=1024,
     matches_checkpoint=lambda shapes: _has(shapes, REFINER_G_PREFIX) and not _has(shapes, BIG_G_PREFIX) and LABEL_EMB in shapes,
-    matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and unet.get("cross_attention_dim") != 2048,
+    matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and not (
+        "text_encoder" in unet.get("_subfolders", ()) or unet.get("cross_attention_dim") == 2048),
 )
-FAMILIES = (SDXL, SDXL_REFINER)
+FAMILIES = (SDXL, SDXL_INPAINT, SDXL_PIX2PIX, SDXL_REFINER)

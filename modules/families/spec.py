@@ -46,6 +46,7 @@ class ModelFamily:
     key: str
     label: str
     # detection, from a single-file checkpoint's tensor names -> shapes, or a diffusers folder's unet/config.json
+    # (with "_subfolders": the folder's component names)
     matches_checkpoint: Callable[[Mapping[str, tuple]], bool]
     matches_diffusers: Callable[[Mapping[str, Any]], bool]
     supported: bool = True
