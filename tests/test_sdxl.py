@@ -284,3 +284,38 @@ def test_sdxl_variants_are_told_apart_from_the_header(data_dir):
     refiner = dataclasses.replace(UNET, adm_in_channels=64)
     assert detection.family_from_shapes(sdxl.checkpoint_shapes(refiner, sd1_layout.TINY.vae, BIG_G)) is sdxl.SDXL_REFINER
     assert not sdxl.SDXL_PIX2PIX.supported and sdxl.SDXL_INPAINT.is_inpainting
+
+
+def test_sdxl_embeddings_reach_both_encoders_and_others_are_skipped(sdxl_enabled):
+    """An SDXL embedding (clip_l + clip_g) changes both halves of the context from its position on; a single-tensor
+    (SD 1.x-style) embedding is listed as skipped with the reason (reference-model-families.md §9, item 24)."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from modules import paths
+    from modules.families import sdxl
+    from modules.textual_inversion import textual_inversion
+
+    model = sdxl_enabled
+    folder = os.path.join(paths.models_path, "embeddings")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 48)}, os.path.join(folder, "xlstyle.safetensors"))
+        save_file({"emb_params": torch.randn(2, 32)}, os.path.join(folder, "oldstyle.safetensors"))
+        usable = textual_inversion.refresh_for_model(model, force_reload=True)
+        assert "xlstyle" in usable.word_embeddings and "oldstyle" in usable.skip_reasons
+        assert "clip_l + clip_g" in usable.skip_reasons["oldstyle"]
+        plain = sdxl.PromptEncoder(model, embeddings=usable).encode(["a cat"])["crossattn"]
+        encoder = sdxl.PromptEncoder(model, embeddings=usable)
+        styled = encoder.encode(["xlstyle cat"])["crossattn"]
+        assert "xlstyle" in encoder.used_embeddings
+        changed = (styled - plain).abs().amax(dim=1)[0]  # per channel, over the tokens
+        assert changed[:32].max() > 0 and changed[32:].max() > 0  # CLIP-L's channels and bigG's
+        words = sdxl.PromptEncoder(model, embeddings=usable).encode(["a cat"])["crossattn"]
+        assert torch.equal(words, plain)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        textual_inversion.refresh_for_model(model, force_reload=True)

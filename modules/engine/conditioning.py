@@ -72,7 +72,7 @@ class PromptEncoder:
 
     def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original",
                  comma_padding_backtrack: int = 20, embeddings: Any = None, tokenizer: Any = None,
-                 text_encoder: Any = None):
+                 text_encoder: Any = None, embedding_part: str = ""):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.text_encoder = text_encoder if text_encoder is not None else model.text_encoder
@@ -80,6 +80,7 @@ class PromptEncoder:
         self.emphasis = emphasis
         self.comma_padding_backtrack = comma_padding_backtrack
         self.embeddings = embeddings
+        self.embedding_part = embedding_part  # which part of a multi-encoder embedding this encoder takes
         self.ids = prompt_chunks.special_tokens(self.tokenizer)
         self.used_embeddings: dict[str, Any] = {}
 
@@ -122,7 +123,8 @@ class PromptEncoder:
         if self.ids.pad != self.ids.end:  # families padding with a pad token: everything after the first EOS
             is_end = (tokens == self.ids.end).int()
             tokens = torch.where(is_end.cumsum(dim=1) - is_end >= 1, torch.full_like(tokens, self.ids.pad), tokens)
-        with torch.inference_mode(), _embedding_fixes(self.text_encoder, [chunk.fixes for chunk in chunks]):
+        fixes = [chunk.fixes for chunk in chunks]
+        with torch.inference_mode(), _embedding_fixes(self.text_encoder, fixes, self.embedding_part):
             z = self.hidden_states(tokens)
             multipliers = torch.tensor([chunk.multipliers for chunk in chunks], device=z.device, dtype=torch.float32)
             z = sd_emphasis.get_current_option(self.emphasis)().after_transformers(z.float(), multipliers)
@@ -139,9 +141,9 @@ class PromptEncoder:
 
 
 @contextmanager
-def _embedding_fixes(text_encoder: Any, fixes: list[list[prompt_chunks.PromptChunkFix]]):
-    """Put textual-inversion vectors in place of their placeholder tokens' input embeddings, through a
-    forward hook on the token-embedding layer for the duration of one encode."""
+def _embedding_fixes(text_encoder: Any, fixes: list[list[prompt_chunks.PromptChunkFix]], part: str = ""):
+    """Put textual-inversion vectors (``part`` of multi-encoder embeddings) in place of their placeholder tokens'
+    input embeddings, through a forward hook on the token-embedding layer for the duration of one encode."""
     if not any(fixes):
         yield
         return
@@ -150,7 +152,7 @@ def _embedding_fixes(text_encoder: Any, fixes: list[list[prompt_chunks.PromptChu
         output = output.clone()
         for row, row_fixes in enumerate(fixes):
             for fix in row_fixes:
-                vectors = fix.embedding.vec.to(device=output.device, dtype=output.dtype)
+                vectors = fix.embedding.vectors_for(part).to(device=output.device, dtype=output.dtype)
                 start = fix.offset + 1  # after BOS
                 count = min(vectors.shape[0], output.shape[1] - 1 - start)
                 output[row, start:start + count] = vectors[:count]

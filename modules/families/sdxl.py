@@ -156,12 +156,16 @@ class PromptEncoder:
 
     def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original", comma_padding_backtrack: int = 20,
                  embeddings: Any = None, image_size: tuple[int, int] = (1024, 1024), crop: tuple[int, int] = (0, 0)):
-        options = {"emphasis": emphasis, "comma_padding_backtrack": comma_padding_backtrack}
+        options = {"emphasis": emphasis, "comma_padding_backtrack": comma_padding_backtrack, "embeddings": embeddings}
         self.model = model
-        self.clip_l = _ClipLEncoder(model, **options)
-        self.big_g = _BigGEncoder(model, tokenizer=model.tokenizer_2, text_encoder=model.text_encoder_2, **options)
+        self.clip_l = _ClipLEncoder(model, embedding_part="clip_l", **options)
+        self.big_g = _BigGEncoder(model, tokenizer=model.tokenizer_2, text_encoder=model.text_encoder_2,
+                                  embedding_part="clip_g", **options)
         self.image_size, self.crop = image_size, crop
-        self.used_embeddings: dict[str, Any] = {}
+
+    @property
+    def used_embeddings(self) -> dict[str, Any]:
+        return {**self.clip_l.used_embeddings, **self.big_g.used_embeddings}
 
     def chunks(self, text: str):
         return self.clip_l.chunks(text)

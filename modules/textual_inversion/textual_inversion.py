@@ -4,8 +4,10 @@ Files under ``models/embeddings/`` (recursive) and ``--embeddings-dir``:
 - A1111 ``.pt``: ``{"string_to_param": {"*": tensor(n, D)}, "name", "step", "sd_checkpoint", ...}``
 - ``.safetensors``: one tensor, e.g. ``{"emb_params": tensor(n, D)}``
 - diffusers ``learned_embeds.bin`` / ``.bin``: ``{"<token>": tensor(D)}``
+- SDXL: ``{"clip_l": tensor(n, 768), "clip_g": tensor(n, 1280)}``, one part per text encoder
 An embedding is used by its file stem. The directories are rescanned when a file is added, changed
-or removed; embeddings whose width differs from the loaded text encoder are listed as skipped.
+or removed; embeddings that do not fit the loaded model's text encoders (the family's ``text_encoders`` layout and
+their widths) are listed as skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -23,13 +25,18 @@ EXTENSIONS = (".pt", ".bin", ".safetensors")
 
 @dataclass
 class Embedding:
-    vec: Any  # float32 tensor (vectors, D) on the CPU
+    vec: Any  # float32 tensor (vectors, D) on the CPU; for a multi-part embedding its first part
     name: str
     filename: str = ""
     step: int | None = None
     sd_checkpoint: str | None = None
     sd_checkpoint_name: str | None = None
     _hash: str | None = field(default=None, repr=False)
+    parts: dict = field(default_factory=dict)  # SDXL: {"clip_l": (n, 768), "clip_g": (n, 1280)}; empty otherwise
+
+    def vectors_for(self, part: str):
+        """The vectors for the text encoder an embedding-file key names ("" for single-tensor layouts)."""
+        return self.parts[part] if part else self.vec
 
     @property
     def shape(self) -> int:
@@ -50,22 +57,37 @@ class Embedding:
         return self.hash[:12] if self.hash else None
 
 
+SDXL_PARTS = ("clip_l", "clip_g")
+
+
 def vectors_from_data(data: Any, filename: str):
-    """The (n, D) tensor of an embedding file's contents, whichever of the supported layouts it uses."""
+    """The (n, D) tensor of an embedding file's contents, whichever of the supported layouts it uses; for SDXL's
+    layout a dict of one such tensor per part."""
     import torch
 
+    if isinstance(data, dict) and all(part in data for part in SDXL_PARTS):
+        parts = {part: _as_vectors(data[part], f"{filename} ({part})") for part in SDXL_PARTS}
+        if len({tensor.shape[0] for tensor in parts.values()}) != 1:
+            raise ValueError(f"{filename}: clip_l and clip_g hold different numbers of vectors")
+        return parts
     if isinstance(data, dict) and "string_to_param" in data:
         params = data["string_to_param"]
         if not isinstance(params, dict) or len(params) != 1:
             raise ValueError(f"{filename}: string_to_param must hold exactly one tensor")
         tensor = next(iter(params.values()))
-    elif isinstance(data, dict) and "clip_l" in data and "clip_g" in data:
-        raise ValueError(f"{filename}: SDXL embedding (clip_l + clip_g); SDXL models are not supported yet")
     elif isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), torch.Tensor):
         tensor = next(iter(data.values()))
     else:
         keys = list(data)[:5] if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{filename}: not a textual-inversion embedding (contents: {keys})")
+    return _as_vectors(tensor, filename)
+
+
+def _as_vectors(tensor: Any, filename: str):
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{filename}: not a tensor")
     if tensor.dim() == 1:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 2 or tensor.shape[0] == 0:
@@ -77,7 +99,9 @@ def load_embedding_file(path: str) -> Embedding:
     name = os.path.splitext(os.path.basename(path))[0]
     fmt = model_files.detect_format(path)
     data = model_files.read_state_dict(path) if fmt == model_files.SAFETENSORS else model_files.load_pickle(path)
-    embedding = Embedding(vectors_from_data(data, os.path.basename(path)), name, filename=path)
+    vectors = vectors_from_data(data, os.path.basename(path))
+    parts = vectors if isinstance(vectors, dict) else {}
+    embedding = Embedding(parts[SDXL_PARTS[0]] if parts else vectors, name, filename=path, parts=parts)
     if isinstance(data, dict):
         step = data.get("step")
         embedding.step = int(step) if isinstance(step, (int, float)) else None
@@ -86,20 +110,39 @@ def load_embedding_file(path: str) -> Embedding:
     return embedding
 
 
+def _misfit(embedding: Embedding, layout: dict[str, int]) -> str | None:
+    """Why ``embedding`` cannot be used with text encoders of ``layout`` (embedding-file key -> width); None if
+    it can."""
+    keys = set(layout)
+    if keys == {""}:
+        if embedding.parts:
+            return "an SDXL embedding (clip_l + clip_g); this model has one text encoder"
+        if embedding.shape != layout[""]:
+            return f"vector width {embedding.shape} does not match the model's {layout['']}"
+        return None
+    if not embedding.parts:
+        return f"a single-encoder embedding (width {embedding.shape}); this model needs {' + '.join(layout)}"
+    for part, width in layout.items():
+        if part not in embedding.parts or embedding.parts[part].shape[1] != width:
+            return f"its {part} part does not fit the model's {width}-wide encoder"
+    return None
+
+
 class EmbeddingLookup:
-    """The embeddings usable with one tokenizer and text-encoder width, and the token-sequence index.
+    """The embeddings usable with one tokenizer and one set of text encoders, and the token-sequence index.
     Each model gets its own lookup, so the UI's token counter never disturbs a running job."""
 
-    def __init__(self, embeddings: dict[str, Embedding], tokenizer: Any = None, width: int | None = None):
+    def __init__(self, embeddings: dict[str, Embedding], tokenizer: Any = None, layout: dict[str, int] | None = None):
         self.tokenizer = tokenizer  # held so the id() keying this lookup cannot be reused by another tokenizer
         self.word_embeddings: dict[str, Embedding] = {}
         self.skipped_embeddings: dict[str, Embedding] = {}
         self.skip_reasons: dict[str, str] = {}
         self.ids_lookup: dict[int, list[tuple[list[int], Embedding]]] = {}
         for name, embedding in sorted(embeddings.items()):
-            if width is not None and embedding.shape != width:
+            reason = _misfit(embedding, layout) if layout is not None else None
+            if reason is not None:
                 self.skipped_embeddings[name] = embedding
-                self.skip_reasons[name] = f"vector width {embedding.shape} does not match the model's {width}"
+                self.skip_reasons[name] = reason
                 continue
             self.word_embeddings[name] = embedding
             if tokenizer is not None:
@@ -148,12 +191,13 @@ class EmbeddingDatabase:
             self.embeddings, self.errors, self.files_signature, self._lookups = embeddings, problems, files, {}
             self.scanned = True
 
-    def lookup(self, tokenizer: Any = None, width: int | None = None) -> EmbeddingLookup:
-        """The embeddings for a text encoder of ``width`` (None: all of them, e.g. for counting tokens)."""
-        key = (id(tokenizer), width)
+    def lookup(self, tokenizer: Any = None, layout: dict[str, int] | None = None) -> EmbeddingLookup:
+        """The embeddings for text encoders of ``layout`` (embedding-file key -> width; None: all of them, e.g.
+        for counting tokens)."""
+        key = (id(tokenizer), tuple(sorted(layout.items())) if layout is not None else None)
         with self._lock:
             if key not in self._lookups:
-                self._lookups[key] = EmbeddingLookup(self.embeddings, tokenizer, width)
+                self._lookups[key] = EmbeddingLookup(self.embeddings, tokenizer, layout)
             return self._lookups[key]
 
 
@@ -182,6 +226,6 @@ def refresh_for_model(model: Any = None, tokenizer: Any = None, force_reload: bo
             errors.report(f"Could not scan embeddings: {e}")
     if model is None:
         return embedding_db.lookup(tokenizer)
-    encoder, _ = model.family.text_encoders[0]  # single-tensor embedding files address the first text encoder
-    width = int(getattr(model, encoder).get_input_embeddings().weight.shape[1])
-    return embedding_db.lookup(model.tokenizer, width)
+    layout = {part: int(getattr(model, encoder).get_input_embeddings().weight.shape[1])
+              for encoder, part in model.family.text_encoders}
+    return embedding_db.lookup(model.tokenizer, layout)
