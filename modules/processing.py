@@ -1050,7 +1050,10 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         sampled = PostSampleArgs(latents)
         p.scripts.post_sample(p, sampled)
         latents = sampled.samples
+    vae_dtype = model.vae.dtype
     decoded = sampling.decode(model, latents)
+    if model.vae.dtype != vae_dtype:
+        p.comment(sampling.UPCAST_NOTE)
     if p.scripts is not None:
         p.scripts.postprocess_batch(p, decoded, batch_number=n)
         batch_list = PostprocessBatchListArgs(list(decoded))

@@ -180,3 +180,29 @@ def test_checking_a_hires_request_needs_no_model(registry, monkeypatch):
                                                     enable_hr=True, hr_resize_x=128, hr_resize_y=128)
     p.validate()
     assert (p.hr_upscale_to_x, p.hr_upscale_to_y, p.hr_crop_x, p.hr_crop_y) == (128, 192, 0, 64)
+
+
+def test_a_vae_that_gives_nans_in_half_precision_decodes_in_float32_and_the_job_says_so(tiny_model, monkeypatch):
+    """SDXL's VAE overflows in float16; simulated here: the decode of a half-precision VAE returns NaNs."""
+    import torch
+
+    from modules.engine import sampling
+
+    vae = tiny_model.vae
+    real_decode = vae.decode
+
+    def decode(latents, return_dict=True):
+        if vae.dtype == torch.float16:
+            b, _, h, w = latents.shape
+            return (torch.full((b, 3, h * 8, w * 8), float("nan"), dtype=torch.float16),)
+        return real_decode(latents, return_dict=False)
+
+    monkeypatch.setattr(vae, "decode", decode)
+    vae.to(torch.float16)
+    try:
+        processed = _run()
+        assert sampling.UPCAST_NOTE in str(processed.comments) and vae.dtype == torch.float32
+        assert pixels(processed.images[0]).std() > 1  # the float32 decode gave a real image
+        assert sampling.UPCAST_NOTE not in str(_run().comments)  # later jobs start in float32
+    finally:
+        vae.to(torch.float32)

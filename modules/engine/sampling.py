@@ -13,11 +13,15 @@ img2img starts part-way down the schedule (diffusers' ``set_begin_index``): with
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from modules import script_callbacks
 from modules.engine import denoiser
+
+log = logging.getLogger("webui")
+UPCAST_NOTE = "VAE: half precision gave NaNs, so it decodes in float32 from now on for this model (slower)"
 
 
 @dataclass
@@ -120,14 +124,16 @@ def encode(model: Any, images):
 
 
 def decode(model: Any, latents):
-    """Latents -> float images in 0..1, (B, 3, H, W). Retries in float32 if half precision gave NaNs."""
+    """Latents -> float images in 0..1, (B, 3, H, W). Retries in float32 if half precision gave NaNs, and keeps
+    the VAE in float32 (the console says so; ``processing`` notes it in the job's comments)."""
     import torch
 
     vae, latent = model.vae, model.family.latent
     scaled = latents / latent.scale_factor + latent.shift_factor
     with torch.inference_mode():
         images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
-        if torch.isnan(images).any() and vae.dtype != torch.float32:
+        if torch.isnan(images).any() and vae.dtype != torch.float32:  # SDXL's VAE overflows in float16
+            log.warning(UPCAST_NOTE)
             vae.to(torch.float32)
             images = vae.decode(scaled.float(), return_dict=False)[0]
     return ((images.float() + 1) / 2).clamp(0, 1)
