@@ -1,5 +1,6 @@
-"""SDXL groundwork (the family is still refused by the loader): the base model's single-file loader and conditioner,
-checked on a tiny checkpoint in the real layout against diffusers' own StableDiffusionXLPipeline.
+"""SDXL base: the single-file and diffusers-folder loaders and the conditioner, checked on a tiny checkpoint in the
+real layout against diffusers' own StableDiffusionXLPipeline, and the job path (sizes, hires, LoRA, embeddings,
+img2img, inpainting).
 
 Tiny geometry (reference-model-families.md §9): 3 levels, attention on levels 1 and 2 with depths 1 and 2, middle
 depth 2; CLIP-L 32 wide with 2 layers; bigG 48 wide with 3 blocks and a 24-wide (non-square) projection; context
@@ -54,7 +55,7 @@ def test_the_tiny_sdxl_checkpoint_loads_every_tensor(sdxl_model):
     from modules.loading import model_files
 
     model, path = sdxl_model
-    assert detection.detect_family(path) is sdxl.SDXL and not sdxl.SDXL.supported
+    assert detection.detect_family(path) is sdxl.SDXL
     config = model.unet.config
     assert config.addition_embed_type == "text_time" and config.projection_class_embeddings_input_dim == 72
     assert config.cross_attention_dim == 80 and config.use_linear_projection
@@ -121,12 +122,16 @@ def test_sdxl_sampling_matches_diffusers_pipeline(sdxl_model, negative):
     assert ours.std() > 1
 
 
-def test_sdxl_is_refused_until_it_is_complete(sdxl_model):
-    from modules.loading import model_loader
+def test_the_refiner_and_instruct_pix2pix_are_refused_by_name(sdxl_model, tmp_path):
+    from modules.families import sdxl
+    from modules.loading import demo_model, model_loader
 
-    _, path = sdxl_model
-    with pytest.raises(model_loader.ModelNotSupported, match="SDXL checkpoint: SDXL support is coming"):
+    refiner = dataclasses.replace(UNET, adm_in_channels=64)
+    path = demo_model.write_checkpoint(str(tmp_path / "refiner.safetensors"),
+                                       shapes=sdxl.checkpoint_shapes(refiner, sd1_layout.TINY.vae, BIG_G))
+    with pytest.raises(model_loader.ModelNotSupported, match="is a SDXL refiner checkpoint: SDXL refiner support"):
         model_loader.load_components(path, None)
+    assert sdxl.SDXL.supported and sdxl.SDXL_INPAINT.supported and not sdxl.SDXL_PIX2PIX.supported
 
 
 def test_a_linear_text_projection_loads_the_same_model(sdxl_model, tmp_path):
@@ -171,14 +176,10 @@ def test_the_real_sdxl_architectures_have_the_real_parameter_counts(kind):
 
 
 @pytest.fixture()
-def sdxl_enabled(sdxl_model, use_checkpoint_dir, monkeypatch):
-    """The tiny SDXL model through the real discovery and job code, with the family switched on for the test."""
+def sdxl_enabled(sdxl_model, use_checkpoint_dir):
+    """The tiny SDXL model through the real discovery and job code."""
     import os
 
-    from modules.families import detection, sdxl
-
-    enabled = dataclasses.replace(sdxl.SDXL, supported=True)
-    monkeypatch.setattr(detection, "registry", [enabled if f is sdxl.SDXL else f for f in detection.registry])
     return use_checkpoint_dir(os.path.dirname(sdxl_model[1]), "tiny-sdxl.safetensors")
 
 
@@ -319,3 +320,30 @@ def test_sdxl_embeddings_reach_both_encoders_and_others_are_skipped(sdxl_enabled
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         textual_inversion.refresh_for_model(model, force_reload=True)
+
+
+def test_img2img_and_inpainting_run_on_sdxl(sdxl_model, sdxl_enabled, use_checkpoint_dir, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from modules.families import sdxl
+    from modules.loading import demo_model
+    from tests.conftest import img2img, noise_image, pixels
+
+    source = noise_image(64, 64)
+    p, processed = img2img([source], denoising_strength=0.5, steps=4)
+    assert p.sd_model.is_sdxl and pixels(processed.images[0]).std() > 1
+    assert np.abs(pixels(processed.images[0]) - pixels(source)).max() > 0
+    inpaint_unet = dataclasses.replace(UNET, in_channels=9)
+    demo_model.write_checkpoint(os.path.join(os.path.dirname(sdxl_model[1]), "tiny-sdxl-inpainting.safetensors"),
+                                seed=3, shapes=sdxl.checkpoint_shapes(inpaint_unet, sd1_layout.TINY.vae, BIG_G, CLIP_L))
+    model = use_checkpoint_dir(os.path.dirname(sdxl_model[1]), "tiny-sdxl-inpainting.safetensors")
+    assert model.family is sdxl.SDXL_INPAINT
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    p, processed = img2img([source], mask=mask, denoising_strength=1.0, inpainting_fill=1)
+    assert p.image_conditioning.shape[1] == 5  # mask + masked-image latent, the same path as SD 1.x
+    result = pixels(processed.images[0])
+    assert np.abs(result[:, 48:] - pixels(source)[:, 48:]).max() <= 1
+    assert np.abs(result[:, :24] - pixels(source)[:, :24]).mean() > 10

@@ -28,13 +28,13 @@ def _model_notice() -> str:
     if sd_models.load_problems:
         return "**Model:** " + " ".join(sd_models.load_problems)
     if not sd_models.checkpoints_list:
-        return ("**No checkpoint found.** Put a Stable Diffusion 1.x or 2.x `.safetensors` file into "
+        return ("**No checkpoint found.** Put a Stable Diffusion 1.x, 2.x or SDXL `.safetensors` file into "
                 f"`{sd_models.model_dir()}` and press 🔄, or download {model_download.OFFICIAL.label} with the button "
                 "below.")
     selected = sd_models.select_checkpoint()
     if selected is not None and DEMO_NAME in selected.name:
         return (f"**Demo model:** `{selected.name}` has random weights, so images are noise patterns, not pictures. "
-                f"Put a real SD 1.x or 2.x checkpoint into `{sd_models.model_dir()}` and press 🔄 to use it.")
+                f"Put a real SD 1.x, 2.x or SDXL checkpoint into `{sd_models.model_dir()}` and press 🔄 to use it.")
     return ""
 
 

@@ -2,10 +2,9 @@
 layout (the SGM code's: LDM UNet and VAE names, text encoders under ``conditioner.embedders.N.``), its sizes, the
 base model's loader and its conditioner as A1111 computes it.
 
-Not enabled yet (``supported=False``): the loader and conditioner are proven against diffusers'
-``StableDiffusionXLPipeline``, jobs condition on each pass's size and the crop settings, and kohya's SDXL LoRA
-names reach their modules (tests/test_sdxl.py runs them with the family switched on), but diffusers folders,
-SDXL inpainting, ``clip_l``/``clip_g`` embeddings, the fp16 VAE's float32 fallback and the refiner are missing.
+SDXL base and SDXL inpainting load from single files and diffusers folders; the conditioner is proven against
+diffusers' ``StableDiffusionXLPipeline``; jobs condition on each pass's size and the crop settings; kohya's SDXL
+LoRA names and ``clip_l``/``clip_g`` embeddings work. The refiner and InstructPix2Pix are recognised and refused.
 """
 from __future__ import annotations
 
@@ -193,7 +192,7 @@ def unet_inputs(model, cond) -> dict:
 
 
 SDXL = ModelFamily(
-    key="sdxl", label="SDXL", base="sdxl", supported=False, note="SDXL support is coming", default_size=1024,
+    key="sdxl", label="SDXL", base="sdxl", default_size=1024,
     matches_checkpoint=lambda shapes: _base_in_channels(shapes) not in (None, 8, 9),
     matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels", 4) not in (8, 9),
     latent=LATENT, scheduler_config=MappingProxyType(dict(sd1.SCHEDULER_CONFIG)),
@@ -212,11 +211,12 @@ SDXL_INPAINT = dataclasses.replace(
 )
 SDXL_PIX2PIX = dataclasses.replace(
     SDXL, key="sdxl-pix2pix", label="SDXL InstructPix2Pix (8-channel UNet)", unet_in_channels=8,
-    note="InstructPix2Pix support is coming", matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 8,
+    supported=False, note="InstructPix2Pix support is coming",
+    matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 8,
     matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 8,
 )
 SDXL_REFINER = ModelFamily(
-    key="sdxl-refiner", label="SDXL refiner", base="sdxl", supported=False, note="SDXL support is coming",
+    key="sdxl-refiner", label="SDXL refiner", base="sdxl", supported=False, note="SDXL refiner support is coming",
     default_size=1024,
     matches_checkpoint=lambda shapes: _has(shapes, REFINER_G_PREFIX) and not _has(shapes, BIG_G_PREFIX) and LABEL_EMB in shapes,
     matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and not (
