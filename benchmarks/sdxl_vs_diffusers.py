@@ -1,0 +1,97 @@
+"""Our SDXL txt2img time divided by diffusers' StableDiffusionXLPipeline with the same components, scheduler, seed,
+size and steps.
+
+    python benchmarks/sdxl_vs_diffusers.py                       tiny SDXL model, CPU, 256x256, 20 steps
+    python benchmarks/sdxl_vs_diffusers.py --full --device cuda  SDXL architecture (random weights), 1024x1024, fp16
+
+Prints the median seconds of each, it/s, and the ratio (target: 1.05 or less).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--full", action="store_true", help="full-size SDXL architecture instead of the tiny model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    size = args.size or (1024 if args.full else 256)
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from modules import cmd_args, devices, initialize, processing, sd_models, sd_samplers, shared
+    from modules.families import open_clip, sd1_layout, sdxl
+    from modules.loading import demo_model
+
+    if args.full:
+        shapes = sdxl.checkpoint_shapes(*sdxl.FULL_SIZE_BASE)
+    else:
+        unet = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                   attention_levels=(False, True, True), context_dim=80, linear_projection=True,
+                                   head_channels=32, level_depths=(0, 1, 2), middle_depth=2, adm_in_channels=72)
+        shapes = sdxl.checkpoint_shapes(unet, sd1_layout.TINY.vae, open_clip.OpenClipArch(width=48, layers=3, projection_dim=24),
+                                        sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64))
+    data_dir = tempfile.mkdtemp()
+    demo_model.write_checkpoint(os.path.join(data_dir, "models", "Stable-diffusion", "bench-sdxl.safetensors"), shapes=shapes)
+    precision = "half" if args.device != "cpu" else "full"
+    initialize.initialize(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision,
+                                          "--no-hashing"]))
+    devices.configure(args.device, precision)
+    sd_models.list_models()
+    model = sd_models.reload_model_weights()
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    def ours() -> float:
+        p = processing.StableDiffusionProcessingTxt2Img(
+            prompt="a photo of a cat", negative_prompt="blurry", seed=1, steps=args.steps, width=size, height=size,
+            sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
+        shared.state.begin("bench")
+        start = time.perf_counter()
+        processing.process_images(p)
+        sync()
+        return time.perf_counter() - start
+
+    pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+                                     tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+                                     scheduler=sd_samplers.create_scheduler(model.scheduler_config, "Euler", None))
+    pipe.set_progress_bar_config(disable=True)
+
+    def plain() -> float:
+        pipe.scheduler = sd_samplers.create_scheduler(model.scheduler_config, "Euler", None)
+        generator = torch.Generator("cpu").manual_seed(1)
+        start = time.perf_counter()
+        pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=args.steps, height=size, width=size,
+             guidance_scale=7.0, generator=generator, output_type="pil")
+        sync()
+        return time.perf_counter() - start
+
+    ours(), plain()  # warm-up
+    our_times, plain_times = [], []
+    for _ in range(args.runs):  # interleaved so drifts in machine load hit both equally
+        our_times.append(ours())
+        plain_times.append(plain())
+    a, b = statistics.median(our_times), statistics.median(plain_times)
+    label = "SDXL architecture" if args.full else "tiny SDXL"
+    print(f"{label}, {size}x{size}, {args.steps} steps, Euler, {args.device}, {precision}")
+    print(f"ours: {a:.3f} s ({args.steps / a:.2f} it/s)   diffusers pipeline: {b:.3f} s ({args.steps / b:.2f} it/s)")
+    print(f"ratio ours/diffusers: {a / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
