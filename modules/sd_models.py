@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from modules import hashes, paths, script_callbacks
-from modules.loading import model_files
 from modules.errors import UserInputError
+from modules.families import detection
+from modules.loading import model_files
 from modules.loading.model_loader import Components
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -43,6 +44,24 @@ class CheckpointInfo:
         self.sha256 = hashes.sha256_from_cache(self.filename, self._hash_key) if not self.is_folder else None
         self.shorthash = self.sha256[:10] if self.sha256 else None
         self.metadata: dict = {}
+        self._family: Any = None
+
+    @property
+    def family(self) -> Any:
+        """The checkpoint's model family (``families.spec.ModelFamily``), read from its header once: safetensors
+        files and diffusers folders at once, pickled files only when loaded. None while unknown or unreadable."""
+        if self._family is None and (self.is_folder or model_files.detect_format(self.filename) == model_files.SAFETENSORS):
+            try:
+                self._family = detection.detect_family(self.filename)
+            except (UserInputError, OSError, ValueError, KeyError):
+                self._family = detection.UNKNOWN
+        return self._family if self._family is not detection.UNKNOWN else None
+
+    @property
+    def config(self) -> str | None:
+        """A ``<stem>.yaml`` next to the file (A1111's per-checkpoint config; it decides v-prediction), if any."""
+        path = os.path.splitext(self.filename)[0] + ".yaml"
+        return path if os.path.isfile(path) else None
 
     @property
     def _hash_key(self) -> str:
@@ -214,6 +233,7 @@ def load_model(info: CheckpointInfo) -> SDModel:
     if cached is None:
         components = model_loader.load_components(info.filename, devices.dtype)
         cached = SDModel(**vars(components), sd_checkpoint_info=info, dtype=devices.dtype)
+        info._family = components.family
     _loaded[info.filename] = cached
     keep = max(1, int(opts.sd_checkpoint_cache or 1))
     while len(_loaded) > keep:

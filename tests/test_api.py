@@ -355,6 +355,8 @@ def test_lists_fill_client_dropdowns(client):
     assert {"name": "Latent (bicubic antialiased)"} in get("latent-upscale-modes")
     models = {m["model_name"]: m for m in get("sd-models")}
     assert re.fullmatch(r"[0-9a-f]{10}", models["tiny"]["hash"]) and models["tiny"]["title"] == f"tiny.safetensors [{models['tiny']['hash']}]"
+    assert models["tiny"]["family"] == "SD 1.x" and models["tiny-diffusers"]["family"] == "SD 1.x"  # ours, not A1111's
+    assert models["tiny"]["config"] is None
     assert set(get("embeddings")) == {"loaded", "skipped"}
     assert get("hypernetworks") == [] and isinstance(get("loras"), list) and isinstance(get("sd-vae"), list)
     assert {e["name"] for e in get("extensions")} >= {"xyz-grid"}

@@ -192,3 +192,16 @@ def test_lora_and_hires_fix_work_on_sd2(sd2_dir, use_checkpoint_dir):
     hires = txt2img(prompt="a cat", enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5)
     assert hires.images[0].size == (96, 96) and "Hires upscale: 1.5" in hires.info
 
+
+
+def test_the_checkpoint_list_shows_each_family_and_its_yaml(sd2_dir, use_checkpoint_dir):
+    from modules import sd_models
+    from webui import ui
+
+    use_checkpoint_dir(sd2_dir, "tiny-sd2.safetensors")
+    infos = {info.name_for_extra: info for info in sd_models.checkpoints_list.values()}
+    assert infos["tiny-sd2"].family.label == "SD 2.x" and infos["tiny-sd2"].config == str(sd2_dir / "tiny-sd2.yaml")
+    assert infos["tiny-sd2-inpainting"].family.label == "SD 2.x inpainting" and infos["tiny-sd2-v"].config is None
+    labels = dict((value, label) for label, value in ui._checkpoint_choices())
+    assert labels[infos["tiny-sd2-v"].title] == infos["tiny-sd2-v"].title + " · SD 2.x"
+    assert labels[infos["tiny"].title].endswith(" · SD 1.x")

@@ -20,8 +20,10 @@ from webui.ui_common import POLL_SECONDS, error_html, script_paste_components
 MODEL_WATCH_SECONDS = 2.0  # how often a freshly opened page checks on the start-up model load
 
 
-def _checkpoint_choices() -> list[str]:
-    return sd_models.checkpoint_tiles()
+def _checkpoint_choices() -> list[tuple[str, str]]:
+    """(label, title) per checkpoint: the title with the model family next to it where the header says it."""
+    return [(f"{info.title} · {info.family.label}" if info.family is not None else info.title, info.title)
+            for info in sd_models.checkpoints_list.values()]
 
 
 def _model_notice() -> str:

@@ -413,7 +413,9 @@ class Api:
 
     def get_sd_models(self) -> list[dict]:
         return [{"title": info.title, "model_name": info.model_name, "hash": info.shorthash, "sha256": info.sha256,
-                 "filename": info.filename, "config": None} for info in sd_models.checkpoints_list.values()]
+                 "filename": info.filename, "config": info.config,
+                 "family": info.family.label if info.family is not None else None}  # ours: not in A1111's answer
+                for info in sd_models.checkpoints_list.values()]
 
     def get_sd_vaes(self) -> list[dict]:
         return [{"model_name": name, "filename": path} for name, path in sd_vae.vae_dict.items()]
