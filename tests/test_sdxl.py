@@ -347,3 +347,64 @@ def test_img2img_and_inpainting_run_on_sdxl(sdxl_model, sdxl_enabled, use_checkp
     result = pixels(processed.images[0])
     assert np.abs(result[:, 48:] - pixels(source)[:, 48:]).max() <= 1
     assert np.abs(result[:, :24] - pixels(source)[:, :24]).mean() > 10
+
+
+REFINER_UNET = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                                   attention_levels=(False, True, True, False), context_dim=48, linear_projection=True,
+                                   head_channels=32, adm_in_channels=64)
+
+
+def test_the_refiner_continues_the_run_from_the_switch_step(sdxl_model, tmp_path):
+    """Groundwork for A1111's refiner (the job path does not offer it yet): bigG-only conditioning with the
+    aesthetic scores, and the switch inside one sampling run at the first model call with t <= 199 for 0.8
+    (reference-model-families.md §5 and §9, items 11 and 18)."""
+    import torch
+
+    from modules import rng, sd_models, sd_samplers
+    from modules.engine import conditioning, denoiser, sampling
+    from modules.families import sdxl
+    from modules.loading import demo_model
+
+    base, _ = sdxl_model
+    path = demo_model.write_checkpoint(str(tmp_path / "tiny-refiner.safetensors"), seed=4,
+                                       shapes=sdxl.checkpoint_shapes(REFINER_UNET, sd1_layout.TINY.vae, BIG_G))
+    components = sdxl.load_single_file(path, torch.float32, sdxl.SDXL_REFINER)
+    refiner = sd_models.SDModel(**vars(components), device=torch.device("cpu"), dtype=torch.float32)
+    assert refiner.text_encoder is None and refiner.unet.config.projection_class_embeddings_input_dim == 64
+
+    def conds(model, negative):
+        encoder = sdxl.PromptEncoder(model, image_size=(64, 64))
+        return (conditioning.get_multicond_learned_conditioning(encoder, ["a lighthouse"], 10),
+                conditioning.get_learned_conditioning(encoder, [negative], 10, negative=True),
+                conditioning.split_rows(encoder.encode([""]))[0])
+
+    def run(switch_at, negative="fog"):
+        calls = []
+
+        def forward(unet, call):
+            calls.append((unet, call.kwargs["added_cond_kwargs"]["time_ids"].tolist(), call.kwargs["encoder_hidden_states"]))
+            return denoiser.call_unet(unet, call)
+
+        cond, uncond, empty = conds(base, negative)
+        switch = sampling.RefinerSwitch(switch_at, refiner, *conds(refiner, negative)) if switch_at else None
+        sampling_run = sampling.SamplingRun(
+            model=base, scheduler=sd_samplers.create_scheduler(base.scheduler_config, "Euler", None), cond=cond,
+            uncond=uncond, cfg_scale=5.0, steps=10, empty_cond=empty, hooks=denoiser.DenoiserHooks(unet_forward=forward),
+            refiner=switch)
+        latents, _ = sampling.sample(sampling_run, rng.ImageRNG((4, 8, 8), [3]).first())
+        return latents, calls, sampling_run
+
+    latents, calls, sampling_run = run(0.8)
+    timesteps = sampling_run.scheduler.timesteps
+    on_base = sum(1 for t in timesteps if (999 - round(float(t))) / 1000 < 0.8)
+    assert 0 < on_base < len(timesteps) and sampling_run.refiner.switched_at == on_base
+    assert all(unet is base.unet for unet, _, _ in calls[:on_base])
+    assert all(unet is refiner.unet for unet, _, _ in calls[on_base:])
+    _, time_ids, context = calls[-1]
+    assert time_ids == [[64.0, 64.0, 0.0, 0.0, 6.0], [64.0, 64.0, 0.0, 0.0, 2.5]] and context.shape[-1] == 48
+    plain, _, _ = run(None)
+    never, never_calls, _ = run(1.0)
+    assert torch.equal(never, plain) and all(unet is base.unet for unet, _, _ in never_calls)
+    assert not torch.equal(latents, plain)
+    _, empty_calls, _ = run(0.8, negative="")
+    assert not empty_calls[-1][2][1:].any()  # the refiner zeroes an empty negative prompt too

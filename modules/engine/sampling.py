@@ -12,6 +12,7 @@ img2img starts part-way down the schedule (diffusers' ``set_begin_index``): with
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -22,6 +23,22 @@ from modules.engine import denoiser
 
 log = logging.getLogger("webui")
 UPCAST_NOTE = "VAE: half precision gave NaNs, so it decodes in float32 from now on for this model (slower)"
+
+
+@dataclass
+class RefinerSwitch:
+    """A1111's refiner: from the first model call whose noise level has fallen to ``switch_at`` (the training
+    timestep t <= 999 - 1000 * switch_at), the run continues on ``model`` with its own conditioning: the same
+    scheduler, latents and noise, nothing re-noised. ``switched_at`` records the model call where it happened."""
+    switch_at: float
+    model: Any
+    cond: Any
+    uncond: Any
+    empty_cond: Any = None
+    switched_at: int | None = None
+
+    def due(self, timestep) -> bool:
+        return self.switched_at is None and (999 - round(float(timestep))) / 1000 >= self.switch_at
 
 
 @dataclass
@@ -48,6 +65,7 @@ class SamplingRun:
     extra_noise: float = 0.0  # img2img/hires: the starting noise added once more, times this (A1111 "Extra noise")
     step_options: dict = field(default_factory=dict)  # more scheduler.step arguments (Euler's s_churn ...)
     hooks: denoiser.DenoiserHooks = field(default_factory=denoiser.DenoiserHooks)  # per-step extension points
+    refiner: RefinerSwitch | None = None
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -96,6 +114,11 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
         for i, t in enumerate(timesteps):
             if run.should_stop():
                 return latents, False
+            if run.refiner is not None and run.refiner.due(t):
+                refiner = run.refiner
+                refiner.switched_at = i
+                denoise = denoiser.Denoiser(dataclasses.replace(run, model=refiner.model, cond=refiner.cond,
+                                                                uncond=refiner.uncond, empty_cond=refiner.empty_cond))
             model_input = scheduler.scale_model_input(latents, t)
             prediction = denoise(model_input, t, i)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]

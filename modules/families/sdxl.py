@@ -4,7 +4,9 @@ base model's loader and its conditioner as A1111 computes it.
 
 SDXL base and SDXL inpainting load from single files and diffusers folders; the conditioner is proven against
 diffusers' ``StableDiffusionXLPipeline``; jobs condition on each pass's size and the crop settings; kohya's SDXL
-LoRA names and ``clip_l``/``clip_g`` embeddings work. The refiner and InstructPix2Pix are recognised and refused.
+LoRA names and ``clip_l``/``clip_g`` embeddings work. The refiner loads and conditions (bigG alone, aesthetic
+scores) and ``engine.sampling.RefinerSwitch`` continues a run on it, but jobs do not offer it yet (no UI, API or
+infotext), so the family stays refused; InstructPix2Pix is recognised and refused.
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.13025, preview_rgb
     (-0.3730, -0.2499, -0.2088),
 ))
 TIME_IDS = 6  # original height and width, crop top and left, target height and width
+REFINER_IDS = 5  # original height and width, crop top and left, aesthetic score
 
 
 def size_ids(width: int, height: int, crop_top: int = 0, crop_left: int = 0) -> list[float]:
@@ -75,37 +78,50 @@ def size_ids(width: int, height: int, crop_top: int = 0, crop_left: int = 0) -> 
     return [float(height), float(width), float(crop_top), float(crop_left), float(height), float(width)]
 
 
+def refiner_ids(width: int, height: int, crop_top: int = 0, crop_left: int = 0, score: float = 6.0) -> list[float]:
+    """The refiner's: the size, the crop and an aesthetic score."""
+    return [float(height), float(width), float(crop_top), float(crop_left), float(score)]
+
+
 def load_single_file(path: str, dtype, family: ModelFamily) -> Components:
+    """SDXL base and inpainting (CLIP-L as embedder 0, bigG as embedder 1) and the refiner (bigG alone, as embedder
+    0; it gets no ``text_encoder`` and bigG's tokenizer in both tokenizer places)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     state = model_files.read_state_dict(path)
     shapes = {key: tuple(value.shape) for key, value in state.items()}
+    refiner = not _has(shapes, CLIP_L_PREFIX)
+    g_prefix = REFINER_G_PREFIX if refiner else BIG_G_PREFIX
     unet_arch, vae_arch = sd1_layout.infer_unet(shapes), sd1_layout.infer_vae(shapes)
-    big_g, clip_l = open_clip.infer(shapes, BIG_G_PREFIX), sd1_layout.infer_text(shapes, CLIP_L_PREFIX)
+    big_g = open_clip.infer(shapes, g_prefix)
     # diffusers picks SDXL's added conditioning only for the real context widths; declare it for every size
     unet = sd1.build_unet(state, unet_arch, vae_arch, dtype, {
         "class_embed_type": None, "addition_embed_type": "text_time",
-        "addition_time_embed_dim": (unet_arch.adm_in_channels - big_g.projection_dim) // TIME_IDS,
+        "addition_time_embed_dim": (unet_arch.adm_in_channels - big_g.projection_dim) // (REFINER_IDS if refiner else TIME_IDS),
         "projection_class_embeddings_input_dim": unet_arch.adm_in_channels})
     vae = sd1.build_vae(state, vae_arch, dtype, family.latent.scale_factor)
-    l_config = CLIPTextConfig(**sd1_layout.text_config_kwargs(clip_l))
-    l_state = {"text_model." + key[len(CLIP_L_PREFIX):]: value for key, value in state.items()
-               if key.startswith(CLIP_L_PREFIX) and not key.endswith("position_ids")}
-    text_encoder = build_module(lambda: CLIPTextModel(l_config), l_state, dtype)
+    text_encoder = clip_l = None
+    if not refiner:
+        clip_l = sd1_layout.infer_text(shapes, CLIP_L_PREFIX)
+        l_config = CLIPTextConfig(**sd1_layout.text_config_kwargs(clip_l))
+        l_state = {"text_model." + key[len(CLIP_L_PREFIX):]: value for key, value in state.items()
+                   if key.startswith(CLIP_L_PREFIX) and not key.endswith("position_ids")}
+        text_encoder = build_module(lambda: CLIPTextModel(l_config), l_state, dtype)
     g_config = CLIPTextConfig(**open_clip.text_config_kwargs(big_g, big_g.layers))
-    g_state = open_clip.to_transformers(state, BIG_G_PREFIX, big_g.layers)
-    projection = state.get(BIG_G_PREFIX + "text_projection")  # used as x @ P; a Linear stores P transposed
+    g_state = open_clip.to_transformers(state, g_prefix, big_g.layers)
+    projection = state.get(g_prefix + "text_projection")  # used as x @ P; a Linear stores P transposed
     g_state["text_projection.weight"] = projection.t().contiguous() if projection is not None else \
-        state[BIG_G_PREFIX + "text_projection.weight"]
+        state[g_prefix + "text_projection.weight"]
     text_encoder_2 = build_module(lambda: CLIPTextModelWithProjection(g_config), g_state, dtype)
     scheduler_config = dict(family.scheduler_config, prediction_type="epsilon")
     if "v_pred" in shapes or any(p.search(sd2.declared_config(path)) for p in sd2.V_PREDICTION_CONFIG):
         scheduler_config["prediction_type"] = "v_prediction"
     if "ztsnr" in shapes:
         scheduler_config["rescale_betas_zero_snr"] = True
-    return Components(unet, vae, text_encoder, load_tokenizer(), scheduler_config, family,
+    g_tokenizer = load_tokenizer(pad_token="!")
+    return Components(unet, vae, text_encoder, g_tokenizer if refiner else load_tokenizer(), scheduler_config, family,
                       {"unet": unet_arch, "vae": vae_arch, "clip_l": clip_l, "big_g": big_g},
-                      text_encoder_2=text_encoder_2, tokenizer_2=load_tokenizer(pad_token="!"))
+                      text_encoder_2=text_encoder_2, tokenizer_2=g_tokenizer)
 
 
 def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
@@ -151,34 +167,44 @@ class PromptEncoder:
     pads with the end token, bigG with 0), each output gets its own emphasis, the context is CLIP-L's then
     bigG's channels; ``vector`` is bigG's pooled output and the 256-wide embeddings of the size ids (A1111's
     layout), and ``time_ids`` keeps the ids themselves for diffusers' UNet. Clip skip does not change SDXL
-    conditioning. An all-empty negative prompt is zeros (context and pooled part), as A1111 does."""
+    conditioning. An all-empty negative prompt is zeros (context and pooled part), as A1111 does.
+
+    The refiner's (a model without CLIP-L): bigG alone, and its ids end with an aesthetic score instead of the
+    target size, ``aesthetic_scores[0]`` for prompts and ``[1]`` for negative prompts (A1111's settings
+    ``sdxl_refiner_high_aesthetic_score`` 6.0 and ``..._low_...`` 2.5)."""
 
     def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original", comma_padding_backtrack: int = 20,
-                 embeddings: Any = None, image_size: tuple[int, int] = (1024, 1024), crop: tuple[int, int] = (0, 0)):
+                 embeddings: Any = None, image_size: tuple[int, int] = (1024, 1024), crop: tuple[int, int] = (0, 0),
+                 aesthetic_scores: tuple[float, float] = (6.0, 2.5)):
         options = {"emphasis": emphasis, "comma_padding_backtrack": comma_padding_backtrack, "embeddings": embeddings}
         self.model = model
-        self.clip_l = _ClipLEncoder(model, embedding_part="clip_l", **options)
+        self.clip_l = _ClipLEncoder(model, embedding_part="clip_l", **options) if model.text_encoder is not None else None
         self.big_g = _BigGEncoder(model, tokenizer=model.tokenizer_2, text_encoder=model.text_encoder_2,
                                   embedding_part="clip_g", **options)
-        self.image_size, self.crop = image_size, crop
+        self.image_size, self.crop, self.aesthetic_scores = image_size, crop, aesthetic_scores
 
     @property
     def used_embeddings(self) -> dict[str, Any]:
-        return {**self.clip_l.used_embeddings, **self.big_g.used_embeddings}
+        return {**(self.clip_l.used_embeddings if self.clip_l else {}), **self.big_g.used_embeddings}
 
     def chunks(self, text: str):
-        return self.clip_l.chunks(text)
+        return (self.clip_l or self.big_g).chunks(text)
 
     def encode(self, texts: list[str], negative: bool = False):
         import torch
         from diffusers.models.embeddings import get_timestep_embedding
 
         self.big_g.pooled = None
-        context = torch.cat([self.clip_l.encode(texts), self.big_g.encode(texts)], dim=-1)
+        parts = ([self.clip_l.encode(texts)] if self.clip_l else []) + [self.big_g.encode(texts)]
+        context = torch.cat(parts, dim=-1)
         pooled = self.big_g.pooled.to(context.dtype)
         if negative and all(text == "" for text in texts):
             context, pooled = torch.zeros_like(context), torch.zeros_like(pooled)
-        ids = torch.tensor([size_ids(*self.image_size, *self.crop)] * len(texts), device=context.device)
+        if self.clip_l is None:
+            row = refiner_ids(*self.image_size, *self.crop, score=self.aesthetic_scores[1 if negative else 0])
+        else:
+            row = size_ids(*self.image_size, *self.crop)
+        ids = torch.tensor([row] * len(texts), device=context.device)
         width = self.model.unet.config.addition_time_embed_dim
         embedded = get_timestep_embedding(ids.flatten(), width, flip_sin_to_cos=True, downscale_freq_shift=0)
         vector = torch.cat([pooled, embedded.reshape(len(texts), -1).to(context.dtype)], dim=-1)
@@ -186,7 +212,8 @@ class PromptEncoder:
 
 
 def unet_inputs(model, cond) -> dict:
-    pooled = cond["vector"][:, :cond["vector"].shape[1] - TIME_IDS * model.unet.config.addition_time_embed_dim]
+    ids = cond["time_ids"].shape[1]
+    pooled = cond["vector"][:, :cond["vector"].shape[1] - ids * model.unet.config.addition_time_embed_dim]
     return {"encoder_hidden_states": cond["crossattn"],
             "added_cond_kwargs": {"text_embeds": pooled, "time_ids": cond["time_ids"]}}
 
@@ -215,11 +242,14 @@ SDXL_PIX2PIX = dataclasses.replace(
     matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 8,
     matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 8,
 )
-SDXL_REFINER = ModelFamily(
-    key="sdxl-refiner", label="SDXL refiner", base="sdxl", supported=False, note="SDXL refiner support is coming",
-    default_size=1024,
+SDXL_REFINER = dataclasses.replace(
+    SDXL, key="sdxl-refiner", label="SDXL refiner", supported=False, note="SDXL refiner support is coming",
     matches_checkpoint=lambda shapes: _has(shapes, REFINER_G_PREFIX) and not _has(shapes, BIG_G_PREFIX) and LABEL_EMB in shapes,
     matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and not (
         "text_encoder" in unet.get("_subfolders", ()) or unet.get("cross_attention_dim") == 2048),
+    components=("unet", "vae", "text_encoder_2"), text_encoders=(("text_encoder_2", "clip_g"),),
+    lora_layout=(LoraLayout("lora_unet_", "unet", "unet."),
+                 LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
+    load_diffusers_folder=None,
 )
 FAMILIES = (SDXL, SDXL_INPAINT, SDXL_PIX2PIX, SDXL_REFINER)
