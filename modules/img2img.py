@@ -22,6 +22,7 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
                  inpainting_fill: int = 1, inpaint_full_res: bool = False, inpaint_full_res_padding: int = 32,
                  initial_noise_multiplier: float | None = None, stochastic_freeze: bool = False,
                  override_settings: dict | None = None, restore_faces: bool | None = None,
+                 refiner_checkpoint: str | None = None, refiner_switch_at: float | None = None,
                  validate: bool = True) -> StableDiffusionProcessingImg2Img:
     """An img2img processing object (UI defaults: "original" content, whole picture, padding 32), validated unless
     ``validate`` is False (a folder batch has no image yet; each image's job is validated when it runs)."""
@@ -36,7 +37,7 @@ def make_img2img(prompt: str, negative_prompt: str, init_image: Any, mask: Any =
         inpainting_fill=as_int(inpainting_fill), inpaint_full_res=bool(inpaint_full_res),
         inpaint_full_res_padding=as_int(inpaint_full_res_padding), initial_noise_multiplier=initial_noise_multiplier,
         stochastic_freeze=bool(stochastic_freeze), override_settings=dict(override_settings or {}),
-        restore_faces=restore_faces,
+        restore_faces=restore_faces, refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at,
     )
     if validate:
         p.validate()

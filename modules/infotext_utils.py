@@ -162,10 +162,21 @@ def _common_fields(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _postprocess_fields(params: dict[str, Any]) -> dict[str, Any]:
-    """Restore faces (infotext ``Face restoration: <model>``)."""
+    """Restore faces (infotext ``Face restoration: <model>``) and the refiner (``Refiner``, ``Refiner switch at``:
+    the checkpoint by its closest title)."""
+    from modules import sd_models
+
     fields: dict[str, Any] = {"restore_faces": "Face restoration" in params}
     if "Face restoration" in params:
         fields["face_restoration_model"] = params["Face restoration"]
+    fields["refiner_enabled"] = "Refiner" in params
+    if "Refiner" in params:
+        info = sd_models.get_closet_checkpoint_match(str(params["Refiner"]))
+        if info is not None:
+            fields["refiner_checkpoint"] = info.title
+        switch_at = _number(params, "Refiner switch at", float)
+        if switch_at is not None:
+            fields["refiner_switch_at"] = switch_at
     return fields
 
 

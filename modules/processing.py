@@ -18,6 +18,8 @@ from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, Postproces
 from modules.shared import opts, state
 from modules.runtime.version import infotext_version
 
+REFINER_OFF = (None, "", "None", "none")
+REFINER_SWITCH_AT = 0.8  # A1111's default when a refiner is chosen
 opt_C = 4  # A1111's names for the SD latent format; the engine reads each model's own (p.latent_format)
 opt_f = 8
 MAX_SIDE = 2048
@@ -139,6 +141,9 @@ class StableDiffusionProcessing:
         self.clip_skip = 1
         self.cached_uc: dict = {}
         self.cached_c: dict = {}
+        self.cached_refiner_c: dict = {}
+        self.cached_refiner_uc: dict = {}
+        self.refiner_model = None  # the refiner a pass of the current batch switched to
         self.empty_cond = None
         self.used_embedding_hashes: dict[str, str] = {}
         self.nested_job = False  # run inside another job (the face detailer's): no params.txt, no job counting
@@ -169,8 +174,12 @@ class StableDiffusionProcessing:
             if not isinstance(value, int) or not low <= value <= high:
                 raise UserInputError(f"{name} must be an integer between {low} and {high}, got {value!r}")
         self._validate_texts()
-        if self.refiner_checkpoint not in (None, "", "None"):
-            raise UserInputError("refiner_checkpoint: the SDXL refiner is not supported yet")
+        if self.refiner_checkpoint not in REFINER_OFF:
+            if sd_models.get_closet_checkpoint_match(str(self.refiner_checkpoint)) is None:
+                raise UserInputError(f"Could not find checkpoint with name {self.refiner_checkpoint}")
+            switch_at = self.refiner_switch_at if self.refiner_switch_at is not None else REFINER_SWITCH_AT
+            if not isinstance(switch_at, (int, float)) or not 0 < float(switch_at) <= 1:
+                raise UserInputError(f"refiner_switch_at must be above 0 and at most 1, got {switch_at!r}")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):  # 0 or less: off
             value = getattr(self, name)
             if not isinstance(value, int) or not (value <= 0 or 8 <= value <= MAX_SIDE):
@@ -233,7 +242,7 @@ class StableDiffusionProcessing:
                                                           self.cached_c, self.cached_uc, (self.width, self.height))
 
     def get_conds(self, prompts: list[str], negative_prompts: list[str], total_steps: int, hires_steps: int | None,
-                  cache_c: dict, cache_uc: dict, image_size: tuple[int, int]) -> tuple:
+                  cache_c: dict, cache_uc: dict, image_size: tuple[int, int], model: Any = None) -> tuple:
         """(multicond, uncond, empty-prompt encoding) for a batch, taken from the caches when the prompts and
         everything else that changes the text encoder's output are unchanged. ``image_size`` (width, height) of the
         pass reaches families that condition on it (SDXL), with the ``sdxl_crop_top/left`` settings."""
@@ -242,12 +251,14 @@ class StableDiffusionProcessing:
         from modules.networks import lora
         from modules.textual_inversion import textual_inversion
 
-        model = self.model
+        model = model or self.model
         embeddings = textual_inversion.refresh_for_model(model, rescan=not self.do_not_reload_embeddings)
         options = {"clip_skip": self.clip_skip, "emphasis": opts.emphasis,
                    "comma_padding_backtrack": opts.comma_padding_backtrack, "embeddings": embeddings}
         if model.family.size_conditioning:
-            options.update(image_size=tuple(image_size), crop=(int(opts.sdxl_crop_top), int(opts.sdxl_crop_left)))
+            options.update(image_size=tuple(image_size), crop=(int(opts.sdxl_crop_top), int(opts.sdxl_crop_left)),
+                           aesthetic_scores=(float(opts.sdxl_refiner_high_aesthetic_score),
+                                             float(opts.sdxl_refiner_low_aesthetic_score)))
         encoder = model.family.text_conditioner(model, **options)
         old = bool(opts.use_old_scheduling)
         if old:
@@ -257,6 +268,7 @@ class StableDiffusionProcessing:
             if schedules[0] != schedules[1]:
                 self.extra_generation_params["Old prompt editing timelines"] = True
         text_encoder_state = (id(model), total_steps, hires_steps, old, options.get("image_size"), options.get("crop"),
+                              options.get("aesthetic_scores"),
                               opts.emphasis, self.clip_skip,
                               opts.comma_padding_backtrack, textual_inversion.embedding_db.files_signature,
                               tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
@@ -279,7 +291,7 @@ class StableDiffusionProcessing:
         return cache_c["value"], cache_uc["value"], cache_uc["empty"]
 
     def sampling_run(self, cond, uncond, sampler_name: str, scheduler_label: str, steps: int, progress_steps: int,
-                     **img2img) -> sampling.SamplingRun:
+                     refiner: sampling.RefinerSwitch | None = None, **img2img) -> sampling.SamplingRun:
         """The denoising loop's inputs for one pass of this batch; ``img2img`` holds the SamplingRun fields of
         img2img and inpainting (init_latent, denoise_steps, mask, nmask, image_conditioning)."""
         model = self.model
@@ -299,8 +311,33 @@ class StableDiffusionProcessing:
             model=model, scheduler=scheduler, cond=cond, uncond=uncond, cfg_scale=float(self.cfg_scale), steps=steps,
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
             should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
-            extra_noise=self._extra_noise() if img2img else 0.0, step_options=self._sigma_options(sampler_name),
-            hooks=self.denoiser_hooks, **img2img)
+            extra_noise=self._extra_noise() if img2img.get("init_latent") is not None else 0.0,
+            step_options=self._sigma_options(sampler_name), hooks=self.denoiser_hooks, refiner=refiner, **img2img)
+
+    def refiner_switch(self, prompts: list[str], negative_prompts: list[str], sampler_name: str, steps: int,
+                       first_pass_steps: int | None, image_size: tuple[int, int]) -> sampling.RefinerSwitch | None:
+        """The refiner for one pass (None without one, or when it is the loaded model or ``switch at`` is 1): the
+        checkpoint loaded beside the model, and the pass's prompts encoded by its conditioner on the pass's
+        prompt-editing timeline (``first_pass_steps``: this is the hires pass, counted after the first)."""
+        if self.refiner_checkpoint in REFINER_OFF:
+            return None
+        switch_at = float(self.refiner_switch_at if self.refiner_switch_at is not None else REFINER_SWITCH_AT)
+        refiner = sd_models.load_refiner(str(self.refiner_checkpoint)) if switch_at < 1 else None
+        if refiner is None:
+            return None
+        total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(steps)
+        cond, uncond, empty = self.get_conds(prompts, negative_prompts, first_pass_steps or total_steps,
+                                             total_steps if first_pass_steps else None, self.cached_refiner_c,
+                                             self.cached_refiner_uc, image_size, model=refiner)
+        return sampling.RefinerSwitch(switch_at, refiner, cond, uncond, empty)
+
+    def note_refiner(self, run: sampling.SamplingRun) -> None:
+        """After a pass: when it switched to the refiner, the infotext says so and the refiner's VAE decodes."""
+        if run.refiner is None or run.refiner.switched_at is None:
+            return
+        self.refiner_model = run.refiner.model
+        self.extra_generation_params["Refiner"] = run.refiner.model.sd_checkpoint_info.short_title
+        self.extra_generation_params["Refiner switch at"] = run.refiner.switch_at
 
     def _sigma_options(self, sampler_name: str) -> dict:
         """A1111's s_churn, s_tmin, s_tmax (0: no upper bound) and s_noise for Euler, recorded in the infotext when
@@ -498,9 +535,12 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         noise = self.rng.first()
         self.before_sampling(noise, noise, conditioning, unconditional_conditioning)
+        refiner = None if self.enable_hr else self.refiner_switch(  # with hires fix the second pass switches
+            self.prompts, self.negative_prompts, self.sampler_name, self.steps, None, (self.width, self.height))
         run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, self.steps,
-                                self.steps, image_conditioning=self.txt2img_image_conditioning(noise))
+                                self.steps, refiner=refiner, image_conditioning=self.txt2img_image_conditioning(noise))
         latents, completed = sampling.sample(run, noise)
+        self.note_refiner(run)
         if not self.enable_hr or not completed or state.interrupted or state.skipped:
             return latents
         state.nextjob()
@@ -538,11 +578,15 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.setup_hr_conds(sampler_name, hr_steps)
         _, _, h, w = samples.shape
         self.before_sampling(samples, noise, self.hr_c, self.hr_uc)
+        refiner = self.refiner_switch(self.hr_prompts, self.hr_negative_prompts, sampler_name, hr_steps, self.steps,
+                                      (self.hr_upscale_to_x, self.hr_upscale_to_y))
         run = self.sampling_run(self.hr_c, self.hr_uc, sampler_name, self.hr_scheduler or self.scheduler,
-                                max(schedule_steps, 1), hr_steps, init_latent=samples, denoise_steps=run_steps,
+                                max(schedule_steps, 1), hr_steps, refiner=refiner, init_latent=samples,
+                                denoise_steps=run_steps,
                                 image_conditioning=self.txt2img_image_conditioning(
                                     samples, w * self.latent_format.downscale, h * self.latent_format.downscale))
         latents, _ = sampling.sample(run, noise)
+        self.note_refiner(run)
         self.is_hr_pass = False
         return latents
 
@@ -552,6 +596,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         batch = slice(self.iteration * self.batch_size, (self.iteration + 1) * self.batch_size)
         hr_prompts, self.hr_extra_network_data = extra_networks.parse_prompts(self.all_hr_prompts[batch])
         hr_negative_prompts = self.all_hr_negative_prompts[batch]
+        self.hr_prompts, self.hr_negative_prompts = hr_prompts, hr_negative_prompts
         if not self.disable_extra_networks and self.hr_extra_network_data != self.extra_network_data:
             extra_networks.activate(self, self.hr_extra_network_data)
         total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(hr_steps)
@@ -738,10 +783,13 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             noise = noise * self.initial_noise_multiplier
         steps, denoise_steps = img2img_steps(self.steps, self.denoising_strength, bool(opts.img2img_fix_steps))
         self.before_sampling(self.init_latent, noise, conditioning, unconditional_conditioning)
+        refiner = self.refiner_switch(self.prompts, self.negative_prompts, self.sampler_name, max(steps, 1), None,
+                                      (self.width, self.height))
         run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, max(steps, 1),
-                                denoise_steps, init_latent=self.init_latent, denoise_steps=denoise_steps,
+                                denoise_steps, refiner=refiner, init_latent=self.init_latent, denoise_steps=denoise_steps,
                                 mask=self.mask, nmask=self.nmask, image_conditioning=self.image_conditioning)
         latents, _ = sampling.sample(run, noise)
+        self.note_refiner(run)
         return latents
 
 
@@ -1020,6 +1068,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list, infotexts: list) -> bool:
     """Generate, save and collect batch ``n``. False when the job should stop."""
     p.iteration = n
+    p.refiner_model = None
     state.skipped = False
     batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
     p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
@@ -1050,9 +1099,10 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         sampled = PostSampleArgs(latents)
         p.scripts.post_sample(p, sampled)
         latents = sampled.samples
-    vae_dtype = model.vae.dtype
-    decoded = sampling.decode(model, latents)
-    if model.vae.dtype != vae_dtype:
+    decoder = p.refiner_model or model  # after a switch the refiner's VAE decodes, as in A1111
+    vae_dtype = decoder.vae.dtype
+    decoded = sampling.decode(decoder, latents)
+    if decoder.vae.dtype != vae_dtype:
         p.comment(sampling.UPCAST_NOTE)
     if p.scripts is not None:
         p.scripts.postprocess_batch(p, decoded, batch_number=n)

@@ -221,8 +221,9 @@ class SDModel(Components):
         return self
 
 
-def load_model(info: CheckpointInfo) -> SDModel:
-    """Load (or take from the RAM cache) a checkpoint and put it on the compute device."""
+def load_model(info: CheckpointInfo, beside: tuple = ()) -> SDModel:
+    """Load (or take from the RAM cache) a checkpoint and put it on the compute device. The models in ``beside``
+    (the current one, while a refiner is loaded next to it) are never evicted by this load."""
     from modules import devices
     from modules.loading import model_loader
     from modules.shared import cmd_opts, opts
@@ -236,9 +237,11 @@ def load_model(info: CheckpointInfo) -> SDModel:
         info._family = components.family
     _loaded[info.filename] = cached
     keep = max(1, int(opts.sd_checkpoint_cache or 1))
-    while len(_loaded) > keep:
-        _, evicted = _loaded.popitem(last=False)
-        evicted.to("cpu")
+    for filename in list(_loaded)[:-1]:  # oldest first
+        if len(_loaded) <= keep:
+            break
+        if not any(_loaded[filename] is model for model in beside):
+            _loaded.pop(filename).to("cpu")
     return cached.to(devices.device)
 
 
@@ -353,6 +356,18 @@ def unload_model_weights() -> None:
     gc.collect()
     if devices.device.type == "cuda":
         devices.torch_gc()
+
+
+def load_refiner(title: str) -> SDModel | None:
+    """The refiner checkpoint ``title`` names (any name ``get_closet_checkpoint_match`` resolves), loaded next to the
+    current model without changing the setting; None when it is the current model (no switch, as in A1111)."""
+    info = get_closet_checkpoint_match(title)
+    if info is None:
+        raise UserInputError(f"Could not find checkpoint with name {title}")
+    with _lock:
+        if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
+            return None
+        return load_model(info, beside=(_current,))
 
 
 def get_sd_model() -> SDModel:

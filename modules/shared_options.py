@@ -65,6 +65,8 @@ options_templates.update(options_section(("sd", "Stable Diffusion"), {
 options_templates.update(options_section(("sdxl", "Stable Diffusion XL"), {
     "sdxl_crop_top": OptionInfo(0, "crop top coordinate"),
     "sdxl_crop_left": OptionInfo(0, "crop left coordinate"),
+    "sdxl_refiner_low_aesthetic_score": OptionInfo(2.5, "SDXL low aesthetic score (the refiner's negative prompt)"),
+    "sdxl_refiner_high_aesthetic_score": OptionInfo(6.0, "SDXL high aesthetic score (the refiner's prompt)"),
 }))
 
 options_templates.update(options_section(("img2img", "img2img"), {

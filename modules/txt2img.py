@@ -13,6 +13,7 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
                  hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
                  hr_sampler_name: str | None = None, hr_scheduler: str | None = None, hr_prompt: str = "",
                  hr_negative_prompt: str = "", override_settings: dict | None = None, restore_faces: bool | None = None,
+                 refiner_checkpoint: str | None = None, refiner_switch_at: float | None = None,
                  ) -> StableDiffusionProcessingTxt2Img:
     """A validated processing object; bad values raise :class:`UserInputError` naming the field."""
     p = StableDiffusionProcessingTxt2Img(
@@ -26,6 +27,7 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
         hr_resize_x=max(as_int(hr_resize_x), 0), hr_resize_y=max(as_int(hr_resize_y), 0), hr_sampler_name=hr_sampler_name,
         hr_scheduler=hr_scheduler, hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
         override_settings=dict(override_settings or {}), restore_faces=restore_faces,
+        refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at,
     )
     p.validate()
     return p

@@ -93,11 +93,10 @@ def test_family_detection_from_keys_and_shapes(data_dir, tmp_path):
 def test_unsupported_family_is_refused_with_its_name(tmp_path):
     import torch
 
-    path = tmp_path / "refiner.safetensors"
-    write_header_only_safetensors(path, {sd1_layout.UNET + "input_blocks.0.0.weight": (4, 4, 3, 3),
-                                         sd1_layout.UNET + "label_emb.0.0.weight": (16, 8),
-                                         "conditioner.embedders.0.model.ln_final.weight": (4,)})
-    with pytest.raises(model_loader.ModelNotSupported, match="SDXL refiner checkpoint: SDXL refiner support is coming"):
+    path = tmp_path / "depth.safetensors"
+    write_header_only_safetensors(path, {sd1_layout.UNET + "input_blocks.0.0.weight": (4, 5, 3, 3),
+                                         "cond_stage_model.model.ln_final.weight": (4,)})
+    with pytest.raises(model_loader.ModelNotSupported, match="depth-to-image .* depth-to-image support is coming"):
         model_loader.load_components(str(path), torch.float32)
 
 

@@ -122,16 +122,16 @@ def test_sdxl_sampling_matches_diffusers_pipeline(sdxl_model, negative):
     assert ours.std() > 1
 
 
-def test_the_refiner_and_instruct_pix2pix_are_refused_by_name(sdxl_model, tmp_path):
+def test_instruct_pix2pix_is_refused_by_name(sdxl_model, tmp_path):
     from modules.families import sdxl
     from modules.loading import demo_model, model_loader
 
-    refiner = dataclasses.replace(UNET, adm_in_channels=64)
-    path = demo_model.write_checkpoint(str(tmp_path / "refiner.safetensors"),
-                                       shapes=sdxl.checkpoint_shapes(refiner, sd1_layout.TINY.vae, BIG_G))
-    with pytest.raises(model_loader.ModelNotSupported, match="is a SDXL refiner checkpoint: SDXL refiner support"):
+    pix2pix = dataclasses.replace(UNET, in_channels=8)
+    path = demo_model.write_checkpoint(str(tmp_path / "pix2pix.safetensors"),
+                                       shapes=sdxl.checkpoint_shapes(pix2pix, sd1_layout.TINY.vae, BIG_G, CLIP_L))
+    with pytest.raises(model_loader.ModelNotSupported, match="is a SDXL InstructPix2Pix .* support is coming"):
         model_loader.load_components(path, None)
-    assert sdxl.SDXL.supported and sdxl.SDXL_INPAINT.supported and not sdxl.SDXL_PIX2PIX.supported
+    assert sdxl.SDXL.supported and sdxl.SDXL_INPAINT.supported and sdxl.SDXL_REFINER.supported
 
 
 def test_a_linear_text_projection_loads_the_same_model(sdxl_model, tmp_path):
@@ -408,3 +408,92 @@ def test_the_refiner_continues_the_run_from_the_switch_step(sdxl_model, tmp_path
     assert not torch.equal(latents, plain)
     _, empty_calls, _ = run(0.8, negative="")
     assert not empty_calls[-1][2][1:].any()  # the refiner zeroes an empty negative prompt too
+
+
+@pytest.fixture(scope="module")
+def refiner_file(sdxl_model):
+    import os
+
+    from modules.families import sdxl
+    from modules.loading import demo_model
+
+    path = os.path.join(os.path.dirname(sdxl_model[1]), "tiny-refiner.safetensors")
+    if not os.path.isfile(path):
+        demo_model.write_checkpoint(path, seed=4, shapes=sdxl.checkpoint_shapes(REFINER_UNET, sd1_layout.TINY.vae, BIG_G))
+    return path
+
+
+def _job(**overrides):
+    from modules import processing
+    from modules.shared import state
+
+    params = dict(prompt="a cat", negative_prompt="fog", seed=4, steps=10, width=64, height=64, sampler_name="Euler",
+                  do_not_save_samples=True, do_not_save_grid=True)
+    p = processing.StableDiffusionProcessingTxt2Img(**{**params, **overrides})
+    calls = []
+    p.denoiser_hooks.before_unet.append(lambda call: calls.append(call.kwargs["added_cond_kwargs"]["time_ids"].shape[1]))
+    state.begin("test")
+    return p, processing.process_images(p), calls
+
+
+def test_a_job_switches_to_the_refiner_and_says_so(refiner_file, sdxl_enabled):
+    from modules import infotext_utils, sd_models
+    from tests.conftest import pixels
+
+    p, processed, calls = _job(refiner_checkpoint="tiny-refiner", refiner_switch_at=0.8)
+    on_base = calls.count(6)
+    assert 0 < on_base < 10 and calls == [6] * on_base + [5] * (10 - on_base)  # base ids, then the refiner's
+    params = infotext_utils.parse_generation_parameters(processed.infotexts[0])
+    refiner = sd_models.get_closet_checkpoint_match("tiny-refiner")
+    assert params["Refiner"] == refiner.short_title and params["Refiner switch at"] == "0.8"
+    assert params["Model"] == "tiny-sdxl" and sd_models.current_model() is p.sd_model  # the base stays loaded
+    _, plain, plain_calls = _job()
+    _, never, never_calls = _job(refiner_checkpoint="tiny-refiner", refiner_switch_at=1.0)
+    assert plain_calls == never_calls == [6] * 10 and "Refiner" not in never.infotexts[0]
+    assert np.array_equal(pixels(plain.images[0]), pixels(never.images[0]))
+    assert not np.array_equal(pixels(plain.images[0]), pixels(processed.images[0]))
+    _, hires, hires_calls = _job(refiner_checkpoint="tiny-refiner", enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+                                 denoising_strength=0.5, steps=6)
+    assert hires_calls[:6] == [6] * 6 and hires_calls[-1] == 5  # the first pass stays on the base model
+    assert "Refiner: " in hires.infotexts[0]
+
+
+def test_refiner_requests_are_checked(refiner_file, sdxl_enabled):
+    from modules import processing
+    from modules.errors import UserInputError
+
+    for value, message in ((dict(refiner_checkpoint="missing-model"), "Could not find checkpoint with name missing"),
+                           (dict(refiner_checkpoint="tiny-refiner", refiner_switch_at=1.5), "refiner_switch_at")):
+        p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", steps=2, width=64, height=64, **value)
+        with pytest.raises(UserInputError, match=message):
+            p.validate()
+
+
+def test_the_refiner_from_the_page_the_api_and_a_pasted_infotext(refiner_file, sdxl_enabled):
+    import json
+
+    from modules import scripts, sd_models
+    from tests.test_api import BASE, make_client
+    from tests.test_ui_handlers import _args
+    from webui.tabs import txt2img as txt2img_tab
+
+    refiner = sd_models.get_closet_checkpoint_match("tiny-refiner")
+    values = {**_args(width=64, height=64, steps=6), "refiner_enabled": True, "refiner_checkpoint": refiner.title,
+              "refiner_switch_at": 0.7}
+    result = list(txt2img_tab.generate(values))[-1][4]
+    text = result["infotexts"][0]
+    assert f"Refiner: {refiner.short_title}" in text and "Refiner switch at: 0.7" in text
+    off = list(txt2img_tab.generate({**values, "refiner_enabled": False}))[-1][4]["infotexts"][0]
+    assert "Refiner" not in off  # the accordion is off: its values are not used
+    pasted = dict(zip(txt2img_tab.PASTE_FIELDS, txt2img_tab.paste_parameters(text)))
+    assert pasted["refiner_enabled"]["value"] is True and pasted["refiner_checkpoint"]["value"] == refiner.title
+    assert pasted["refiner_switch_at"]["value"] == 0.7
+    scripts.runner_for(False)
+    _, client = make_client()
+    with client:
+        response = client.post(f"{BASE}/txt2img", json={"prompt": "a cat", "steps": 6, "width": 64, "height": 64,
+                                                         "refiner_checkpoint": "tiny-refiner", "refiner_switch_at": 0.7})
+        assert response.status_code == 200, response.text
+        assert "Refiner switch at: 0.7" in json.loads(response.json()["info"])["infotexts"][0]
+        bad = client.post(f"{BASE}/txt2img", json={"prompt": "a cat", "steps": 2, "refiner_checkpoint": "nothing-here"})
+        assert bad.status_code == 422 and "Could not find checkpoint with name nothing-here" in bad.json()["detail"]

@@ -81,7 +81,7 @@ def test_paste_fills_every_field_from_an_a1111_infotext(tiny_model):
         "negative_prompt": "blurry, lowres", "sampler_name": "DPM++ 2M", "scheduler": "Karras", "steps": 28,
         "cfg_scale": 6.5, "width": 512, "height": 768, "seed": 3141592653, "use_variation": True, "subseed": 42,
         "subseed_strength": 0.3, "seed_resize_from_w": 448, "seed_resize_from_h": 640, "enable_hr": False,
-        "restore_faces": False,
+        "restore_faces": False, "refiner_enabled": False,
     }
     # legacy combined sampler names and missing keys
     legacy = dict(zip(txt2img_tab.PASTE_FIELDS, txt2img_tab.paste_parameters("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5")))

@@ -9,7 +9,7 @@ from modules import img2img as img2img_module
 from modules import shared
 from tests.conftest import noise_image, pixels
 from webui.tabs import img2img as img2img_tab
-from webui.ui_common import POSTPROCESS_FIELDS
+from webui.ui_common import POSTPROCESS_FIELDS, REFINER_FIELDS
 
 
 def _args(mode="img2img", **overrides):
@@ -20,7 +20,8 @@ def _args(mode="img2img", **overrides):
                   batch_count=1, batch_size=1, denoising_strength=0.75, mask_blur=4, inpainting_mask_invert=0,
                   inpainting_fill=1, inpaint_full_res=0, inpaint_full_res_padding=32, stochastic_freeze=False,
                   color_correction=False, initial_noise_multiplier=1.0, override_settings=[])
-    assert set(values) | set(POSTPROCESS_FIELDS) == set(img2img_tab.GENERATE_INPUTS)  # the Faces controls are optional
+    optional = set(POSTPROCESS_FIELDS) | set(REFINER_FIELDS)  # the Faces and Refiner controls
+    assert set(values) | optional == set(img2img_tab.GENERATE_INPUTS)
     values.update(overrides)
     return values
 

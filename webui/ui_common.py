@@ -266,6 +266,7 @@ def _pasted_value(component, value):
 
 
 POSTPROCESS_FIELDS = ["restore_faces", "face_restoration_model", "code_former_weight"]  # postprocess_controls adds them
+REFINER_FIELDS = ["refiner_enabled", "refiner_checkpoint", "refiner_switch_at"]  # refiner_controls adds them
 
 
 @dataclass(kw_only=True)
@@ -292,6 +293,15 @@ class GenerationInputs:
     restore_faces: bool = False
     face_restoration_model: str | None = None
     code_former_weight: float | None = None
+    refiner_enabled: bool = False
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
+
+    def refiner(self) -> dict:
+        """``make_txt2img``/``make_img2img``'s refiner arguments: none unless the accordion is ticked."""
+        if not self.refiner_enabled or self.refiner_checkpoint in (None, "", "None"):
+            return {}
+        return {"refiner_checkpoint": self.refiner_checkpoint, "refiner_switch_at": float(self.refiner_switch_at)}
 
 
 def postprocess_controls(tab: str, c: dict) -> None:
@@ -312,6 +322,20 @@ def postprocess_controls(tab: str, c: dict) -> None:
         if hint:
             gr.Markdown("Face restoration needs weights that are not installed yet:\n\n" +
                         "\n".join(f"- {line}" for line in hint.splitlines()), elem_id=f"{tab}_face_weights_hint")
+
+
+def refiner_controls(tab: str, c: dict) -> None:
+    """A1111's Refiner accordion: a second checkpoint (SDXL's refiner) that takes over the sampling run at "Switch
+    at" of the way."""
+    from modules import sd_models
+
+    with gr.Accordion("Refiner", open=False, elem_id=f"{tab}_refiner"):
+        c["refiner_enabled"] = gr.Checkbox(False, label="Refiner", elem_id=f"{tab}_enable_refiner")
+        with gr.Row():
+            c["refiner_checkpoint"] = gr.Dropdown(sd_models.checkpoint_tiles(), value=None, label="Checkpoint",
+                                                  elem_id=f"{tab}_checkpoint", scale=3)
+            c["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                               elem_id=f"{tab}_switch_at", scale=2)
 
 
 def restore_faces_options(overrides: dict, restore_faces=False, face_restoration_model=None,

@@ -4,9 +4,9 @@ base model's loader and its conditioner as A1111 computes it.
 
 SDXL base and SDXL inpainting load from single files and diffusers folders; the conditioner is proven against
 diffusers' ``StableDiffusionXLPipeline``; jobs condition on each pass's size and the crop settings; kohya's SDXL
-LoRA names and ``clip_l``/``clip_g`` embeddings work. The refiner loads and conditions (bigG alone, aesthetic
-scores) and ``engine.sampling.RefinerSwitch`` continues a run on it, but jobs do not offer it yet (no UI, API or
-infotext), so the family stays refused; InstructPix2Pix is recognised and refused.
+LoRA names and ``clip_l``/``clip_g`` embeddings work. The refiner (bigG alone, aesthetic scores) loads as a
+checkpoint of its own and as ``refiner_checkpoint``, where ``engine.sampling.RefinerSwitch`` continues a sampling
+run on it. InstructPix2Pix is recognised and refused.
 """
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ SDXL_PIX2PIX = dataclasses.replace(
     matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 8,
 )
 SDXL_REFINER = dataclasses.replace(
-    SDXL, key="sdxl-refiner", label="SDXL refiner", supported=False, note="SDXL refiner support is coming",
+    SDXL, key="sdxl-refiner", label="SDXL refiner",
     matches_checkpoint=lambda shapes: _has(shapes, REFINER_G_PREFIX) and not _has(shapes, BIG_G_PREFIX) and LABEL_EMB in shapes,
     matches_diffusers=lambda unet: unet.get("addition_embed_type") == "text_time" and not (
         "text_encoder" in unet.get("_subfolders", ()) or unet.get("cross_attention_dim") == 2048),

@@ -10,11 +10,12 @@ import gradio as gr
 from modules import img2img, images, infotext_utils, processing, scripts, shared
 from modules.errors import UserInputError
 from modules.runtime import job_queue
-from webui.ui_common import (POSTPROCESS_FIELDS, GenerationInputs, action_buttons, cfg_slider, error_html, error_updates, output_panel,
-                             override_settings_box, override_settings_update, postprocess_controls, prompt_boxes,
-                             read_infotext, restore_faces_options, sampler_controls, script_controls,
-                             script_paste_components, script_paste_updates, seed_controls, size_and_batch, stream_job,
-                             style_names, variation_values, wire_generation)
+from webui.ui_common import (POSTPROCESS_FIELDS, REFINER_FIELDS, GenerationInputs, action_buttons, cfg_slider,
+                             error_html, error_updates, output_panel, override_settings_box, override_settings_update,
+                             postprocess_controls, prompt_boxes, refiner_controls, read_infotext,
+                             restore_faces_options, sampler_controls, script_controls, script_paste_components,
+                             script_paste_updates, seed_controls, size_and_batch, stream_job, style_names,
+                             variation_values, wire_generation)
 
 MODES = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_upload": "Inpaint upload",
          "batch": "Batch"}  # tab id -> label
@@ -24,7 +25,7 @@ INPAINT_AREAS = ["Whole picture", "Only masked"]
 PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height", "seed",
                 "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "batch_size",
                 "denoising_strength", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
-                "inpaint_full_res_padding", "stochastic_freeze", "initial_noise_multiplier", *POSTPROCESS_FIELDS]
+                "inpaint_full_res_padding", "stochastic_freeze", "initial_noise_multiplier", *POSTPROCESS_FIELDS, *REFINER_FIELDS]
 SEND_FIELDS = ["prompt", "negative_prompt", "steps", "seed", "width", "height"]  # what "Send to" from a gallery copies
 SEND_TARGET_UPDATES = 6  # what receive_result/receive_png update first: the main tabs, then mode_outputs
 
@@ -209,7 +210,7 @@ def generate(values: dict[str, Any], script_args: Sequence = ()):
             mask_blur=v.mask_blur, inpainting_mask_invert=v.inpainting_mask_invert, inpainting_fill=v.inpainting_fill,
             inpaint_full_res=bool(v.inpaint_full_res), inpaint_full_res_padding=v.inpaint_full_res_padding,
             initial_noise_multiplier=float(v.initial_noise_multiplier), stochastic_freeze=v.stochastic_freeze,
-            override_settings=overrides, restore_faces=restore_faces, validate=not batch)
+            override_settings=overrides, restore_faces=restore_faces, validate=not batch, **v.refiner())
         scripts.runner_for(True).attach(p, list(script_args) or None)
         if batch:
             for folder, what in ((v.batch_input, "input folder"), (v.batch_mask, "mask folder"),
@@ -296,6 +297,7 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
                 c["initial_noise_multiplier"] = gr.Slider(0.5, 1.5, value=1.0, step=0.01, label="Initial noise multiplier",
                                                           elem_id="img2img_initial_noise_multiplier")
             postprocess_controls("img2img", c)
+            refiner_controls("img2img", c)
             c["override_settings"] = override_settings_box("img2img")
             script_controls("img2img", c)
         output_panel("img2img", c)

@@ -11,11 +11,12 @@ import gradio as gr
 
 from modules import infotext_utils, scripts, sd_models, shared, txt2img
 from modules.errors import UserInputError
-from webui.ui_common import (POSTPROCESS_FIELDS, GenerationInputs, action_buttons, cfg_slider, error_html, error_updates, output_panel,
-                             override_settings_box, override_settings_update, postprocess_controls, prompt_boxes,
-                             read_infotext, restore_faces_options, sampler_controls, script_controls,
-                             script_paste_components, script_paste_updates, seed_controls, size_and_batch, stream_job,
-                             style_names, variation_values, wire_generation)
+from webui.ui_common import (POSTPROCESS_FIELDS, REFINER_FIELDS, GenerationInputs, action_buttons, cfg_slider,
+                             error_html, error_updates, output_panel, override_settings_box, override_settings_update,
+                             postprocess_controls, prompt_boxes, refiner_controls, read_infotext,
+                             restore_faces_options, sampler_controls, script_controls, script_paste_components,
+                             script_paste_updates, seed_controls, size_and_batch, stream_job, style_names,
+                             variation_values, wire_generation)
 
 HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULER = "Use same scheduler"
@@ -58,7 +59,7 @@ def generate(values: dict[str, Any], script_args: Sequence = ()):
                                  hr_resize_y=v.hr_resize_y, hr_sampler_name=v.hr_sampler_name,
                                  hr_scheduler=v.hr_scheduler, hr_prompt=v.hr_prompt,
                                  hr_negative_prompt=v.hr_negative_prompt, override_settings=overrides,
-                                 restore_faces=restore_faces)
+                                 restore_faces=restore_faces, **v.refiner())
         scripts.runner_for(False).attach(p, list(script_args) or None)
     except UserInputError as e:
         yield error_updates(str(e))
@@ -127,7 +128,7 @@ PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps
                 "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
                 "batch_size", "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
                 "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
-                *POSTPROCESS_FIELDS]
+                *POSTPROCESS_FIELDS, *REFINER_FIELDS]
 
 
 def paste_parameters(text: str) -> list:
@@ -204,6 +205,7 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
             sampler_controls("txt2img", c, sampler_names, schedule_labels)
             _hires_controls(c, sampler_names, schedule_labels)
             postprocess_controls("txt2img", c)
+            refiner_controls("txt2img", c)
             size_and_batch("txt2img", c)
             c["cfg_scale"] = cfg_slider("txt2img")
             seed_controls("txt2img", c)
