@@ -1,8 +1,9 @@
-"""Our txt2img time divided by a plain diffusers StableDiffusionPipeline call with the same components,
-scheduler, seed, size and steps.
+"""Our txt2img time divided by a plain diffusers pipeline call (StableDiffusionPipeline, or StableDiffusionXLPipeline
+with ``--family sdxl``) with the same components, scheduler, seed, size and steps.
 
     python benchmarks/txt2img_vs_diffusers.py                       tiny model, CPU, 256x256, 20 steps
     python benchmarks/txt2img_vs_diffusers.py --full --device cuda  SD 1.5 architecture (random weights), 512x512, fp16
+    python benchmarks/txt2img_vs_diffusers.py --family sdxl         tiny SDXL; with --full: SDXL architecture, 1024x1024
 
 Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s.
 """
@@ -21,26 +22,37 @@ sys.path.insert(0, ROOT)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--full", action="store_true", help="full-size SD 1.5 architecture instead of the tiny model")
+    parser.add_argument("--full", action="store_true", help="the full-size architecture instead of the tiny model")
+    parser.add_argument("--family", choices=("sd1", "sdxl"), default="sd1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sampler", default="Euler")
     args = parser.parse_args()
-    size = args.size or (512 if args.full else 256)
+    sdxl_family = args.family == "sdxl"
+    size = args.size or ((1024 if sdxl_family else 512) if args.full else 256)
 
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from modules import cmd_args, initialize, devices, processing, sd_models, sd_samplers, shared
-    from modules.families import sd1_layout
+    from modules.families import open_clip, sd1_layout, sdxl
     from modules.loading import demo_model
 
     data_dir = tempfile.mkdtemp()
-    arch = sd1_layout.SD1Arch() if args.full else sd1_layout.TINY
     path = os.path.join(data_dir, "models", "Stable-diffusion", "bench.safetensors")
-    demo_model.write_checkpoint(path, arch)
+    if not sdxl_family:
+        demo_model.write_checkpoint(path, sd1_layout.SD1Arch() if args.full else sd1_layout.TINY)
+    elif args.full:
+        demo_model.write_checkpoint(path, shapes=sdxl.checkpoint_shapes(*sdxl.FULL_SIZE_BASE))
+    else:  # the tests' tiny SDXL geometry
+        unet = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                   attention_levels=(False, True, True), context_dim=80, linear_projection=True,
+                                   head_channels=32, level_depths=(0, 1, 2), middle_depth=2, adm_in_channels=72)
+        demo_model.write_checkpoint(path, shapes=sdxl.checkpoint_shapes(
+            unet, sd1_layout.TINY.vae, open_clip.OpenClipArch(width=48, layers=3, projection_dim=24),
+            sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64)))
     precision = "half" if args.device != "cpu" else "full"
     initialize.initialize(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
     devices.configure(args.device, precision)
@@ -53,7 +65,7 @@ def main() -> None:
 
     def ours() -> float:
         p = processing.StableDiffusionProcessingTxt2Img(
-            prompt="a photo of a cat", negative_prompt="", seed=1, steps=args.steps, width=size, height=size,
+            prompt="a photo of a cat", negative_prompt="blurry", seed=1, steps=args.steps, width=size, height=size,
             sampler_name=args.sampler, do_not_save_samples=True, do_not_save_grid=True)
         shared.state.begin("bench")
         start = time.perf_counter()
@@ -61,16 +73,22 @@ def main() -> None:
         sync()
         return time.perf_counter() - start
 
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                   unet=model.unet, scheduler=sd_samplers.create_scheduler(model.scheduler_config, args.sampler, None),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = sd_samplers.create_scheduler(model.scheduler_config, args.sampler, None)
+    if sdxl_family:
+        pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder,
+                                         text_encoder_2=model.text_encoder_2, tokenizer=model.tokenizer,
+                                         tokenizer_2=model.tokenizer_2, unet=model.unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                       unet=model.unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
 
     def plain() -> float:
         pipe.scheduler = sd_samplers.create_scheduler(model.scheduler_config, args.sampler, None)
         generator = torch.Generator("cpu").manual_seed(1)
         start = time.perf_counter()
-        pipe("a photo of a cat", negative_prompt="", num_inference_steps=args.steps, height=size, width=size,
+        pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=args.steps, height=size, width=size,
              guidance_scale=7.0, generator=generator, output_type="pil")
         sync()
         return time.perf_counter() - start
@@ -81,7 +99,7 @@ def main() -> None:
         our_times.append(ours())
         plain_times.append(plain())
     a, b = statistics.median(our_times), statistics.median(plain_times)
-    label = "SD 1.5 architecture" if args.full else "tiny SD 1.x"
+    label = ("SDXL" if sdxl_family else "SD 1.5") + " architecture" if args.full else f"tiny {args.family}"
     print(f"{label}, {size}x{size}, {args.steps} steps, {args.sampler}, {args.device}, {precision}")
     print(f"ours: {a:.3f} s ({args.steps / a:.2f} it/s)   diffusers pipeline: {b:.3f} s ({args.steps / b:.2f} it/s)")
     print(f"ratio ours/diffusers: {a / b:.3f}")

@@ -223,7 +223,7 @@ BAD_INPUTS = [
     ("txt2img", {"prompt": 206}, "prompt.str: Input should be a valid string"),
     ("txt2img", {"styles": [None]}, "styles.0: Input should be a valid string"),
     ("txt2img", {"refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.8},
-     "refiner_checkpoint: the SDXL refiner is not supported yet"),
+     "Could not find checkpoint with name sd_xl_refiner_1.0"),
     ("txt2img", {"sampler_name": "Heun", "s_churn": 0.5}, "s_churn: applied by the Euler sampler only here, not by Heun"),
     ("txt2img", {"sampler_name": "Euler", "s_noise": -1}, "s_noise must be between 0 and 1000"),
     ("txt2img", {"seed_resize_from_w": 87970945948959, "seed_resize_from_h": 64},
