@@ -497,3 +497,18 @@ def test_the_refiner_from_the_page_the_api_and_a_pasted_infotext(refiner_file, s
         assert "Refiner switch at: 0.7" in json.loads(response.json()["info"])["infotexts"][0]
         bad = client.post(f"{BASE}/txt2img", json={"prompt": "a cat", "steps": 2, "refiner_checkpoint": "nothing-here"})
         assert bad.status_code == 422 and "Could not find checkpoint with name nothing-here" in bad.json()["detail"]
+
+
+def test_a_refiner_diffusers_folder_is_refused_by_name(data_dir, tmp_path):
+    import json
+
+    from modules.loading import model_loader
+
+    folder = tmp_path / "refiner-diffusers"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "text_encoder_2").mkdir()
+    (folder / "unet" / "config.json").write_text(json.dumps({"addition_embed_type": "text_time",
+                                                             "cross_attention_dim": 1280}))
+    (folder / "model_index.json").write_text("{}")
+    with pytest.raises(model_loader.ModelNotSupported, match="SDXL refiner checkpoint: diffusers folders of it"):
+        model_loader.load_components(str(folder), None)

@@ -82,6 +82,10 @@ def load_components(path: str, dtype) -> Components:
         family = detect_family(path)
         if not family.supported:
             raise ModelNotSupported(f"{os.path.basename(path)} is a {family.label} checkpoint: {family.note}")
-        if model_files.detect_format(path) == model_files.DIFFUSERS_FOLDER:
-            return family.load_diffusers_folder(path, dtype, family)
-        return family.load_single_file(path, dtype, family)
+        folder = model_files.detect_format(path) == model_files.DIFFUSERS_FOLDER
+        loader = family.load_diffusers_folder if folder else family.load_single_file
+        if loader is None:
+            layout = "diffusers folders" if folder else "single files"
+            raise ModelNotSupported(f"{os.path.basename(path)} is a {family.label} checkpoint: {layout} of it are "
+                                    f"not supported yet")
+        return loader(path, dtype, family)
