@@ -50,9 +50,10 @@ class CheckpointInfo:
     def family(self) -> Any:
         """The checkpoint's model family (``families.spec.ModelFamily``), read from its header once: safetensors
         files and diffusers folders at once, pickled files only when loaded. None while unknown or unreadable."""
-        if self._family is None and (self.is_folder or model_files.detect_format(self.filename) == model_files.SAFETENSORS):
-            try:
-                self._family = detection.detect_family(self.filename)
+        if self._family is None:
+            try:  # a damaged file is unknown here; loading it says what is wrong
+                readable = self.is_folder or model_files.detect_format(self.filename) == model_files.SAFETENSORS
+                self._family = detection.detect_family(self.filename) if readable else None
             except (UserInputError, OSError, ValueError, KeyError):
                 self._family = detection.UNKNOWN
         return self._family if self._family is not detection.UNKNOWN else None
