@@ -39,10 +39,10 @@ class SpecialTokens:
 
 
 def special_tokens(tokenizer) -> SpecialTokens:
-    vocab = tokenizer.get_vocab()
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # one lookup; get_vocab() copies the 49k-entry vocabulary
     return SpecialTokens(start=tokenizer.bos_token_id, end=tokenizer.eos_token_id,
                          pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                         comma=vocab.get(",</w>", -1))
+                         comma=comma if comma is not None and comma != tokenizer.unk_token_id else -1)
 
 
 # (tokens, position) -> (embedding, tokens it spans) or (None, 0)
