@@ -34,14 +34,8 @@ def checkpoint_in_channels(shapes: Mapping[str, tuple]) -> int | None:
     """The UNet's input channels when the single-file checkpoint has the SD 1.x layout, else None."""
     if any(key.startswith(("conditioner.embedders.", "cond_stage_model.model.")) for key in shapes):
         return None  # SDXL's two encoders / SD 2.x's OpenCLIP
-    shapes = sd1_layout.normalise_text_keys(dict(shapes))
-    conv_in = shapes.get(sd1_layout.UNET + "input_blocks.0.0.weight")
-    if conv_in is None or sd1_layout.TEXT + "embeddings.token_embedding.weight" not in shapes:
-        return None
-    proj_in = shapes.get(sd1_layout.UNET + "input_blocks.1.1.proj_in.weight")
-    if proj_in is not None and len(proj_in) == 2:  # linear attention projections are an SD 2.x trait
-        return None
-    return conv_in[1]
+    found = sd1_layout.clip_text_checkpoint(shapes)
+    return found[0] if found is not None and not found[1] else None  # linear projections: SD 2.x
 
 
 def diffusers_in_channels(unet: Mapping[str, Any]) -> int | None:

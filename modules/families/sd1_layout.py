@@ -95,6 +95,17 @@ def normalise_text_keys(state: dict) -> dict:
 
 # ---- inference from shapes -------------------------------------------------------------------------
 
+def clip_text_checkpoint(shapes: dict) -> tuple[int, bool] | None:
+    """(UNet input channels, whether its attention projections are linear) of a checkpoint with a CLIP text model
+    in the SD 1.x place; None for other layouts. Linear projections with this text model mean SD 2.x."""
+    shapes = normalise_text_keys(dict(shapes))
+    conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
+    if conv_in is None or TEXT + "embeddings.token_embedding.weight" not in shapes:
+        return None
+    proj_in = shapes.get(UNET + "input_blocks.1.1.proj_in.weight")
+    return conv_in[1], proj_in is not None and len(proj_in) == 2
+
+
 def _count(shapes: dict, pattern: str) -> int:
     regex = re.compile(pattern)
     return len({m.group(1) for k in shapes if (m := regex.match(k))})

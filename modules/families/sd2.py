@@ -37,16 +37,12 @@ def checkpoint_in_channels(shapes: Mapping[str, tuple]) -> int | None:
         if sd1_layout.UNET + "label_emb.0.0.weight" in shapes:
             return None  # the SDXL refiner
         shapes = _from_sgm(shapes)
-    shapes = sd1_layout.normalise_text_keys(dict(shapes))
     conv_in = shapes.get(sd1_layout.UNET + "input_blocks.0.0.weight")
-    if conv_in is None:
-        return None
-    if any(key.startswith(open_clip.SD2_PREFIX) for key in shapes):
+    if conv_in is not None and any(key.startswith(open_clip.SD2_PREFIX) for key in shapes):
         return conv_in[1]
-    proj_in = shapes.get(sd1_layout.UNET + "input_blocks.1.1.proj_in.weight")
-    if sd1_layout.TEXT + "embeddings.token_embedding.weight" in shapes and proj_in is not None and len(proj_in) == 2:
-        return conv_in[1]  # a CLIP text model in the SD 1.x place, but SD 2.x's linear projections
-    return None
+    found = sd1_layout.clip_text_checkpoint(shapes)  # a CLIP text model in the SD 1.x place, with SD 2.x's
+    return found[0] if found is not None and found[1] else None  # linear projections
+
 
 
 def diffusers_in_channels(unet: Mapping[str, Any]) -> int | None:

@@ -135,13 +135,11 @@ def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
     def part(kind, name: str):
         return kind.from_pretrained(os.path.join(path, name), **common).eval().requires_grad_(False)
 
-    components = Components(part(UNet2DConditionModel, "unet"), part(AutoencoderKL, "vae"),
-                            part(CLIPTextModel, "text_encoder"), load_tokenizer(os.path.join(path, "tokenizer")),
-                            sd1.folder_scheduler_config(path, family), family,
-                            text_encoder_2=part(CLIPTextModelWithProjection, "text_encoder_2"),
-                            tokenizer_2=load_tokenizer(os.path.join(path, "tokenizer_2"), pad_token="!"))
-    components.tokenizer_2.pad_token = "!"  # OpenCLIP pads with "!" (id 0) whatever the folder's file says
-    return components
+    return Components(part(UNet2DConditionModel, "unet"), part(AutoencoderKL, "vae"),
+                      part(CLIPTextModel, "text_encoder"), load_tokenizer(os.path.join(path, "tokenizer")),
+                      sd1.folder_scheduler_config(path, family), family,
+                      text_encoder_2=part(CLIPTextModelWithProjection, "text_encoder_2"),
+                      tokenizer_2=load_tokenizer(os.path.join(path, "tokenizer_2"), pad_token="!"))
 
 
 class _ClipLEncoder(conditioning.PromptEncoder):

@@ -66,7 +66,7 @@ def load_tokenizer(folder: str | None = None, pad_token: str | None = None):
 
     saved = folder and any(os.path.isfile(os.path.join(folder, name)) for name in ("vocab.json", "tokenizer.json"))
     source = folder if saved else TOKENIZER_DIR
-    extra = {"pad_token": pad_token} if pad_token and source == TOKENIZER_DIR else {}
+    extra = {"pad_token": pad_token} if pad_token else {}  # over whatever a folder's own files say
     return CLIPTokenizer.from_pretrained(source, local_files_only=True, **extra)
 
 
