@@ -96,7 +96,7 @@ def test_launcher_reports_missing_pins(tmp_path):
     assert launch.unsatisfied([str(req)]) == ["numpy==0.0.1", "no-such-package-xyz==1.0"]
 
 
-def test_offline_first_start_creates_the_demo_model(tmp_path, monkeypatch):
+def test_offline_first_start_creates_the_demo_model(data_dir, tmp_path, monkeypatch):
     from modules import paths, sd_models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -109,6 +109,37 @@ def test_offline_first_start_creates_the_demo_model(tmp_path, monkeypatch):
         assert detection.detect_family(path) is sd1.SD1
     finally:
         paths.models_path = saved
+        sd_models.list_models()
+
+
+def test_download_offer_includes_sdxl_base(data_dir, tmp_path, monkeypatch):
+    """Both official checkpoints are offered; each button asks the hub for its own file, and an unreachable hub
+    names the one that failed."""
+    import huggingface_hub
+    from modules import paths, sd_models
+    from webui import ui
+
+    assert [offer.label for offer in model_download.OFFERS] == ["SD 1.5", "SDXL base"]
+    asked = []
+
+    def fake_download(repo, filename, local_dir, **kwargs):
+        asked.append((repo, filename))
+        raise ConnectionError("no route to host")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(paths, "models_path", str(tmp_path))
+    try:
+        *_, (dropdown, message) = ui._downloader("SDXL base")()
+        assert asked == [("stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors")]
+        assert message.startswith("Could not download SDXL base (ConnectionError: no route to host)")
+        assert dropdown["value"].startswith("demo-random-weights")
+        model_download.provide_checkpoint(None, model_download.find_offer("SD 1.5"))
+        assert asked[-1] == ("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors")
+        with pytest.raises(ValueError, match="no official checkpoint called 'SD 3'"):
+            model_download.find_offer("SD 3")
+        assert ui._download_elem_id("SDXL base") == "download_sdxlbase"
+    finally:
         sd_models.list_models()
 
 

@@ -31,8 +31,8 @@ def _model_notice() -> str:
         return "**Model:** " + " ".join(sd_models.load_problems)
     if not sd_models.checkpoints_list:
         return ("**No checkpoint found.** Put a Stable Diffusion 1.x, 2.x or SDXL `.safetensors` file into "
-                f"`{sd_models.model_dir()}` and press 🔄, or download {model_download.OFFICIAL.label} with the button "
-                "below.")
+                f"`{sd_models.model_dir()}` and press 🔄, or download "
+                f"{' or '.join(offer.label for offer in model_download.OFFERS)} with the buttons above.")
     selected = sd_models.select_checkpoint()
     if selected is not None and DEMO_NAME in selected.name:
         return (f"**Demo model:** `{selected.name}` has random weights, so images are noise patterns, not pictures. "
@@ -87,13 +87,15 @@ def current_checkpoint_and_notice():
             gr.Timer(active=not settled))
 
 
-def download_model():
+def download_model(label: str):
+    """Download the official checkpoint called ``label`` (the demo model when the hub cannot be reached)."""
+    offer = model_download.find_offer(label)
     progress = {"done": 0, "total": 0}
 
     def report(done: int, total: int) -> None:
         progress.update(done=done, total=total)
 
-    job = job_queue.queue.submit(lambda: model_download.provide_checkpoint(report), f"download {model_download.OFFICIAL.label}")
+    job = job_queue.queue.submit(lambda: model_download.provide_checkpoint(report, offer), f"download {offer.label}")
     while not job.wait(POLL_SECONDS):
         total = progress["total"]
         text = f"Downloading: {progress['done'] / 2**20:.0f} / {total / 2**20:.0f} MiB" if total else "Contacting the hub..."
@@ -102,6 +104,17 @@ def download_model():
     message = job.result[1] if job.status == job_queue.DONE else f"Failed: {job.error}"
     selected = sd_models.select_checkpoint()
     yield gr.update(choices=_checkpoint_choices(), value=selected.title if selected else None), message
+
+
+def _downloader(label: str):
+    def download():
+        yield from download_model(label)
+    return download
+
+
+def _download_elem_id(label: str) -> str:
+    """"SD 1.5" -> "download_sd15", "SDXL base" -> "download_sdxlbase"."""
+    return "download_" + "".join(ch for ch in label.lower() if ch.isalnum())
 
 
 def _config_file() -> str:
@@ -229,7 +242,8 @@ def create_ui() -> gr.Blocks:
             vae = gr.Dropdown(sd_vae.choices(), value=opts.sd_vae if opts.sd_vae in sd_vae.choices() else "Automatic",
                               label="SD VAE", elem_id="setting_sd_vae", scale=2)
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
-            download = gr.Button(f"Download {model_download.OFFICIAL.label}", elem_id="download_sd15", scale=1)
+            downloads = [(gr.Button(f"Download {offer.label}", elem_id=_download_elem_id(offer.label),
+                                    scale=1), offer.label) for offer in model_download.OFFERS]
         notice = gr.Markdown(_model_notice(), elem_id="model_notice")
         model_status = gr.HTML("", elem_id="model_status")
         with gr.Tabs() as tabs:
@@ -261,6 +275,7 @@ def create_ui() -> gr.Blocks:
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         refresh.click(refresh_vae_choices, None, [vae], queue=False)
         vae.input(change_vae, [vae], [model_status], queue=False)
-        download.click(download_model, None, [checkpoint, model_status], concurrency_limit=None)
+        for button, label in downloads:
+            button.click(_downloader(label), None, [checkpoint, model_status], concurrency_limit=None)
         scripts.announce_components(demo, {"txt2img": txt2img_page, "img2img": img2img_page})
     return demo

@@ -16,7 +16,7 @@ from typing import Any
 
 from modules.engine import conditioning
 from modules.families import open_clip, sd1, sd1_layout, sd2
-from modules.families.spec import LatentFormat, LoraLayout, ModelFamily
+from modules.families.spec import LatentFormat, LoraLayout, ModelFamily, OfficialCheckpoint
 from modules.loading import model_files
 from modules.loading.model_loader import Components, build_module, load_tokenizer
 
@@ -228,14 +228,16 @@ SDXL = ModelFamily(
                  LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
     load_single_file=load_single_file, load_diffusers_folder=load_diffusers_folder, text_conditioner=PromptEncoder,
     size_conditioning=True, unet_inputs=unet_inputs,
+    official_checkpoint=OfficialCheckpoint("SDXL base", "stabilityai/stable-diffusion-xl-base-1.0",
+                                           "sd_xl_base_1.0.safetensors"),
 )
 SDXL_INPAINT = dataclasses.replace(
-    SDXL, key="sdxl-inpaint", label="SDXL inpainting (9-channel UNet)", unet_in_channels=9,
+    SDXL, key="sdxl-inpaint", label="SDXL inpainting (9-channel UNet)", unet_in_channels=9, official_checkpoint=None,
     matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 9,
     matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 9,
 )
 SDXL_PIX2PIX = dataclasses.replace(
-    SDXL, key="sdxl-pix2pix", label="SDXL InstructPix2Pix (8-channel UNet)", unet_in_channels=8,
+    SDXL, key="sdxl-pix2pix", label="SDXL InstructPix2Pix (8-channel UNet)", unet_in_channels=8, official_checkpoint=None,
     supported=False, note="InstructPix2Pix support is coming",
     matches_checkpoint=lambda shapes: _base_in_channels(shapes) == 8,
     matches_diffusers=lambda unet: _base_diffusers(unet) and unet.get("in_channels") == 8,
@@ -248,6 +250,6 @@ SDXL_REFINER = dataclasses.replace(
     components=("unet", "vae", "text_encoder_2"), text_encoders=(("text_encoder_2", "clip_g"),),
     lora_layout=(LoraLayout("lora_unet_", "unet", "unet."),
                  LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
-    load_diffusers_folder=None,
+    load_diffusers_folder=None, official_checkpoint=None,
 )
 FAMILIES = (SDXL, SDXL_INPAINT, SDXL_PIX2PIX, SDXL_REFINER)

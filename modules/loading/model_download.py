@@ -1,4 +1,4 @@
-"""First-start model provisioning: download the default family's official checkpoint (SD 1.5) through
+"""First-start model provisioning: download a family's official checkpoint (SD 1.5 or SDXL base) through
 huggingface_hub, or fall back to the demo model."""
 from __future__ import annotations
 
@@ -6,10 +6,19 @@ import os
 from typing import Callable
 
 from modules import paths
-from modules.families import sd1
+from modules.families import sd1, sdxl
+from modules.families.spec import OfficialCheckpoint
 from modules.loading import demo_model
 
-OFFICIAL = sd1.SD1.official_checkpoint
+OFFERS: tuple[OfficialCheckpoint, ...] = (sd1.SD1.official_checkpoint, sdxl.SDXL.official_checkpoint)
+OFFICIAL = OFFERS[0]  # the default: the smallest download, which every feature supports
+
+
+def find_offer(label: str) -> OfficialCheckpoint:
+    for offer in OFFERS:
+        if offer.label == label:
+            return offer
+    raise ValueError(f"no official checkpoint called {label!r} (offered: {', '.join(o.label for o in OFFERS)})")
 
 
 def hub_offline() -> bool:
@@ -28,8 +37,8 @@ def _progress_class(report: Callable[[int, int], None]):
     return Reporting
 
 
-def download_official(report: Callable[[int, int], None] | None = None) -> str:
-    """Download the official checkpoint into models/Stable-diffusion; raises if the hub cannot be reached."""
+def download_official(report: Callable[[int, int], None] | None = None, offer: OfficialCheckpoint = OFFICIAL) -> str:
+    """Download an official checkpoint into models/Stable-diffusion; raises if the hub cannot be reached."""
     from huggingface_hub import hf_hub_download
 
     if hub_offline():
@@ -37,14 +46,15 @@ def download_official(report: Callable[[int, int], None] | None = None) -> str:
     target = os.path.join(paths.models_path, "Stable-diffusion")
     os.makedirs(target, exist_ok=True)
     kwargs = {"tqdm_class": _progress_class(report)} if report else {}
-    return hf_hub_download(OFFICIAL.repo, OFFICIAL.filename, local_dir=target, etag_timeout=10, **kwargs)
+    return hf_hub_download(offer.repo, offer.filename, local_dir=target, etag_timeout=10, **kwargs)
 
 
-def provide_checkpoint(report: Callable[[int, int], None] | None = None) -> tuple[str, str]:
+def provide_checkpoint(report: Callable[[int, int], None] | None = None,
+                       offer: OfficialCheckpoint = OFFICIAL) -> tuple[str, str]:
     """Try the official download; when that is impossible create the demo model. Returns (path, message)."""
     try:
-        return download_official(report), f"Downloaded {OFFICIAL.filename}."
+        return download_official(report, offer), f"Downloaded {offer.filename}."
     except Exception as e:  # offline, hub unreachable, disk full...
         path = demo_model.ensure_demo_checkpoint(paths.models_path)
-        return path, (f"Could not download {OFFICIAL.label} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        return path, (f"Could not download {offer.label} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       f"created the random-weight demo model instead.")
