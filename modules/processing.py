@@ -281,6 +281,8 @@ class StableDiffusionProcessing:
             value = conditioning.get_learned_conditioning(encoder, negative_prompts, total_steps, hires_steps, old,
                                                           negative=True)
             cache_uc.update(key=key, value=value, empty=conditioning.split_rows(encoder.encode([""]))[0])
+        for warning in embeddings.skipped_mentions(list(prompts) + list(negative_prompts)):
+            self.comment(warning)
         if opts.textual_inversion_add_hashes_to_infotext:
             for name, embedding in encoder.used_embeddings.items():
                 self.used_embedding_hashes[name.replace(":", "").replace(",", "")] = embedding.shorthash

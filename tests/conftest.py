@@ -97,7 +97,7 @@ def pixels(image):
 
 
 def write_embedding(path, vectors, fmt: str) -> str:
-    """Save ``vectors`` (n, D) as a textual-inversion file in one of the real layouts."""
+    """Save ``vectors`` (n, D; for "sdxl" a dict of them) as a textual-inversion file in one of the real layouts."""
     import torch
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -108,10 +108,29 @@ def write_embedding(path, vectors, fmt: str) -> str:
         from safetensors.torch import save_file
 
         save_file({"emb_params": vectors.contiguous()}, path)
+    elif fmt == "sdxl":
+        from safetensors.torch import save_file
+
+        save_file({part: tensor.contiguous() for part, tensor in vectors.items()}, path)
     elif fmt == "diffusers-bin":
         torch.save({"<concept>": vectors[0]}, path)
     else:
         raise ValueError(fmt)
+    return path
+
+
+def write_lora_shapes(path, shapes: dict) -> str:
+    """A kohya LoRA file with random weights: kohya module key -> (rank, in features, out features)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for key, (rank, inputs, outputs) in shapes.items():
+        tensors.update({f"{key}.lora_down.weight": torch.randn(rank, inputs, generator=generator),
+                        f"{key}.lora_up.weight": torch.randn(outputs, rank, generator=generator),
+                        f"{key}.alpha": torch.tensor(float(rank))})
+    save_file(tensors, path)
     return path
 
 

@@ -12,7 +12,7 @@ from modules.engine import conditioning
 from modules.networks import lora
 from modules.errors import UserInputError
 from modules.textual_inversion import textual_inversion
-from tests.conftest import pixels, txt2img, write_embedding, write_kohya_lora
+from tests.conftest import pixels, txt2img, write_embedding, write_kohya_lora, write_lora_shapes
 
 
 def _empty_models_subdir(name: str):
@@ -50,7 +50,8 @@ def test_embedding_formats_widths_and_reload(tiny_model, embeddings_dir):
     db = textual_inversion.refresh_for_model(tiny_model)
     assert {n: e.vectors for n, e in db.word_embeddings.items()} == {"style-a": 2, "style-b": 3, "concept": 1}
     assert db.word_embeddings["style-a"].step == 500
-    assert db.skip_reasons["wide"] == f"vector width {width * 2} does not match the model's {width}"
+    assert db.skip_reasons["wide"] == (f"an embedding for a model with {width * 2}-wide text conditioning "
+                                       f"(width {width * 2}); this model's text encoder is {width} wide")
     assert any("broken.pt" in path for path in textual_inversion.embedding_db.errors)
     assert "wide" in textual_inversion.refresh_for_model(None, tiny_model.tokenizer).word_embeddings  # counting only
 
@@ -58,6 +59,20 @@ def test_embedding_formats_widths_and_reload(tiny_model, embeddings_dir):
     os.remove(os.path.join(embeddings_dir, "concept.bin"))
     db = textual_inversion.refresh_for_model(tiny_model)
     assert "late" in db.word_embeddings and "concept" not in db.word_embeddings
+
+
+def test_an_embedding_of_another_family_is_skipped_with_a_warning_naming_its_family(tiny_model, embeddings_dir):
+    write_embedding(os.path.join(embeddings_dir, "sd2look.safetensors"), torch.randn(1, 1024), "safetensors")
+    write_embedding(os.path.join(embeddings_dir, "xllook.safetensors"), {"clip_l": torch.randn(1, 768),
+                                                                         "clip_g": torch.randn(1, 1280)}, "sdxl")
+    db = textual_inversion.refresh_for_model(tiny_model)
+    assert db.skip_reasons["sd2look"].startswith("an embedding for SD 2.x (width 1024); ")
+    assert db.skip_reasons["xllook"] == "an SDXL embedding (clip_l + clip_g); this model has one text encoder"
+    processed = txt2img(prompt="a cat, sd2look", negative_prompt="xllook")
+    assert f"Embedding sd2look skipped: {db.skip_reasons['sd2look']}" in processed.comments
+    assert f"Embedding xllook skipped: {db.skip_reasons['xllook']}" in processed.comments
+    assert "TI hashes" not in processed.info
+    assert "Embedding" not in txt2img(prompt="a cat, sd2looks").comments  # a longer word is not the name
 
 
 def test_embedding_replaces_its_token_positions(tiny_model, embeddings_dir):
@@ -136,6 +151,37 @@ def test_unknown_lora_is_a_warning_and_bad_multiplier_an_error(tiny_model, lora_
     with pytest.raises(UserInputError, match="multiplier 'x' is not a number"):
         txt2img(prompt="a cat <lora:detail:x>")
     assert (pixels(txt2img(prompt="a cat").images[0]) == base).all()  # nothing left applied
+
+
+def test_a_lora_of_another_family_or_that_does_not_fit_is_skipped_whole(tiny_model, lora_dir):
+    """Never merged half-way: an SDXL or SD 2 LoRA on SD 1.x, or one whose layers do not all fit, changes nothing
+    and the job says which network and why."""
+    unet = tiny_model.unet
+    to_k = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k
+    to_q = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    fits = ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+            (2, to_q.in_features, to_q.out_features))
+    write_lora_shapes(os.path.join(lora_dir, "xl.safetensors"), {
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": (4, 2048, 640),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (4, 768, 768)})
+    write_lora_shapes(os.path.join(lora_dir, "xl-text.safetensors"), {
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": (4, 1280, 1280)})
+    write_lora_shapes(os.path.join(lora_dir, "sd2.safetensors"), {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (4, 1024, to_k.out_features)})
+    write_lora_shapes(os.path.join(lora_dir, "half.safetensors"), dict([fits, (
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k", (2, to_q.in_features + 1, 7))]))
+    write_lora_shapes(os.path.join(lora_dir, "whole.safetensors"), dict([fits]))
+    base = pixels(txt2img(prompt="a cat").images[0])
+    label = tiny_model.family.label
+    for name, warning in [("xl", f"LoRA xl is for SDXL, not for this {label} model: skipped"),
+                          ("xl-text", f"LoRA xl-text is for SDXL, not for this {label} model: skipped"),
+                          ("sd2", f"LoRA sd2 is for SD 2.x, not for this {label} model: skipped"),
+                          ("half", "LoRA half: 1 layers do not fit this model (lora_unet_down_blocks_0_attentions_0_"
+                                   "transformer_blocks_0_attn1_to_k: ")]:
+        processed = txt2img(prompt=f"a cat <lora:{name}:1>")
+        assert warning in processed.comments, (name, processed.comments)
+        assert (pixels(processed.images[0]) == base).all(), name
+    assert (pixels(txt2img(prompt="a cat <lora:whole:1>").images[0]) != base).any()  # the fitting layer alone works
 
 
 def test_lora_delta_math():

@@ -255,6 +255,32 @@ def test_kohya_sdxl_lora_names_reach_the_intended_modules(sdxl_enabled, tmp_path
         lora.applied.restore()
 
 
+def test_sd1_networks_are_skipped_on_sdxl_by_name_and_family(sdxl_enabled):
+    import os
+    import shutil
+
+    from modules import paths
+    from modules.networks import lora
+    from tests.conftest import pixels, txt2img, write_lora_shapes
+
+    folder = os.path.join(paths.models_path, "Lora")
+    os.makedirs(folder, exist_ok=True)
+    write_lora_shapes(os.path.join(folder, "sd15.safetensors"), {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": (4, 768, 640),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (4, 768, 768)})
+    write_lora_shapes(os.path.join(folder, "sd15-text.safetensors"), {
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (4, 768, 768)})
+    try:
+        plain = pixels(txt2img(prompt="a cat", steps=2).images[0])
+        for name, family in [("sd15", "SD 1.x"), ("sd15-text", "SD 1.x/2.x")]:
+            processed = txt2img(prompt=f"a cat <lora:{name}:1>", steps=2)
+            assert f"LoRA {name} is for {family}, not for this SDXL model: skipped" in processed.comments
+            assert (pixels(processed.images[0]) == plain).all()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lora.applied.restore()
+
+
 def test_a_folder_saved_by_diffusers_gives_the_single_file_pixels(sdxl_model, sdxl_enabled, use_checkpoint_dir):
     """diffusers' own StableDiffusionXLPipeline.save_pretrained writes the folder; discovery finds it, detection
     calls it SDXL (not the refiner) from its components, and the same seed gives the same image."""

@@ -11,6 +11,16 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 
+CONTEXT_WIDTH_FAMILIES: Mapping[int, str] = MappingProxyType({768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL",
+                                                            1280: "SDXL refiner"})
+"""The width of the real models' text conditioning (the UNet's cross-attention context; for one text encoder also its
+token embeddings), which tells which family a LoRA or an embedding file was trained for."""
+
+
+def family_of_context_width(width: int | None) -> str:
+    return CONTEXT_WIDTH_FAMILIES.get(width, f"a model with {width}-wide text conditioning") if width else "another model"
+
+
 @dataclass(frozen=True)
 class LatentFormat:
     """The VAE's latent space: ``channels`` per latent pixel, each covering ``downscale`` x ``downscale`` image

@@ -9,7 +9,9 @@ shown):
 
 The weights are merged into the model for a job (``weight += multiplier * scale * delta``) and the
 original tensors are copied back afterwards, so a sampling step costs exactly what it costs without
-LoRA and the model is bit-identical after the job.
+LoRA and the model is bit-identical after the job. A network is merged whole or not at all: one trained for
+another family (told by its context width and text-encoder prefixes) or with any layer that does not fit is
+skipped with a warning.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules import errors, hashes
+from modules.families.spec import family_of_context_width
 from modules.loading import model_files
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
@@ -28,6 +31,7 @@ _PART_SUFFIXES = (
     "lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "hada_w1_a", "hada_w1_b", "hada_w2_a",
     "hada_w2_b", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "diff",
 )
+_TEXT_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_")  # kohya: SD 1.x/2.x, then SDXL's CLIP-L and bigG
 _PEFT_PARTS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
                "lora.down.weight": "lora_down.weight", "lora.up.weight": "lora_up.weight"}
 
@@ -204,6 +208,36 @@ def module_lookup(model: Any) -> dict[str, Any]:
     return lookup
 
 
+def context_width(groups: dict[str, dict[str, Any]]) -> int | None:
+    """The text-conditioning width a network was trained for: the input width of a cross-attention key or value
+    projection (768 SD 1.x, 1024 SD 2.x, 2048 SDXL); None when it changes none."""
+    for key, parts in groups.items():
+        if key.endswith(("attn2_to_k", "attn2_to_v")):
+            for part in ("lora_down.weight", "hada_w1_b", "diff"):
+                if part in parts and parts[part].dim() >= 2:
+                    return int(parts[part].shape[1])
+    return None
+
+
+def foreign_family(groups: dict[str, dict[str, Any]], model: Any) -> str | None:
+    """The family a network was trained for when it is not ``model``'s, as a phrase for the warning; None when
+    nothing says it is foreign."""
+    width = context_width(groups)
+    text_prefixes = {prefix for prefix in _TEXT_PREFIXES for key in groups if key.startswith(prefix)}
+    model_prefixes = {component.kohya_prefix for component in model.family.lora_layout}
+    if width is not None and width != model.unet.config.cross_attention_dim:
+        return family_of_context_width(width)
+    if not text_prefixes <= model_prefixes:
+        return "SDXL" if text_prefixes & {"lora_te1_", "lora_te2_"} else "SD 1.x/2.x"
+    return None
+
+
+def _shape_only(parts: dict[str, Any]) -> dict[str, Any]:
+    """The weights on the meta device (``alpha`` stays a value): computing a delta from them checks the shapes
+    without doing the arithmetic."""
+    return {name: tensor if name == "alpha" else tensor.to("meta") for name, tensor in parts.items()}
+
+
 def compute_delta(parts: dict[str, Any], shape: tuple[int, ...]):
     """The weight difference of one module (before the user multiplier), float32, shaped like the weight."""
     import torch
@@ -269,28 +303,38 @@ class AppliedNetworks:
         self.model = model
         with torch.no_grad():
             for loaded in networks:
-                unmatched, failed = 0, []
-                for key, parts in load_network_weights(loaded.network.filename, layout).items():
+                groups = load_network_weights(loaded.network.filename, layout)
+                family = foreign_family(groups, model)
+                if family is not None:
+                    warnings.append(f"LoRA {loaded.mentioned_name} is for {family}, not for this {model.family.label} "
+                                    "model: skipped")
+                    continue
+                merges, unmatched, failed = [], 0, []
+                for key, parts in groups.items():
                     module = lookup.get(key)
                     if module is None:
                         unmatched += 1
                         continue
                     multiplier = loaded.te_multiplier if key.startswith(text_prefixes) else loaded.unet_multiplier
-                    if multiplier == 0:
-                        continue
                     try:
-                        delta = compute_delta(parts, tuple(module.weight.shape))
+                        compute_delta(_shape_only(parts), tuple(module.weight.shape))
                     except (ValueError, RuntimeError, KeyError) as e:
                         failed.append(f"{key}: {e}")
                         continue
+                    if multiplier != 0:
+                        merges.append((module, parts, multiplier))
+                if failed:
+                    warnings.append(f"LoRA {loaded.mentioned_name}: {len(failed)} layers do not fit this model "
+                                    f"({failed[0]}): skipped")
+                    continue
+                if unmatched:
+                    warnings.append(f"LoRA {loaded.mentioned_name}: {unmatched} weight groups match no layer of this model")
+                for module, parts, multiplier in merges:
+                    delta = compute_delta(parts, tuple(module.weight.shape))
                     if module not in self._backup:
                         self._backup[module] = module.weight.detach().clone()
                     merged = module.weight.float() + delta.to(module.weight.device) * multiplier
                     module.weight.copy_(merged.to(module.weight.dtype))
-                if unmatched:
-                    warnings.append(f"LoRA {loaded.mentioned_name}: {unmatched} weight groups match no layer of this model")
-                if failed:
-                    warnings.append(f"LoRA {loaded.mentioned_name}: skipped {len(failed)} layers ({failed[0]})")
         self.loaded = list(networks)
         return warnings
 

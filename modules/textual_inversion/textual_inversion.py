@@ -12,11 +12,13 @@ their widths) are listed as skipped, with the reason.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from modules import errors, hashes
+from modules.families.spec import family_of_context_width
 from modules.loading import model_files
 from modules.runtime import heavy_imports
 
@@ -111,20 +113,24 @@ def load_embedding_file(path: str) -> Embedding:
 
 
 def _misfit(embedding: Embedding, layout: dict[str, int]) -> str | None:
-    """Why ``embedding`` cannot be used with text encoders of ``layout`` (embedding-file key -> width); None if
-    it can."""
+    """Why ``embedding`` cannot be used with text encoders of ``layout`` (embedding-file key -> width), naming the
+    family the embedding was made for; None if it can."""
     keys = set(layout)
+    if embedding.parts:
+        made_for = "an SDXL embedding (clip_l + clip_g)"
+    else:
+        made_for = f"an embedding for {family_of_context_width(embedding.shape)} (width {embedding.shape})"
     if keys == {""}:
         if embedding.parts:
-            return "an SDXL embedding (clip_l + clip_g); this model has one text encoder"
+            return f"{made_for}; this model has one text encoder"
         if embedding.shape != layout[""]:
-            return f"vector width {embedding.shape} does not match the model's {layout['']}"
+            return f"{made_for}; this model's text encoder is {layout['']} wide"
         return None
     if not embedding.parts:
-        return f"a single-encoder embedding (width {embedding.shape}); this model needs {' + '.join(layout)}"
+        return f"{made_for}; this model needs {' + '.join(layout)}"
     for part, width in layout.items():
         if part not in embedding.parts or embedding.parts[part].shape[1] != width:
-            return f"its {part} part does not fit the model's {width}-wide encoder"
+            return f"{made_for}: its {part} part does not fit the model's {width}-wide encoder"
     return None
 
 
@@ -151,6 +157,12 @@ class EmbeddingLookup:
                     self.ids_lookup.setdefault(ids[0], []).append((ids, embedding))
         for candidates in self.ids_lookup.values():
             candidates.sort(key=lambda pair: len(pair[0]), reverse=True)
+
+    def skipped_mentions(self, texts: list[str]) -> list[str]:
+        """A warning for each skipped embedding whose name a prompt uses as a word (it stays plain text there)."""
+        joined = "\n".join(texts)
+        return [f"Embedding {name} skipped: {reason}" for name, reason in self.skip_reasons.items()
+                if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", joined)]
 
     def find_embedding_at_position(self, tokens: list[int], offset: int) -> tuple[Embedding | None, int]:
         for ids, embedding in self.ids_lookup.get(tokens[offset], ()):
