@@ -195,11 +195,16 @@ def txt2img_fields_from_infotext(params: dict[str, Any]) -> dict[str, Any]:
     hires = "Denoising strength" in params and any(k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
     fields["enable_hr"] = hires
     if hires:
+        from modules import sd_models
+
+        checkpoint = params.get("Hires checkpoint")
+        checkpoint_info = sd_models.get_closet_checkpoint_match(str(checkpoint)) if checkpoint else None
         sampler = sd_samplers.find_sampler(params.get("Hires sampler") or "")
         fields.update(
             denoising_strength=_number(params, "Denoising strength", float), hr_scale=_number(params, "Hires upscale", float),
             hr_upscaler=params.get("Hires upscaler"), hr_second_pass_steps=_number(params, "Hires steps", int) or 0,
             hr_resize_x=_number(params, "Hires resize-1", int), hr_resize_y=_number(params, "Hires resize-2", int),
+            hr_checkpoint_name=checkpoint_info.title if checkpoint_info else "Use same checkpoint",
             hr_sampler_name=sampler.name if sampler else "Use same sampler",
             hr_scheduler=_schedule_label(params.get("Hires schedule type")) or "Use same scheduler",
             hr_prompt=params.get("Hires prompt", ""), hr_negative_prompt=params.get("Hires negative prompt", ""))

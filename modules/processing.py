@@ -19,6 +19,7 @@ from modules.shared import opts, state
 from modules.runtime.version import infotext_version
 
 REFINER_OFF = (None, "", "None", "none")
+HIRES_SAME_CHECKPOINT = (None, "", "Use same checkpoint")
 REFINER_SWITCH_AT = 0.8  # A1111's default when a refiner is chosen
 opt_C = 4  # A1111's names for the SD latent format; the engine reads each model's own (p.latent_format)
 opt_f = 8
@@ -324,7 +325,8 @@ class StableDiffusionProcessing:
         if self.refiner_checkpoint in REFINER_OFF:
             return None
         switch_at = float(self.refiner_switch_at if self.refiner_switch_at is not None else REFINER_SWITCH_AT)
-        refiner = sd_models.load_refiner(str(self.refiner_checkpoint)) if switch_at < 1 else None
+        refiner = (sd_models.load_beside_current(str(self.refiner_checkpoint), in_use=(self.model,))
+                   if switch_at < 1 else None)
         if refiner is None:
             return None
         total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(steps)
@@ -447,6 +449,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.cached_hr_c: dict = {}
         self.cached_hr_uc: dict = {}
         self.hr_extra_network_data: dict = {}
+        self.hr_checkpoint_info = None  # the hires pass's own checkpoint (hr_checkpoint_name), once validated
+        self.hr_model = None  # ... loaded next to the job's model by init()
 
     def validate(self) -> None:
         super().validate()
@@ -461,8 +465,11 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if not isinstance(self.hr_second_pass_steps, int) or not 0 <= self.hr_second_pass_steps <= max_steps():
             raise UserInputError(f"hr_second_pass_steps must be an integer between 0 and {max_steps()}, "
                                  f"got {self.hr_second_pass_steps!r}")
-        if self.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
-            raise UserInputError("hr_checkpoint_name: a separate checkpoint for the hires pass is not supported yet")
+        self.hr_checkpoint_info = None
+        if self.hr_checkpoint_name not in HIRES_SAME_CHECKPOINT:
+            self.hr_checkpoint_info = sd_models.get_closet_checkpoint_match(str(self.hr_checkpoint_name))
+            if self.hr_checkpoint_info is None:
+                raise UserInputError(f"Could not find checkpoint with name {self.hr_checkpoint_name}")
         if self.hr_sampler_name in (None, "", "Use same sampler"):
             self.hr_sampler_name = None
         if self.hr_scheduler in (None, "", "Use same scheduler"):
@@ -509,6 +516,14 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             params["Hires sampler"] = self.hr_sampler_name
         if self.hr_scheduler and self.hr_scheduler != self.scheduler:
             params["Hires schedule type"] = self.hr_scheduler
+        if self.hr_checkpoint_info is not None:
+            self.hr_model = sd_models.load_beside_current(self.hr_checkpoint_info.title, in_use=(self.sd_model,))
+            if self.hr_model is not None:  # the job's own model: nothing to switch to, nothing to record
+                if self.hr_model.family.latent.channels != self.sd_model.family.latent.channels:
+                    raise UserInputError(f"Hires checkpoint {self.hr_checkpoint_info.title} is "
+                                         f"{self.hr_model.family.label}, whose latents do not fit this "
+                                         f"{self.sd_model.family.label} model's")
+                params["Hires checkpoint"] = self.hr_checkpoint_info.short_title
         self.all_hr_prompts = self._hr_prompts(self.hr_prompt, all_prompts)
         self.all_hr_negative_prompts = self._hr_prompts(self.hr_negative_prompt, self.all_negative_prompts)
         if self.hr_prompt and self.all_hr_prompts != all_prompts:
@@ -531,6 +546,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def close(self) -> None:
         super().close()
         self.hr_c = self.hr_uc = None
+        self.hr_model = None
         self.cached_hr_c.clear()
         self.cached_hr_uc.clear()
 
@@ -553,19 +569,23 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         img2img pass of exactly ``hr_second_pass_steps`` steps at ``denoising_strength`` with fresh noise."""
         import torch
 
-        model = self.model
+        first_model = self.model
         self.is_hr_pass = True
+        if self.hr_model is not None:  # A1111 reloads the hires checkpoint here; ours waits beside the first
+            self.sd_model = self.hr_model
         if self.scripts is not None:
             self.scripts.before_hr(self)
         target_w, target_h = self.hr_upscale_to_x, self.hr_upscale_to_y
         latent_mode = shared.latent_upscale_modes.get(self.hr_upscaler)
         if latent_mode is not None:
+            if first_model.family.latent != self.latent_format:  # another VAE: its latents go through pixels
+                samples = sampling.encode(self.model, sampling.decode(first_model, samples))
             scale = self.latent_format.downscale
             samples = torch.nn.functional.interpolate(samples, size=(target_h // scale, target_w // scale), **latent_mode)
         else:
-            first_pass = _to_pil(sampling.decode(model, samples))
+            first_pass = _to_pil(sampling.decode(first_model, samples))
             upscaled = [images.resize_image(0, image, target_w, target_h, upscaler_name=self.hr_upscaler) for image in first_pass]
-            samples = sampling.encode(model, _from_pil(upscaled))
+            samples = sampling.encode(self.model, _from_pil(upscaled))
         self.truncate_x = self.hr_crop_x // self.latent_format.downscale
         self.truncate_y = self.hr_crop_y // self.latent_format.downscale
         if self.truncate_x or self.truncate_y:
@@ -599,7 +619,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         hr_prompts, self.hr_extra_network_data = extra_networks.parse_prompts(self.all_hr_prompts[batch])
         hr_negative_prompts = self.all_hr_negative_prompts[batch]
         self.hr_prompts, self.hr_negative_prompts = hr_prompts, hr_negative_prompts
-        if not self.disable_extra_networks and self.hr_extra_network_data != self.extra_network_data:
+        if not self.disable_extra_networks and (self.hr_extra_network_data != self.extra_network_data
+                                                or self.hr_model is not None):  # the networks go into the hires model
             extra_networks.activate(self, self.hr_extra_network_data)
         total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(hr_steps)
         self.hr_c, self.hr_uc, self.empty_cond = self.get_conds(hr_prompts, hr_negative_prompts, self.steps, total_steps,
@@ -1030,8 +1051,10 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     if p.scripts is not None:
         p.scripts.process(p)
     output_images, infotexts = [], []
-    with circular_padding((model.unet, model.vae), p.tiling):
-        p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+    p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+    hires_model = getattr(p, "hr_model", None)
+    with circular_padding((model.unet, model.vae) + ((hires_model.unet, hires_model.vae) if hires_model else ()),
+                          p.tiling):
         if state.job_count == -1 and not p.nested_job:
             state.job_count = p.n_iter
         p.job_timestamp = state.job_timestamp
@@ -1070,6 +1093,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list, infotexts: list) -> bool:
     """Generate, save and collect batch ``n``. False when the job should stop."""
     p.iteration = n
+    p.sd_model = model  # a hires pass on its own checkpoint hands it back
     p.refiner_model = None
     state.skipped = False
     batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
@@ -1101,7 +1125,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         sampled = PostSampleArgs(latents)
         p.scripts.post_sample(p, sampled)
         latents = sampled.samples
-    decoder = p.refiner_model or model  # after a switch the refiner's VAE decodes, as in A1111
+    decoder = p.refiner_model or p.sd_model  # the model of the last pass (or the refiner it switched to) decodes
     vae_dtype = decoder.vae.dtype
     decoded = sampling.decode(decoder, latents)
     if decoder.vae.dtype != vae_dtype:

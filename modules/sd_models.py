@@ -359,16 +359,18 @@ def unload_model_weights() -> None:
         devices.torch_gc()
 
 
-def load_refiner(title: str) -> SDModel | None:
-    """The refiner checkpoint ``title`` names (any name ``get_closet_checkpoint_match`` resolves), loaded next to the
-    current model without changing the setting; None when it is the current model (no switch, as in A1111)."""
+def load_beside_current(title: str, in_use: tuple = ()) -> SDModel | None:
+    """A second checkpoint for one job (the refiner, the hires pass's), ``title`` being any name
+    ``get_closet_checkpoint_match`` resolves, loaded next to the current model without changing the setting; None
+    when it is the current model (no switch, as in A1111). Neither the current model nor those ``in_use`` are
+    evicted from the device by this load."""
     info = get_closet_checkpoint_match(title)
     if info is None:
         raise UserInputError(f"Could not find checkpoint with name {title}")
     with _lock:
         if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
             return None
-        return load_model(info, beside=(_current,))
+        return load_model(info, beside=(_current, *in_use))
 
 
 def get_sd_model() -> SDModel:

@@ -11,7 +11,7 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
                  batch_size: int = 1, styles: list[str] | None = None, *, enable_hr: bool = False,
                  denoising_strength: float = 0.7, hr_scale: float = 2.0, hr_upscaler: str | None = None,
                  hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
-                 hr_sampler_name: str | None = None, hr_scheduler: str | None = None, hr_prompt: str = "",
+                 hr_checkpoint_name: str | None = None, hr_sampler_name: str | None = None, hr_scheduler: str | None = None, hr_prompt: str = "",
                  hr_negative_prompt: str = "", override_settings: dict | None = None, restore_faces: bool | None = None,
                  refiner_checkpoint: str | None = None, refiner_switch_at: float | None = None,
                  ) -> StableDiffusionProcessingTxt2Img:
@@ -24,7 +24,8 @@ def make_txt2img(prompt: str, negative_prompt: str, sampler_name: str, scheduler
         n_iter=as_int(batch_count), batch_size=as_int(batch_size), styles=list(styles or []),
         enable_hr=bool(enable_hr), denoising_strength=float(denoising_strength), hr_scale=float(hr_scale),
         hr_upscaler=hr_upscaler, hr_second_pass_steps=max(as_int(hr_second_pass_steps), 0),
-        hr_resize_x=max(as_int(hr_resize_x), 0), hr_resize_y=max(as_int(hr_resize_y), 0), hr_sampler_name=hr_sampler_name,
+        hr_resize_x=max(as_int(hr_resize_x), 0), hr_resize_y=max(as_int(hr_resize_y), 0), hr_checkpoint_name=hr_checkpoint_name,
+        hr_sampler_name=hr_sampler_name,
         hr_scheduler=hr_scheduler, hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
         override_settings=dict(override_settings or {}), restore_faces=restore_faces,
         refiner_checkpoint=refiner_checkpoint, refiner_switch_at=refiner_switch_at,

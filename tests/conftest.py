@@ -182,6 +182,25 @@ class DenoiserCalls:
         script_callbacks.remove_callbacks_for_function(self)
 
 
+class UNetCounts:
+    """The order of UNet calls and VAE decodes per checkpoint (model name), from forward pre-hooks removed on exit."""
+
+    def __init__(self, *models):
+        self.models, self.order, self.handles = models, [], []
+
+    def __enter__(self):
+        for model in self.models:
+            name = model.sd_checkpoint_info.model_name
+            self.handles.append(model.unet.register_forward_pre_hook(lambda module, args, name=name: self.order.append(name)))
+            self.handles.append(model.vae.decoder.register_forward_pre_hook(
+                lambda module, args, name=name: self.order.append(f"{name} VAE decode")))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
 def img2img(init_images, **overrides):
     """Run a small img2img job through process_images (nothing saved)."""
     from modules import processing

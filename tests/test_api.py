@@ -570,6 +570,11 @@ def test_hires_fields(client):
     assert decoded(body["images"][0]).size == (128, 128)
     text = json.loads(body["info"])["infotexts"][0]
     assert "Hires upscale: 2" in text and "Hires upscaler: Latent" in text and "Denoising strength: 0.5" in text
+    hires = {**SMALL, "steps": 2, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent"}
+    other = client.post(f"{BASE}/txt2img", json={**hires, "hr_checkpoint_name": "other"}).json()
+    assert "Hires checkpoint: other [" in json.loads(other["info"])["infotexts"][0]
+    missing = client.post(f"{BASE}/txt2img", json={**hires, "hr_checkpoint_name": "nope"})
+    assert missing.status_code == 422 and "Could not find checkpoint with name nope" in missing.text
 
 
 def test_refresh_unload_and_reload(client, registry, data_dir):

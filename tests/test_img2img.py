@@ -12,7 +12,7 @@ from modules import images, masking, processing, sd_samplers
 from modules.engine import sampling
 from modules.errors import UserInputError
 from modules.shared import opts
-from tests.conftest import DenoiserCalls, img2img, noise_image, pixels, txt2img
+from tests.conftest import DenoiserCalls, UNetCounts, img2img, noise_image, pixels, txt2img
 
 
 def box_mask(width, height, box):
@@ -354,11 +354,44 @@ def test_hires_prompt_editing_uses_the_hires_timeline(tiny_model):
     assert which == ["cat", "cat", "cat", "cat", "cat", "dog"]
 
 
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_pass_on_its_own_checkpoint(tiny_model, upscaler):
+    """hr_checkpoint_name: the second pass runs on that checkpoint (loaded next to the job's; the setting and the
+    current model stay), its VAE decodes, the infotext names it and pasting it fills the field again."""
+    from modules import infotext_utils, sd_models
+    from modules.shared import opts
+
+    other_info = sd_models.get_closet_checkpoint_match("other")
+    other = sd_models.load_model(other_info)
+    setting = opts.sd_model_checkpoint
+    same = txt2img(enable_hr=True, hr_upscaler=upscaler, steps=3, hr_second_pass_steps=2, denoising_strength=0.6)
+    with UNetCounts(tiny_model, other) as counts:
+        result = txt2img(enable_hr=True, hr_upscaler=upscaler, steps=3, hr_second_pass_steps=2, denoising_strength=0.6,
+                         hr_checkpoint_name="other")
+    first_pass_decode = ["tiny VAE decode"] if upscaler == "Lanczos" else []  # for the pixel upscaler
+    # one UNet call per step (the rows go in one batch); the hires checkpoint's VAE decodes the result
+    assert counts.order == ["tiny"] * 3 + first_pass_decode + ["sub_other"] * 2 + ["sub_other VAE decode"]
+    assert result.images[0].size == (128, 128) and (pixels(result.images[0]) != pixels(same.images[0])).any()
+    assert sd_models.current_model() is tiny_model and opts.sd_model_checkpoint == setting
+    params = infotext_utils.parse_generation_parameters(result.infotexts[0])
+    assert params["Hires checkpoint"] == other_info.short_title and "Hires checkpoint" not in same.infotexts[0]
+    assert params["Model"] == "tiny"  # the job's model, as in A1111
+    assert infotext_utils.txt2img_fields_from_infotext(params)["hr_checkpoint_name"] == other_info.title
+    assert infotext_utils.txt2img_fields_from_infotext(
+        infotext_utils.parse_generation_parameters(same.infotexts[0]))["hr_checkpoint_name"] == "Use same checkpoint"
+    with UNetCounts(tiny_model, other) as counts:
+        again = txt2img(enable_hr=True, hr_upscaler=upscaler, steps=3, hr_second_pass_steps=2, denoising_strength=0.6,
+                        hr_checkpoint_name=tiny_model.sd_checkpoint_info.title)  # the job's own model: no switch
+    assert counts.order == ["tiny"] * 3 + first_pass_decode + ["tiny"] * 2 + ["tiny VAE decode"]
+    assert "Hires checkpoint" not in again.infotexts[0]
+    assert (pixels(again.images[0]) == pixels(same.images[0])).all()
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"hr_upscaler": "Best"}, "unknown upscaler 'Best'"),
     ({"hr_scale": 100}, "hires width must be between 64 and 4096"),
     ({"hr_sampler_name": "Nope"}, "Unknown sampler 'Nope'"),
-    ({"hr_checkpoint_name": "other.safetensors"}, "not supported yet"),
+    ({"hr_checkpoint_name": "nope.safetensors"}, "Could not find checkpoint with name nope.safetensors"),
 ])
 def test_bad_hires_input(tiny_model, overrides, message):
     with pytest.raises(UserInputError, match=message):

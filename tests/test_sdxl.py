@@ -255,6 +255,22 @@ def test_kohya_sdxl_lora_names_reach_the_intended_modules(sdxl_enabled, tmp_path
         lora.applied.restore()
 
 
+def test_a_hires_pass_on_an_sd1_checkpoint_takes_the_sdxl_latents_through_pixels(sdxl_enabled):
+    """The two families' VAEs have different latent spaces (scale factors 0.13025 and 0.18215): with a latent
+    upscaler the first pass is decoded by SDXL's VAE and encoded by SD 1's before it is enlarged."""
+    from modules import infotext_utils, sd_models
+    from tests.conftest import UNetCounts, txt2img
+
+    sd1_model = sd_models.load_model(sd_models.get_closet_checkpoint_match("tiny.safetensors"))
+    assert sd1_model.family.latent != sdxl_enabled.family.latent
+    with UNetCounts(sdxl_enabled, sd1_model) as counts:
+        result = txt2img(enable_hr=True, hr_upscaler="Latent", steps=2, hr_second_pass_steps=2, denoising_strength=0.5,
+                         hr_checkpoint_name="tiny.safetensors")
+    assert counts.order == ["tiny-sdxl"] * 2 + ["tiny-sdxl VAE decode"] + ["tiny"] * 2 + ["tiny VAE decode"]
+    assert result.images[0].size == (128, 128)
+    assert infotext_utils.parse_generation_parameters(result.infotexts[0])["Hires checkpoint"].startswith("tiny [")
+
+
 def test_sd1_networks_are_skipped_on_sdxl_by_name_and_family(sdxl_enabled):
     import os
     import shutil

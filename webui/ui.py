@@ -78,6 +78,13 @@ def refresh_checkpoints():
     return gr.update(choices=_checkpoint_choices(), value=_selected_title()), _model_notice()
 
 
+def second_checkpoint_choices():
+    """The refiner dropdowns' and the hires checkpoint dropdown's choices after a rescan (their values stay)."""
+    titles = sd_models.checkpoint_tiles()
+    return (gr.update(choices=titles), gr.update(choices=titles),
+            gr.update(choices=[txt2img_tab.HIRES_SAME_CHECKPOINT, *titles]))
+
+
 def current_checkpoint_and_notice():
     """While the page waits for the start-up model load: the model in use (a checkpoint that failed was replaced;
     titles gain their hash once it is computed) and what to say about it. The timer stops once a model is loaded
@@ -274,6 +281,8 @@ def create_ui() -> gr.Blocks:
                          show_progress="hidden")
         refresh.click(refresh_checkpoints, None, [checkpoint, notice], queue=False)
         refresh.click(refresh_vae_choices, None, [vae], queue=False)
+        refresh.click(second_checkpoint_choices, None,
+                      [t2i["refiner_checkpoint"], i2i["refiner_checkpoint"], t2i["hr_checkpoint_name"]], queue=False)
         vae.input(change_vae, [vae], [model_status], queue=False)
         for button, label in downloads:
             button.click(_downloader(label), None, [checkpoint, model_status], concurrency_limit=None)

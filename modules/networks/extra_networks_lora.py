@@ -50,7 +50,7 @@ class ExtraNetworkLora(extra_networks.ExtraNetwork):
             p.comment("Networks not found: " + ", ".join(missing))
         current = [(n.network.filename, n.te_multiplier, n.unet_multiplier) for n in lora.applied.loaded]
         requested = [(n.network.filename, n.te_multiplier, n.unet_multiplier) for n in loaded]
-        model = sd_models.get_sd_model()
+        model = getattr(p, "sd_model", None) or sd_models.get_sd_model()  # a hires pass may run on its own model
         if current != requested or lora.applied.model is not model:
             for warning in lora.applied.apply(model, loaded):
                 log.warning(warning)

@@ -18,6 +18,7 @@ from webui.ui_common import (POSTPROCESS_FIELDS, REFINER_FIELDS, GenerationInput
                              script_paste_updates, seed_controls, size_and_batch, stream_job, style_names,
                              variation_values, wire_generation)
 
+HIRES_SAME_CHECKPOINT = "Use same checkpoint"
 HIRES_SAME_SAMPLER = "Use same sampler"
 HIRES_SAME_SCHEDULER = "Use same scheduler"
 
@@ -32,6 +33,7 @@ class Txt2ImgInputs(GenerationInputs):
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
+    hr_checkpoint_name: str = HIRES_SAME_CHECKPOINT
     hr_sampler_name: str = HIRES_SAME_SAMPLER
     hr_scheduler: str = HIRES_SAME_SCHEDULER
     hr_prompt: str = ""
@@ -56,7 +58,8 @@ def generate(values: dict[str, Any], script_args: Sequence = ()):
                                  v.batch_count, v.batch_size, v.styles, enable_hr=v.enable_hr,
                                  denoising_strength=v.denoising_strength, hr_scale=v.hr_scale, hr_upscaler=v.hr_upscaler,
                                  hr_second_pass_steps=v.hr_second_pass_steps, hr_resize_x=v.hr_resize_x,
-                                 hr_resize_y=v.hr_resize_y, hr_sampler_name=v.hr_sampler_name,
+                                 hr_resize_y=v.hr_resize_y, hr_checkpoint_name=v.hr_checkpoint_name,
+                                 hr_sampler_name=v.hr_sampler_name,
                                  hr_scheduler=v.hr_scheduler, hr_prompt=v.hr_prompt,
                                  hr_negative_prompt=v.hr_negative_prompt, override_settings=overrides,
                                  restore_faces=restore_faces, **v.refiner())
@@ -127,8 +130,8 @@ def _append(prompt: str, text: str) -> str:
 PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
                 "seed", "use_variation", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
                 "batch_size", "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps",
-                "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
-                *POSTPROCESS_FIELDS, *REFINER_FIELDS]
+                "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+                "hr_negative_prompt", *POSTPROCESS_FIELDS, *REFINER_FIELDS]
 
 
 def paste_parameters(text: str) -> list:
@@ -168,6 +171,9 @@ def _hires_controls(c: dict, sampler_names: list[str], schedule_labels: list[str
             c["hr_resize_x"] = gr.Slider(0, 4096, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
             c["hr_resize_y"] = gr.Slider(0, 4096, value=0, step=8, label="Resize height to", elem_id="txt2img_hr_resize_y")
         with gr.Row():
+            c["hr_checkpoint_name"] = gr.Dropdown([HIRES_SAME_CHECKPOINT, *sd_models.checkpoint_tiles()],
+                                                  value=HIRES_SAME_CHECKPOINT, label="Hires checkpoint",
+                                                  elem_id="hr_checkpoint")
             c["hr_sampler_name"] = gr.Dropdown([HIRES_SAME_SAMPLER, *sampler_names], value=HIRES_SAME_SAMPLER,
                                                label="Hires sampling method", elem_id="hr_sampler")
             c["hr_scheduler"] = gr.Dropdown([HIRES_SAME_SCHEDULER, *schedule_labels], value=HIRES_SAME_SCHEDULER,
