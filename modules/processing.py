@@ -259,7 +259,8 @@ class StableDiffusionProcessing:
         if model.family.size_conditioning:
             options.update(image_size=tuple(image_size), crop=(int(opts.sdxl_crop_top), int(opts.sdxl_crop_left)),
                            aesthetic_scores=(float(opts.sdxl_refiner_high_aesthetic_score),
-                                             float(opts.sdxl_refiner_low_aesthetic_score)))
+                                             float(opts.sdxl_refiner_low_aesthetic_score)),
+                           clip_l_skip=bool(opts.sdxl_clip_l_skip))
         encoder = model.family.text_conditioner(model, **options)
         old = bool(opts.use_old_scheduling)
         if old:
@@ -269,7 +270,7 @@ class StableDiffusionProcessing:
             if schedules[0] != schedules[1]:
                 self.extra_generation_params["Old prompt editing timelines"] = True
         text_encoder_state = (id(model), total_steps, hires_steps, old, options.get("image_size"), options.get("crop"),
-                              options.get("aesthetic_scores"),
+                              options.get("aesthetic_scores"), options.get("clip_l_skip"),
                               opts.emphasis, self.clip_skip,
                               opts.comma_padding_backtrack, textual_inversion.embedding_db.files_signature,
                               tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))

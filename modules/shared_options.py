@@ -67,6 +67,7 @@ options_templates.update(options_section(("sdxl", "Stable Diffusion XL"), {
     "sdxl_crop_left": OptionInfo(0, "crop left coordinate"),
     "sdxl_refiner_low_aesthetic_score": OptionInfo(2.5, "SDXL low aesthetic score (the refiner's negative prompt)"),
     "sdxl_refiner_high_aesthetic_score": OptionInfo(6.0, "SDXL high aesthetic score (the refiner's prompt)"),
+    "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL: apply Clip skip to SDXL's CLIP-L encoder (bigG never)"),
 }))
 
 options_templates.update(options_section(("img2img", "img2img"), {

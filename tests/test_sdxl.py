@@ -271,6 +271,31 @@ def test_a_hires_pass_on_an_sd1_checkpoint_takes_the_sdxl_latents_through_pixels
     assert infotext_utils.parse_generation_parameters(result.infotexts[0])["Hires checkpoint"].startswith("tiny [")
 
 
+def test_clip_skip_changes_sdxl_only_through_the_clip_l_setting(sdxl_enabled):
+    """A1111: Clip skip leaves SDXL's conditioning alone (the infotext still says it); with ``sdxl_clip_l_skip`` it
+    picks CLIP-L's layer (1 = the last, 2 = the default) and never bigG's (reference-model-families.md §4.2)."""
+    import torch
+
+    from modules.shared import opts
+    from tests.conftest import DenoiserCalls, txt2img
+
+    def context(clip_skip, clip_l_skip):
+        opts.set("CLIP_stop_at_last_layers", clip_skip)
+        opts.set("sdxl_clip_l_skip", clip_l_skip)
+        with DenoiserCalls() as calls:
+            result = txt2img(prompt="a lighthouse", steps=1)
+        return calls.calls[0].text_cond["crossattn"][0], result.infotexts[0]
+
+    default, _ = context(1, False)
+    skipped, text = context(2, False)
+    assert torch.equal(skipped, default) and "Clip skip: 2" in text
+    last_l, _ = context(1, True)
+    width_l = sdxl_enabled.text_encoder.config.hidden_size
+    assert not torch.allclose(last_l[:, :width_l], default[:, :width_l])  # CLIP-L: its last layer
+    assert torch.equal(last_l[:, width_l:], default[:, width_l:])  # bigG unchanged
+    assert torch.equal(context(2, True)[0], default)
+
+
 def test_sd1_networks_are_skipped_on_sdxl_by_name_and_family(sdxl_enabled):
     import os
     import shutil

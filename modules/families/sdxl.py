@@ -143,9 +143,11 @@ def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
 
 
 class _ClipLEncoder(conditioning.PromptEncoder):
+    layer: int = -2
+
     def hidden_states(self, tokens):
-        """CLIP-L's penultimate layer without the final layer norm (A1111 with ``sdxl_clip_l_skip`` off)."""
-        return self.text_encoder(input_ids=tokens, output_hidden_states=True).hidden_states[-2]
+        """CLIP-L's penultimate layer (or ``layer``) without the final layer norm."""
+        return self.text_encoder(input_ids=tokens, output_hidden_states=True).hidden_states[self.layer]
 
 
 class _BigGEncoder(conditioning.PromptEncoder):
@@ -165,7 +167,9 @@ class PromptEncoder:
     pads with the end token, bigG with 0), each output gets its own emphasis, the context is CLIP-L's then
     bigG's channels; ``vector`` is bigG's pooled output and the 256-wide embeddings of the size ids (A1111's
     layout), and ``time_ids`` keeps the ids themselves for diffusers' UNet. Clip skip does not change SDXL
-    conditioning. An all-empty negative prompt is zeros (context and pooled part), as A1111 does.
+    conditioning, unless ``clip_l_skip`` (A1111's ``sdxl_clip_l_skip``): then CLIP-L's output is its
+    ``clip_skip``-th layer from the end (1: the last, 2: the default penultimate), never bigG's. An all-empty
+    negative prompt is zeros (context and pooled part), as A1111 does.
 
     The refiner's (a model without CLIP-L): bigG alone, and its ids end with an aesthetic score instead of the
     target size, ``aesthetic_scores[0]`` for prompts and ``[1]`` for negative prompts (A1111's settings
@@ -173,10 +177,12 @@ class PromptEncoder:
 
     def __init__(self, model: Any, *, clip_skip: int = 1, emphasis: str = "Original", comma_padding_backtrack: int = 20,
                  embeddings: Any = None, image_size: tuple[int, int] = (1024, 1024), crop: tuple[int, int] = (0, 0),
-                 aesthetic_scores: tuple[float, float] = (6.0, 2.5)):
+                 aesthetic_scores: tuple[float, float] = (6.0, 2.5), clip_l_skip: bool = False):
         options = {"emphasis": emphasis, "comma_padding_backtrack": comma_padding_backtrack, "embeddings": embeddings}
         self.model = model
         self.clip_l = _ClipLEncoder(model, embedding_part="clip_l", **options) if model.text_encoder is not None else None
+        if self.clip_l is not None and clip_l_skip:
+            self.clip_l.layer = -max(1, int(clip_skip))
         self.big_g = _BigGEncoder(model, tokenizer=model.tokenizer_2, text_encoder=model.text_encoder_2,
                                   embedding_part="clip_g", **options)
         self.image_size, self.crop, self.aesthetic_scores = image_size, crop, aesthetic_scores

@@ -76,7 +76,8 @@ class ModelFamily:
     # (model, clip_skip=, emphasis=, comma_padding_backtrack=, embeddings=) -> an encoder with
     # encode(texts, negative=False), chunks(text) and used_embeddings, as engine.conditioning.PromptEncoder
     text_conditioner: Callable[..., Any] | None = None
-    size_conditioning: bool = False  # the conditioner also takes image_size=(w, h) and crop=(top, left) (SDXL)
+    size_conditioning: bool = False  # the conditioner also takes image_size=(w, h), crop=(top, left), aesthetic_scores
+    # and clip_l_skip (SDXL)
     # (model, a batch of conditioning: a tensor, or a dict of tensors for families with several) -> the UNet's
     # keyword arguments besides the latents and the timestep (encoder_hidden_states, added_cond_kwargs ...)
     unet_inputs: Callable[[Any, Any], dict] | None = None
