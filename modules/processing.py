@@ -1127,10 +1127,10 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         p.scripts.post_sample(p, sampled)
         latents = sampled.samples
     decoder = p.refiner_model or p.sd_model  # the model of the last pass (or the refiner it switched to) decodes
-    vae_dtype = decoder.vae.dtype
     decoded = sampling.decode(decoder, latents)
-    if decoder.vae.dtype != vae_dtype:
+    if decoder.extra.get(sampling.UPCAST_FLAG):
         p.comment(sampling.UPCAST_NOTE)
+        p.extra_generation_params[sampling.UPCAST_INFOTEXT[0]] = sampling.UPCAST_INFOTEXT[1]
     if p.scripts is not None:
         p.scripts.postprocess_batch(p, decoded, batch_number=n)
         batch_list = PostprocessBatchListArgs(list(decoded))

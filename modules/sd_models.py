@@ -236,6 +236,10 @@ def load_model(info: CheckpointInfo, beside: tuple = ()) -> SDModel:
         components = model_loader.load_components(info.filename, devices.dtype)
         cached = SDModel(**vars(components), sd_checkpoint_info=info, dtype=devices.dtype)
         info._family = components.family
+        if getattr(cmd_opts, "no_half_vae", False):
+            import torch
+
+            cached.vae.to(torch.float32)  # SDXL's VAE overflows in float16: skip the half-precision try
     _loaded[info.filename] = cached
     keep = max(1, int(opts.sd_checkpoint_cache or 1))
     for filename in list(_loaded)[:-1]:  # oldest first

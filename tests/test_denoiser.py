@@ -203,8 +203,33 @@ def test_a_vae_that_gives_nans_in_half_precision_decodes_in_float32_and_the_job_
     try:
         processed = _run()
         assert sampling.UPCAST_NOTE in str(processed.comments) and vae.dtype == torch.float32
+        assert "VAE precision: float32 (float16 gave NaNs)" in processed.infotexts[0]
         assert pixels(processed.images[0]).std() > 1  # the float32 decode gave a real image
-        assert sampling.UPCAST_NOTE not in str(_run().comments)  # later jobs start in float32
+        later = _run()  # starts in float32, and still says why it is slower
+        assert sampling.UPCAST_NOTE in str(later.comments) and "VAE precision: float32" in later.infotexts[0]
     finally:
+        tiny_model.extra.pop(sampling.UPCAST_FLAG, None)
         vae.to(torch.float32)
         vae.load_state_dict(weights)
+
+
+def test_no_half_vae_keeps_the_vae_in_float32_beside_a_half_precision_model(registry, monkeypatch):
+    import torch
+
+    from modules import cmd_args, devices, sd_models, shared
+
+    assert cmd_args.parse(["--no-half-vae"]).no_half_vae and not cmd_args.parse([]).no_half_vae
+    info = sd_models.get_closet_checkpoint_match("other")
+    cached = sd_models._loaded.pop(info.filename, None)
+    monkeypatch.setattr(devices, "_dtype", torch.float16)
+    try:
+        monkeypatch.setattr(shared.cmd_opts, "no_half_vae", False, raising=False)
+        assert sd_models.load_model(info).vae.dtype == torch.float16
+        sd_models._loaded.pop(info.filename)
+        monkeypatch.setattr(shared.cmd_opts, "no_half_vae", True)
+        model = sd_models.load_model(info)
+        assert model.unet.dtype == torch.float16 and model.vae.dtype == torch.float32
+    finally:
+        sd_models._loaded.pop(info.filename, None)
+        if cached is not None:
+            sd_models._loaded[info.filename] = cached

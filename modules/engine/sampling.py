@@ -22,7 +22,10 @@ from modules import script_callbacks
 from modules.engine import denoiser
 
 log = logging.getLogger("webui")
-UPCAST_NOTE = "VAE: half precision gave NaNs, so it decodes in float32 from now on for this model (slower)"
+UPCAST_NOTE = ("VAE: half precision gave NaNs, so this model's VAE decodes in float32 (slower; start with "
+               "--no-half-vae to skip the half-precision try)")
+UPCAST_FLAG = "vae_upcast_after_nans"  # in SDModel.extra: the VAE was switched to float32 by decode()
+UPCAST_INFOTEXT = ("VAE precision", "float32 (float16 gave NaNs)")
 
 
 @dataclass
@@ -148,7 +151,8 @@ def encode(model: Any, images):
 
 def decode(model: Any, latents):
     """Latents -> float images in 0..1, (B, 3, H, W). Retries in float32 if half precision gave NaNs, and keeps
-    the VAE in float32 (the console says so; ``processing`` notes it in the job's comments)."""
+    the VAE in float32, flagged in ``model.extra`` (the console says so; ``processing`` notes it in the comments
+    and the infotext of every job the upcast VAE decodes)."""
     import torch
 
     vae, latent = model.vae, model.family.latent
@@ -158,5 +162,6 @@ def decode(model: Any, latents):
         if torch.isnan(images).any() and vae.dtype != torch.float32:  # SDXL's VAE overflows in float16
             log.warning(UPCAST_NOTE)
             vae.to(torch.float32)
+            model.extra[UPCAST_FLAG] = True
             images = vae.decode(scaled.float(), return_dict=False)[0]
     return ((images.float() + 1) / 2).clamp(0, 1)
