@@ -283,3 +283,43 @@ def test_xyz_plot_from_the_script_dropdown(server):
     with Image.open(io.BytesIO(body)) as grid:
         assert grid.width == 3 * 64 and grid.height > 64  # three cells under a band of labels
     assert len(list((data_dir / "outputs" / "txt2img-grids").rglob("xyz_grid-*.png"))) == 1
+
+
+def test_generate_with_an_sdxl_checkpoint(tmp_path):
+    """An SDXL file dropped into models/Stable-diffusion: the list names its family, the page moves the untouched
+    size to SDXL's 1024x1024 and says so, and a generation runs through the SDXL conditioner."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from modules.families import sdxl
+    from modules.loading import demo_model
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    demo_model.write_checkpoint(str(folder / "tiny-sdxl.safetensors"), seed=9,
+                                shapes=sdxl.checkpoint_shapes(*sdxl.TINY_BASE))
+    proc, port, log = _start(tmp_path)
+    try:
+        with sync_playwright() as pw:
+            browser, page = _open_page(pw, f"http://127.0.0.1:{port}")
+            page.wait_for_function("document.querySelector('#txt2img_width input[type=number]').value === '1024'",
+                                   timeout=30_000)
+            hint = page.locator("#txt2img_size_hint").inner_text()
+            selected = page.locator("#setting_sd_model_checkpoint input").input_value()
+            _type_and_count(page, "txt2img_prompt", "a lighthouse", "txt2img_token_counter", "2/75")
+            _set_number(page, "txt2img_width", 64)
+            _set_number(page, "txt2img_height", 64)
+            _set_number(page, "txt2img_steps", 2)
+            page.click("#txt2img_generate")
+            page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('Size: 64x64')",
+                                   timeout=180_000)
+            info = page.locator("#html_info_txt2img").inner_text()
+            body = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "Size set to 1024×1024, the native size of SDXL models" in hint
+    assert selected.startswith("tiny-sdxl.safetensors") and selected.endswith("· SDXL")
+    assert "Model: tiny-sdxl" in info and "Steps: 2" in info
+    with Image.open(io.BytesIO(body)) as image:
+        assert image.size == (64, 64) and image.info["parameters"] == info.strip()

@@ -13,13 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from modules.families import open_clip, sd1_layout
+from modules.families import sd1_layout, sdxl
 
-UNET = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                           attention_levels=(False, True, True), context_dim=80, linear_projection=True,
-                           head_channels=32, level_depths=(0, 1, 2), middle_depth=2, adm_in_channels=72)
-CLIP_L = sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64)
-BIG_G = open_clip.OpenClipArch(width=48, layers=3, projection_dim=24)
+UNET, _, BIG_G, CLIP_L = sdxl.TINY_BASE
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +290,18 @@ def test_clip_skip_changes_sdxl_only_through_the_clip_l_setting(sdxl_enabled):
     assert not torch.allclose(last_l[:, :width_l], default[:, :width_l])  # CLIP-L: its last layer
     assert torch.equal(last_l[:, width_l:], default[:, width_l:])  # bigG unchanged
     assert torch.equal(context(2, True)[0], default)
+
+
+def test_the_page_switches_an_untouched_size_to_the_family_native_one(sdxl_enabled):
+    from webui.tabs import txt2img as txt2img_tab
+
+    sdxl_title = sdxl_enabled.sd_checkpoint_info.title
+    width, height, hint = txt2img_tab.native_size(sdxl_title, 512, 512)
+    assert (width, height) == (1024, 1024) and hint.startswith("Size set to 1024×1024, the native size of SDXL models")
+    assert txt2img_tab.native_size(sdxl_title, 1024, 1024)[2] == ""  # already there: nothing to say
+    kept = txt2img_tab.native_size(sdxl_title, 768, 512)  # the user's own size stays
+    assert kept[2] == "" and all(not isinstance(value, int) for value in kept[:2])
+    assert txt2img_tab.native_size("tiny.safetensors", 1024, 1024)[:2] == (512, 512)
 
 
 def test_sd1_networks_are_skipped_on_sdxl_by_name_and_family(sdxl_enabled):

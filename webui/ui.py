@@ -275,7 +275,10 @@ def create_ui() -> gr.Blocks:
         pnginfo_tab.wire_tab(png)
         _wire_send_buttons(tabs, t2i, i2i, extras, png)
         _connect_paste_buttons(demo, tabs, t2i, i2i, extras)
-        checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice, checkpoint], concurrency_limit=None)
+        size = [t2i["width"], t2i["height"]]
+        checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice, checkpoint], concurrency_limit=None
+                         ).then(txt2img_tab.native_size, [checkpoint, *size], [*size, t2i["size_hint"]], queue=False)
+        demo.load(txt2img_tab.native_size, [checkpoint, *size], [*size, t2i["size_hint"]], queue=False)
         model_watch = gr.Timer(MODEL_WATCH_SECONDS)
         model_watch.tick(current_checkpoint_and_notice, None, [checkpoint, notice, model_watch], queue=False,
                          show_progress="hidden")

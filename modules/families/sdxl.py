@@ -62,6 +62,14 @@ FULL_SIZE_REFINER = (
                         context_dim=1280, transformer_depth=4, linear_projection=True, head_channels=64,
                         adm_in_channels=2560),
     sd1_layout.VAEArch(), open_clip.OpenClipArch(width=1280, layers=32, projection_dim=1280))
+# the tests' random-weight SDXL base: 3 levels, attention on levels 1 and 2 with depths 1 and 2, middle depth 2;
+# bigG 48 wide with a 24-wide (non-square) projection, CLIP-L 32 wide; context 80; label_emb takes 24 + 6 x 8 = 72
+TINY_BASE = (
+    sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        attention_levels=(False, True, True), context_dim=80, linear_projection=True,
+                        head_channels=32, level_depths=(0, 1, 2), middle_depth=2, adm_in_channels=72),
+    sd1_layout.TINY.vae, open_clip.OpenClipArch(width=48, layers=3, projection_dim=24),
+    sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64))
 
 LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.13025, preview_rgb=(  # A1111's SDXL "Approx cheap"
     (0.3448, 0.4168, 0.4395),

@@ -134,6 +134,24 @@ PASTE_FIELDS = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps
                 "hr_negative_prompt", *POSTPROCESS_FIELDS, *REFINER_FIELDS]
 
 
+def native_size(title: str | None, width: float, height: float):
+    """(width, height, hint) after the checkpoint ``title`` was chosen: a size still at another family's default
+    square (512 or 1024) becomes this family's (SDXL 1024x1024, SD 1.x/2.x 512x512) and the hint says so; a size
+    the user set stays. The API's default stays 512x512, as in A1111."""
+    from modules.families import detection
+
+    info = sd_models.get_closet_checkpoint_match(title) if title else None
+    family = info.family if info is not None else None
+    if family is None or not family.supported:
+        return gr.skip(), gr.skip(), ""
+    native = family.default_size
+    defaults = {f.default_size for f in detection.registry}
+    if width == height and int(width) in defaults and int(width) != native:
+        return native, native, (f"Size set to {native}×{native}, the native size of {family.label} models "
+                                "(without the page, the default stays 512×512 as in A1111).")
+    return gr.skip(), gr.skip(), ""
+
+
 def paste_parameters(text: str) -> list:
     """Fill the txt2img fields from an infotext (the prompt box's text, or params.txt when it is empty): one update
     per name in ``PASTE_FIELDS`` (fields the infotext does not carry are skipped), then the override settings."""
@@ -213,6 +231,7 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
             postprocess_controls("txt2img", c)
             refiner_controls("txt2img", c)
             size_and_batch("txt2img", c)
+            c["size_hint"] = gr.Markdown("", elem_id="txt2img_size_hint")
             c["cfg_scale"] = cfg_slider("txt2img")
             seed_controls("txt2img", c)
             c["override_settings"] = override_settings_box("txt2img")
