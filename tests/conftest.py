@@ -357,3 +357,24 @@ def use_checkpoint_dir(registry):
     opts.data.clear()
     opts.data.update(saved_options)
     sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tmp_path_factory, data_dir):
+    """A folder with the tiny random-weight SDXL base checkpoint ``tiny-sdxl.safetensors`` (families.sdxl.TINY_BASE),
+    to join the checkpoint list through ``use_checkpoint_dir``."""
+    from modules.families import sdxl
+    from modules.loading import demo_model
+
+    root = tmp_path_factory.mktemp("sdxl-models")
+    demo_model.write_checkpoint(str(root / "tiny-sdxl.safetensors"), seed=9,
+                                shapes=sdxl.checkpoint_shapes(*sdxl.TINY_BASE))
+    return root
+
+
+@pytest.fixture(params=["sd1", "sdxl"])
+def engine_model(request, tiny_model, use_checkpoint_dir):
+    """The engine tests' model, once SD 1.x and once SDXL (both tiny, random weights), as the current model."""
+    if request.param == "sd1":
+        return tiny_model
+    return use_checkpoint_dir(request.getfixturevalue("sdxl_dir"), "tiny-sdxl.safetensors")

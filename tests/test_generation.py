@@ -14,7 +14,7 @@ from tests.conftest import pixels, txt2img
 
 
 @pytest.mark.parametrize("sampler", [s.name for s in sd_samplers.samplers])
-def test_every_supported_sampler_makes_an_image(tiny_model, sampler):
+def test_every_supported_sampler_makes_an_image(engine_model, sampler):
     result = txt2img(sampler_name=sampler, steps=3)
     image = pixels(result.images[0])
     assert image.shape == (64, 64, 3)
@@ -28,7 +28,7 @@ def test_unsupported_samplers_are_rejected_with_the_reason(tiny_model, sampler):
         txt2img(sampler_name=sampler)
 
 
-def test_schedule_types_change_the_result(tiny_model):
+def test_schedule_types_change_the_result(engine_model):
     karras = pixels(txt2img(sampler_name="Euler", scheduler="Karras").images[0])
     uniform = pixels(txt2img(sampler_name="Euler", scheduler="Uniform").images[0])
     assert abs(karras - uniform).max() > 0
@@ -52,7 +52,7 @@ def test_bad_input_is_rejected_with_a_clear_message(tiny_model, field, value, me
         txt2img(**{field: value})
 
 
-def test_same_seed_same_pixels_and_other_seed_differs(tiny_model):
+def test_same_seed_same_pixels_and_other_seed_differs(engine_model):
     first = pixels(txt2img(seed=77).images[0])
     again = pixels(txt2img(seed=77).images[0])
     other = pixels(txt2img(seed=78).images[0])
@@ -60,13 +60,13 @@ def test_same_seed_same_pixels_and_other_seed_differs(tiny_model):
     assert abs(first - other).max() > 0
 
 
-def test_ancestral_sampler_is_reproducible(tiny_model):
+def test_ancestral_sampler_is_reproducible(engine_model):
     a = pixels(txt2img(seed=5, sampler_name="Euler a").images[0])
     b = pixels(txt2img(seed=5, sampler_name="Euler a").images[0])
     assert (a == b).all()
 
 
-def test_batch_gives_image_i_seed_plus_i(tiny_model):
+def test_batch_gives_image_i_seed_plus_i(engine_model):
     result = txt2img(seed=1000, batch_size=2, n_iter=2)
     assert result.all_seeds == [1000, 1001, 1002, 1003]
     assert len(result.images) == 5 and result.index_of_first_image == 1  # grid first
@@ -82,7 +82,7 @@ def test_random_seed_is_fixed_and_recorded(tiny_model):
     assert f"Seed: {result.seed}," in result.infotexts[0]
 
 
-def test_variation_strength_0_and_1(tiny_model):
+def test_variation_strength_0_and_1(engine_model):
     base = pixels(txt2img(seed=10).images[0])
     variation_seed = pixels(txt2img(seed=20).images[0])
     at_zero = txt2img(seed=10, subseed=20, subseed_strength=0.0)
@@ -121,10 +121,10 @@ def act_on_unet_call(monkeypatch, model, call_number: int, action) -> list:
     return calls
 
 
-def test_interrupt_stops_within_one_step(tiny_model, monkeypatch):
+def test_interrupt_stops_within_one_step(engine_model, monkeypatch):
     from modules.shared import state
 
-    calls = act_on_unet_call(monkeypatch, tiny_model, 3, state.interrupt)
+    calls = act_on_unet_call(monkeypatch, engine_model, 3, state.interrupt)
     result = txt2img(steps=50, n_iter=3)
     assert len(calls) == 3  # the step in flight finishes, no further model call, no further batch
     assert len(result.images) == 1
@@ -167,34 +167,34 @@ def test_processing_objects_copy_safely():
     assert p.prompt == "x" and q.steps == 50 and q.cfg_scale == 7.0 and q.width == 512
 
 
-def test_skip_abandons_only_the_current_batch(tiny_model, monkeypatch):
+def test_skip_abandons_only_the_current_batch(engine_model, monkeypatch):
     from modules.shared import state
 
-    calls = act_on_unet_call(monkeypatch, tiny_model, 2, state.skip)
+    calls = act_on_unet_call(monkeypatch, engine_model, 2, state.skip)
     result = txt2img(steps=5, n_iter=2)
     assert len(calls) == 2 + 5  # batch 1 stops after the step in flight, batch 2 runs in full
     assert len(result.images) == 3  # grid + two images
 
 
-def test_live_previews_every_n_steps(tiny_model):
+def test_live_previews_every_n_steps(engine_model):
     from modules.engine import previews
     from modules.shared import opts, state
 
     opts.set("show_progress_every_n_steps", 2)
     seen = []
-    original = tiny_model.unet.forward
+    original = engine_model.unet.forward
 
     def watch(*args, **kwargs):
         seen.append(state.id_live_preview)
         return original(*args, **kwargs)
 
-    tiny_model.unet.forward = watch
+    engine_model.unet.forward = watch
     try:
         txt2img(steps=6, sampler_name="Euler")
     finally:
-        del tiny_model.unet.forward
+        del engine_model.unet.forward
     assert seen == [0, 0, 1, 1, 2, 2] and state.id_live_preview == 3
-    image = previews.current_preview(state, tiny_model)
+    image = previews.current_preview(state, engine_model)
     assert image.size == (64, 64) and pixels(image).std() > 0
 
 

@@ -77,7 +77,7 @@ def test_colour_correction_moves_colours_toward_the_reference():
 
 # --- img2img --------------------------------------------------------------------------------------------------
 
-def test_img2img_output_size_and_infotext(tiny_model):
+def test_img2img_output_size_and_infotext(engine_model):
     p, result = img2img([noise_image(80, 48)], width=64, height=96, resize_mode=1, denoising_strength=0.6)
     assert result.images[0].size == (64, 96)
     text = result.infotexts[0]
@@ -93,8 +93,8 @@ def test_every_resize_mode_runs(tiny_model, mode):
     assert tuple(calls.calls[0].x.shape[-2:]) == (10, 8)
 
 
-def test_denoising_strength_runs_the_tail_of_the_schedule(tiny_model):
-    scheduler = sd_samplers.create_scheduler(tiny_model.scheduler_config, "Euler", "Automatic")
+def test_denoising_strength_runs_the_tail_of_the_schedule(engine_model):
+    scheduler = sd_samplers.create_scheduler(engine_model.scheduler_config, "Euler", "Automatic")
     scheduler.set_timesteps(10)
     with DenoiserCalls() as calls:
         img2img([noise_image(64, 64)], steps=10, denoising_strength=0.55)
@@ -110,23 +110,23 @@ def test_denoising_strength_runs_the_tail_of_the_schedule(tiny_model):
     assert [float(c.sigma) for c in calls.calls] == [float(t) for t in scheduler.timesteps[10:]]
 
 
-def test_second_order_samplers_start_at_the_same_place(tiny_model):
+def test_second_order_samplers_start_at_the_same_place(engine_model):
     with DenoiserCalls() as calls:
         _, result = img2img([noise_image(64, 64)], steps=6, denoising_strength=0.5, sampler_name="Heun")
     assert len(calls.calls) == 5  # 3 Heun steps, the last one first-order
     assert result.images[0].size == (64, 64)
 
 
-def test_denoising_strength_zero_returns_the_encoded_input(tiny_model):
+def test_denoising_strength_zero_returns_the_encoded_input(engine_model):
     source = noise_image(64, 64)
     with DenoiserCalls() as calls:
         _, result = img2img([source], denoising_strength=0.0)
     assert calls.calls == []
-    expected = processing._to_pil(sampling.decode(tiny_model, sampling.encode(tiny_model, processing._from_pil([source]))))[0]
+    expected = processing._to_pil(sampling.decode(engine_model, sampling.encode(engine_model, processing._from_pil([source]))))[0]
     assert (pixels(result.images[0]) == pixels(expected)).all()
 
 
-def test_initial_noise_multiplier_changes_the_start_and_is_recorded(tiny_model):
+def test_initial_noise_multiplier_changes_the_start_and_is_recorded(engine_model):
     _, plain = img2img([noise_image(64, 64)])
     _, scaled = img2img([noise_image(64, 64)], initial_noise_multiplier=0.5)
     assert "Noise multiplier: 0.5" in scaled.infotexts[0] and "Noise multiplier" not in plain.infotexts[0]
@@ -164,7 +164,7 @@ def test_bad_img2img_input_is_rejected(tiny_model, overrides, message):
 
 # --- inpainting -----------------------------------------------------------------------------------------------
 
-def test_inpaint_original_keeps_pixels_outside_the_blurred_mask(tiny_model):
+def test_inpaint_original_keeps_pixels_outside_the_blurred_mask(engine_model):
     source, mask = noise_image(96, 64), box_mask(96, 64, (30, 20, 60, 44))
     p, result = img2img([source], mask=mask, width=96, height=64, inpainting_fill=1, inpaint_full_res=False,
                         sampler_name="Euler a", denoising_strength=0.75)
@@ -175,7 +175,7 @@ def test_inpaint_original_keeps_pixels_outside_the_blurred_mask(tiny_model):
     assert "Mask blur: 4" in text and "Masked content: original" in text and "Inpaint area" not in text
 
 
-def test_inpaint_not_masked_swaps_the_regions(tiny_model):
+def test_inpaint_not_masked_swaps_the_regions(engine_model):
     source, mask = noise_image(64, 64), box_mask(64, 64, (0, 0, 20, 64))
     _, result = img2img([source], mask=mask, inpainting_mask_invert=1, inpainting_fill=1, inpaint_full_res=False)
     diff = np.abs(pixels(result.images[0]) - pixels(source))
@@ -184,7 +184,7 @@ def test_inpaint_not_masked_swaps_the_regions(tiny_model):
     assert "Mask mode: Inpaint not masked" in result.infotexts[0]
 
 
-def test_only_masked_renders_the_crop_at_full_resolution(tiny_model):
+def test_only_masked_renders_the_crop_at_full_resolution(engine_model):
     source, mask = noise_image(200, 120), box_mask(200, 120, (120, 40, 140, 60))
     with DenoiserCalls() as calls:
         p, result = img2img([source], mask=mask, width=64, height=64, inpaint_full_res=True, inpaint_full_res_padding=8,
@@ -204,7 +204,7 @@ def test_only_masked_with_a_blank_mask_falls_back_to_whole_picture(tiny_model):
     assert 'Unable to perform "Inpaint Only mask"' in result.comments
 
 
-def test_masked_content_modes_prepare_the_latents(tiny_model):
+def test_masked_content_modes_prepare_the_latents(engine_model):
     source, mask = noise_image(64, 64), box_mask(64, 64, (16, 16, 48, 48))
     latents = {}
     for fill in range(4):
@@ -221,7 +221,7 @@ def test_masked_content_modes_prepare_the_latents(tiny_model):
     assert (latents[0][0][0][~keep] - original[0][~keep]).abs().mean() > 0.01  # "fill" repaints the hole first
 
 
-def test_latent_blending_keeps_the_unmasked_latents_every_step(tiny_model):
+def test_latent_blending_keeps_the_unmasked_latents_every_step(engine_model):
     """The sampling loop puts the init latent, noised to the next step's level, back under the mask."""
     init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -239,7 +239,7 @@ def test_latent_blending_keeps_the_unmasked_latents_every_step(tiny_model):
     original_on_step = run.on_step
     run.on_step = lambda step, total, latents: (seen.append(latents.clone()), original_on_step(step, total, latents))
     latents, completed = sampling.sample(run, noise)
-    reference = sd_samplers.create_scheduler(tiny_model.scheduler_config, "Euler", "Automatic")
+    reference = sd_samplers.create_scheduler(engine_model.scheduler_config, "Euler", "Automatic")
     reference.set_timesteps(8)
     for step, latent in enumerate(seen[:-1]):
         sigma = reference.sigmas[4 + step + 1]
@@ -286,7 +286,7 @@ def test_inpainting_checkpoint_gets_mask_and_masked_image_channels(inpainting_mo
 
 # --- stochastic freeze ----------------------------------------------------------------------------------------
 
-def test_stochastic_freeze_same_noise_for_every_frame(tiny_model):
+def test_stochastic_freeze_same_noise_for_every_frame(engine_model):
     frame_a, frame_b = noise_image(64, 64, seed=1), noise_image(64, 64, seed=2)
     p, frozen = img2img([frame_a, frame_a, frame_b], batch_size=3, stochastic_freeze=True, sampler_name="Euler a")
     outputs = [pixels(image) for image in frozen.images[1:]]  # the grid comes first
@@ -299,7 +299,7 @@ def test_stochastic_freeze_same_noise_for_every_frame(tiny_model):
 
 # --- hires fix ------------------------------------------------------------------------------------------------
 
-def test_hires_fix_by_factor(tiny_model):
+def test_hires_fix_by_factor(engine_model):
     with DenoiserCalls() as calls:
         result = txt2img(enable_hr=True, hr_scale=2, steps=4, denoising_strength=0.5)
     assert result.images[0].size == (128, 128)
@@ -318,13 +318,13 @@ def test_hires_upscalers(tiny_model, upscaler):
     assert f"Hires upscaler: {upscaler}" in result.infotexts[0]
 
 
-def test_hires_upscalers_differ(tiny_model):
+def test_hires_upscalers_differ(engine_model):
     results = {name: pixels(txt2img(enable_hr=True, hr_upscaler=name, steps=2, seed=7).images[0])
                for name in ("Latent", "Latent (nearest)", "Lanczos")}
     assert (results["Latent"] != results["Latent (nearest)"]).any() and (results["Latent"] != results["Lanczos"]).any()
 
 
-def test_hires_resize_with_own_steps_sampler_and_prompts(tiny_model):
+def test_hires_resize_with_own_steps_sampler_and_prompts(engine_model):
     from modules import infotext_utils
 
     with DenoiserCalls() as calls:
@@ -337,7 +337,8 @@ def test_hires_resize_with_own_steps_sampler_and_prompts(tiny_model):
     assert params["Hires steps"] == "3" and params["Hires sampler"] == "DDIM" and params["Hires schedule type"] == "Uniform"
     assert params["Hires prompt"] == "a dog" and params["Hires negative prompt"] == "blurry"
     assert "Hires upscale" not in params
-    first, second = calls.calls[0].text_cond, calls.calls[-1].text_cond
+    first, second = (c.text_cond["crossattn"] if isinstance(c.text_cond, dict) else c.text_cond
+                     for c in (calls.calls[0], calls.calls[-1]))
     assert not torch.equal(first, second)  # the second pass uses the hires prompt
 
 
