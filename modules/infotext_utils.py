@@ -88,6 +88,7 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
     }
     for key, value in defaults.items():
         res.setdefault(key, value)
+    _backcompat(res)
     _split_legacy_sampler(res)
     for key in skip_fields or []:
         res.pop(key, None)
@@ -178,6 +179,23 @@ def _postprocess_fields(params: dict[str, Any]) -> dict[str, Any]:
         if switch_at is not None:
             fields["refiner_switch_at"] = switch_at
     return fields
+
+
+def _version(text: Any) -> tuple[int, int, int] | None:
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return tuple(int(part) for part in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def _backcompat(res: dict[str, Any]) -> None:
+    """What images of older A1111 versions mean without saying it (A1111's infotext_versions.backcompat): before
+    1.6.0 prompt editing used the old timelines, before 1.8.0 the refiner switched by sampling steps."""
+    version = _version(res.get("Version"))
+    if version is None:
+        return
+    if version < (1, 6, 0) and "[" in res.get("Prompt", ""):
+        res["Old prompt editing timelines"] = True
+    if version < (1, 8, 0) and res.get("Refiner"):
+        res["Refiner switch by sampling steps"] = True
 
 
 def _schedule_label(value: Any) -> str | None:

@@ -334,7 +334,8 @@ class StableDiffusionProcessing:
         cond, uncond, empty = self.get_conds(prompts, negative_prompts, first_pass_steps or total_steps,
                                              total_steps if first_pass_steps else None, self.cached_refiner_c,
                                              self.cached_refiner_uc, image_size, model=refiner)
-        return sampling.RefinerSwitch(switch_at, refiner, cond, uncond, empty)
+        return sampling.RefinerSwitch(switch_at, refiner, cond, uncond, empty,
+                                      by_steps=bool(opts.refiner_switch_by_sample_steps))
 
     def note_refiner(self, run: sampling.SamplingRun) -> None:
         """After a pass: when it switched to the refiner, the infotext says so and the refiner's VAE decodes."""
@@ -343,6 +344,8 @@ class StableDiffusionProcessing:
         self.refiner_model = run.refiner.model
         self.extra_generation_params["Refiner"] = run.refiner.model.sd_checkpoint_info.short_title
         self.extra_generation_params["Refiner switch at"] = run.refiner.switch_at
+        if run.refiner.by_steps:
+            self.extra_generation_params["Refiner switch by sampling steps"] = True
 
     def _sigma_options(self, sampler_name: str) -> dict:
         """A1111's s_churn, s_tmin, s_tmax (0: no upper bound) and s_noise for Euler, recorded in the infotext when
@@ -517,6 +520,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             params["Hires sampler"] = self.hr_sampler_name
         if self.hr_scheduler and self.hr_scheduler != self.scheduler:
             params["Hires schedule type"] = self.hr_scheduler
+        if self.refiner_checkpoint not in REFINER_OFF and opts.hires_fix_refiner_pass != "second pass":
+            params["Hires refiner"] = opts.hires_fix_refiner_pass
         if self.hr_checkpoint_info is not None:
             self.hr_model = sd_models.load_beside_current(self.hr_checkpoint_info.title, in_use=(self.sd_model,))
             if self.hr_model is not None:  # the job's own model: nothing to switch to, nothing to record
@@ -554,8 +559,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         noise = self.rng.first()
         self.before_sampling(noise, noise, conditioning, unconditional_conditioning)
-        refiner = None if self.enable_hr else self.refiner_switch(  # with hires fix the second pass switches
-            self.prompts, self.negative_prompts, self.sampler_name, self.steps, None, (self.width, self.height))
+        refiner = self.refiner_switch(self.prompts, self.negative_prompts, self.sampler_name, self.steps, None,
+                                      (self.width, self.height)) if self._refiner_pass("first pass") else None
         run = self.sampling_run(conditioning, unconditional_conditioning, self.sampler_name, self.scheduler, self.steps,
                                 self.steps, refiner=refiner, image_conditioning=self.txt2img_image_conditioning(noise))
         latents, completed = sampling.sample(run, noise)
@@ -565,12 +570,18 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         state.nextjob()
         return self.sample_hr_pass(latents, seeds, subseeds, subseed_strength, prompts)
 
+    def _refiner_pass(self, which: str) -> bool:
+        """Whether the refiner may switch in this pass: always without hires fix; with it, as the setting
+        ``hires_fix_refiner_pass`` says ("first pass", "second pass" (A1111's default), "both passes")."""
+        return not self.enable_hr or opts.hires_fix_refiner_pass in (which, "both passes")
+
     def sample_hr_pass(self, samples, seeds, subseeds, subseed_strength, prompts):
         """Upscale the first pass (latent interpolation or decode -> pixel upscaler -> encode), then run an
         img2img pass of exactly ``hr_second_pass_steps`` steps at ``denoising_strength`` with fresh noise."""
         import torch
 
-        first_model = self.model
+        first_model = self.refiner_model or self.model  # the first pass's last model decodes it
+        self.refiner_model = None  # the hires pass starts on its own checkpoint again (A1111 reloads it)
         self.is_hr_pass = True
         if self.hr_model is not None:  # A1111 reloads the hires checkpoint here; ours waits beside the first
             self.sd_model = self.hr_model
@@ -602,7 +613,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         _, _, h, w = samples.shape
         self.before_sampling(samples, noise, self.hr_c, self.hr_uc)
         refiner = self.refiner_switch(self.hr_prompts, self.hr_negative_prompts, sampler_name, hr_steps, self.steps,
-                                      (self.hr_upscale_to_x, self.hr_upscale_to_y))
+                                      (self.hr_upscale_to_x, self.hr_upscale_to_y)
+                                      ) if self._refiner_pass("second pass") else None
         run = self.sampling_run(self.hr_c, self.hr_uc, sampler_name, self.hr_scheduler or self.scheduler,
                                 max(schedule_steps, 1), hr_steps, refiner=refiner, init_latent=samples,
                                 denoise_steps=run_steps,

@@ -70,6 +70,13 @@ options_templates.update(options_section(("sdxl", "Stable Diffusion XL"), {
     "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL: apply Clip skip to SDXL's CLIP-L encoder (bigG never)"),
 }))
 
+options_templates.update(options_section(("refiner", "Refiner"), {
+    "hires_fix_refiner_pass": OptionInfo("second pass", "Hires fix: which pass the refiner may switch in "
+                                         "(first pass, second pass, both passes)", infotext="Hires refiner"),
+    "refiner_switch_by_sample_steps": OptionInfo(False, "Refiner switch by sampling steps instead of the noise level "
+                                                 "(legacy)", infotext="Refiner switch by sampling steps"),
+}))
+
 options_templates.update(options_section(("img2img", "img2img"), {
     "img2img_color_correction": OptionInfo(False, "Apply color correction to img2img results to match original colors."),
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies."),

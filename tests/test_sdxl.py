@@ -533,6 +533,47 @@ def test_a_job_switches_to_the_refiner_and_says_so(refiner_file, sdxl_enabled):
     assert "Refiner: " in hires.infotexts[0]
 
 
+def test_the_refiner_by_sampling_steps_and_in_either_hires_pass(refiner_file, sdxl_enabled):
+    """A1111's options: ``refiner_switch_by_sample_steps`` switches at the 17th of 20 model calls for 0.8 (16 done);
+    ``hires_fix_refiner_pass`` picks the pass(es) that may switch, and a first-pass switch does not carry into the
+    hires pass, which starts on the base again (reference-model-families.md §9, items 18 and 19)."""
+    from modules import infotext_utils
+    from modules.shared import opts
+
+    opts.set("refiner_switch_by_sample_steps", True)
+    _, processed, calls = _job(refiner_checkpoint="tiny-refiner", refiner_switch_at=0.8, steps=20, scheduler="Karras")
+    assert calls == [6] * 16 + [5] * 4
+    params = infotext_utils.parse_generation_parameters(processed.infotexts[0])
+    assert params["Refiner switch by sampling steps"] == "True"
+    assert infotext_utils.override_settings_from_infotext(params) == {}  # the setting it was made with
+    opts.set("refiner_switch_by_sample_steps", False)
+    assert infotext_utils.override_settings_from_infotext(params) == {"refiner_switch_by_sample_steps": True}
+
+    hires = dict(refiner_checkpoint="tiny-refiner", refiner_switch_at=0.5, enable_hr=True, hr_scale=1.5,
+                 hr_upscaler="Latent", denoising_strength=1.0, steps=4)
+    expected = {"first pass": [6, 6, 5, 5] + [6] * 4, "second pass": [6] * 4 + [6, 6, 5, 5],
+                "both passes": [6, 6, 5, 5] * 2}
+    for option, pattern in expected.items():
+        opts.set("hires_fix_refiner_pass", option)
+        _, processed, calls = _job(**hires)
+        assert calls == pattern, option
+        text = processed.infotexts[0]
+        assert (f"Hires refiner: {option}" in text) == (option != "second pass")
+
+
+def test_old_infotexts_mean_what_old_a1111_did():
+    from modules import infotext_utils
+
+    old = infotext_utils.parse_generation_parameters(
+        "a [cat:dog:3]\nSteps: 20, Refiner: base [abc], Refiner switch at: 0.8, Version: v1.7.0")
+    assert old["Refiner switch by sampling steps"] is True and "Old prompt editing timelines" not in old
+    older = infotext_utils.parse_generation_parameters("a [cat:dog:3]\nSteps: 20, Sampler: Euler, Version: 1.5.1")
+    assert older["Old prompt editing timelines"] is True and older["Refiner switch by sampling steps"] is False
+    new = infotext_utils.parse_generation_parameters(
+        "a [cat:dog:3]\nSteps: 20, Refiner: base [abc], Refiner switch at: 0.8, Version: v1.10.1")
+    assert new["Refiner switch by sampling steps"] is False and "Old prompt editing timelines" not in new
+
+
 def test_refiner_requests_are_checked(refiner_file, sdxl_enabled):
     from modules import processing
     from modules.errors import UserInputError

@@ -31,17 +31,22 @@ UPCAST_INFOTEXT = ("VAE precision", "float32 (float16 gave NaNs)")
 @dataclass
 class RefinerSwitch:
     """A1111's refiner: from the first model call whose noise level has fallen to ``switch_at`` (the training
-    timestep t <= 999 - 1000 * switch_at), the run continues on ``model`` with its own conditioning: the same
+    timestep t <= 999 - 1000 * switch_at), or with ``by_steps`` (A1111's legacy mode) whose share of the run's
+    model calls already made reaches it, the run continues on ``model`` with its own conditioning: the same
     scheduler, latents and noise, nothing re-noised. ``switched_at`` records the model call where it happened."""
     switch_at: float
     model: Any
     cond: Any
     uncond: Any
     empty_cond: Any = None
+    by_steps: bool = False
     switched_at: int | None = None
 
-    def due(self, timestep) -> bool:
-        return self.switched_at is None and (999 - round(float(timestep))) / 1000 >= self.switch_at
+    def due(self, timestep, call: int, total_calls: int) -> bool:
+        if self.switched_at is not None:
+            return False
+        done = call / total_calls if self.by_steps else (999 - round(float(timestep))) / 1000
+        return done >= self.switch_at
 
 
 @dataclass
@@ -117,7 +122,7 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
         for i, t in enumerate(timesteps):
             if run.should_stop():
                 return latents, False
-            if run.refiner is not None and run.refiner.due(t):
+            if run.refiner is not None and run.refiner.due(t, i, total):
                 refiner = run.refiner
                 refiner.switched_at = i
                 denoise = denoiser.Denoiser(dataclasses.replace(run, model=refiner.model, cond=refiner.cond,
