@@ -266,6 +266,23 @@ def test_xyz_plot_loads_each_checkpoint_once(runners, tiny_model):
     assert sd_models.select_checkpoint().model_name == "tiny"  # the setting is restored after the plot
 
 
+def test_xyz_plot_across_families_and_refiner_axes(runners, tiny_model, sdxl_dir, use_checkpoint_dir):
+    """Checkpoint name mixes SD 1.x and SDXL in one plot; Refiner checkpoint / Refiner switch at are A1111's axes."""
+    use_checkpoint_dir(sdxl_dir, "tiny.safetensors")
+    families = run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot",
+                          xyz_args(x=("Checkpoint name", "tiny.safetensors, tiny-sdxl"), lone=True))
+    assert [t.split("Model: ")[1].split(",")[0] for t in families.infotexts[1:]] == ["tiny", "tiny-sdxl"]
+    assert [image.size for image in families.images[1:]] == [(64, 64)] * 2
+    refined = run_script(runners["txt2img"], txt2img_job(steps=4), "X/Y/Z plot",
+                         xyz_args(x=("Refiner checkpoint", "None, other"), y=("Refiner switch at", "0.5, 1"),
+                                  lone=True))
+    texts = refined.infotexts[1:]
+    assert ["Refiner: other [" in t for t in texts] == [False, True, False, False]  # switch at 1 never switches
+    assert "Refiner switch at: 0.5" in texts[1]
+    with pytest.raises(Exception, match="Refiner checkpoint: unknown checkpoint 'missing'"):
+        run_script(runners["txt2img"], txt2img_job(), "X/Y/Z plot", xyz_args(x=("Refiner checkpoint", "missing")))
+
+
 def test_xyz_plot_prompt_sr_sampler_schedule_hires_and_z(runners, tiny_model):
     from modules.scripts import ScriptError
 

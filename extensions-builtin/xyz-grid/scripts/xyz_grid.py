@@ -116,6 +116,9 @@ def confirm_in(label: str, known) -> callable:
 confirm_samplers = confirm_found("Sampler", "sampler", sd_samplers.find_sampler, sd_samplers.visible_sampler_names)
 confirm_checkpoints = confirm_found("Checkpoint name", "checkpoint", sd_models.get_closet_checkpoint_match,
                                     sd_models.checkpoint_tiles)
+confirm_refiners = confirm_found("Refiner checkpoint", "checkpoint",
+                                 lambda x: x if x == "None" else sd_models.get_closet_checkpoint_match(x),
+                                 lambda: ["None", *sd_models.checkpoint_tiles()])
 confirm_schedulers = confirm_found("Schedule type", "value", sd_schedulers.find, scheduler_names)
 
 
@@ -193,6 +196,10 @@ axis_options = [
                       confirm=confirm_samplers, choices=sd_samplers.visible_sampler_names),
     AxisOption("Checkpoint name", str, apply_checkpoint, format_value=format_remove_path, confirm=confirm_checkpoints,
                cost=1.0, choices=lambda: sorted(sd_models.checkpoint_tiles(), key=str.casefold)),
+    AxisOption("Refiner checkpoint", str, apply_field("refiner_checkpoint"), format_value=format_remove_path,
+               confirm=confirm_refiners, cost=1.0,
+               choices=lambda: ["None", *sorted(sd_models.checkpoint_tiles(), key=str.casefold)]),
+    AxisOption("Refiner switch at", float, apply_field("refiner_switch_at")),
     AxisOption("VAE", str, apply_override("sd_vae"), cost=0.7, confirm=confirm_in("VAE", sd_vae.choices),
                choices=sd_vae.choices),
     AxisOption("Schedule type", str, apply_field("scheduler"), confirm=confirm_schedulers,
