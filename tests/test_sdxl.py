@@ -246,6 +246,16 @@ def test_kohya_sdxl_lora_names_reach_the_intended_modules(sdxl_enabled, tmp_path
         assert "match no layer" not in str(styled.comments) and "skipped" not in str(styled.comments)
         assert np.abs(pixels(styled.images[0]) - plain).max() > 0
         assert all(torch.equal(module.weight, before[key]) for key, module in expected.items())
+        # the same deltas under diffusers/PEFT names (unet., text_encoder., text_encoder_2.) give the same image
+        names = {module: f"{component}.{name}" for component in ("unet", "text_encoder", "text_encoder_2")
+                 for name, module in getattr(model, component).named_modules()}
+        peft = {}
+        for key, module in expected.items():
+            peft.update({f"{names[module]}.lora_A.weight": tensors[f"{key}.lora_down.weight"],  # alpha = rank: scale 1
+                         f"{names[module]}.lora_B.weight": tensors[f"{key}.lora_up.weight"]})
+        save_file(peft, os.path.join(folder, "xl-peft.safetensors"))
+        as_peft = txt2img(prompt="a cat <lora:xl-peft:1>", steps=2)
+        assert np.abs(pixels(as_peft.images[0]) - pixels(styled.images[0])).max() <= 1
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         lora.applied.restore()
