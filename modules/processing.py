@@ -302,6 +302,10 @@ class StableDiffusionProcessing:
         scheduler = sd_samplers.create_scheduler(model.scheduler_config, sampler_name, scheduler_label, seed=self.seeds[0])
         total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(steps)
         eta = self.eta if self.eta is not None else (opts.eta_ddim if sampler_name == "DDIM" else None)
+        sgm_noise = bool(opts.sgm_noise_multiplier) and img2img.get("init_latent") is None and \
+            sd_samplers.all_samplers_map[sampler_name].is_kdiffusion and hasattr(scheduler, "sigmas")
+        if sgm_noise:
+            self.extra_generation_params["SGM noise multiplier"] = True
 
         def on_step(step: int, total: int, latents) -> None:
             state.sampling_steps = progress_steps
@@ -316,7 +320,8 @@ class StableDiffusionProcessing:
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
             should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
             extra_noise=self._extra_noise() if img2img.get("init_latent") is not None else 0.0,
-            step_options=self._sigma_options(sampler_name), hooks=self.denoiser_hooks, refiner=refiner, **img2img)
+            step_options=self._sigma_options(sampler_name), hooks=self.denoiser_hooks, refiner=refiner,
+            sgm_noise=sgm_noise, **img2img)
 
     def refiner_switch(self, prompts: list[str], negative_prompts: list[str], sampler_name: str, steps: int,
                        first_pass_steps: int | None, image_size: tuple[int, int]) -> sampling.RefinerSwitch | None:

@@ -31,6 +31,11 @@ class SamplerData:
         return steps * 2 if self.options.get("second_order") else steps
 
     @property
+    def is_kdiffusion(self) -> bool:
+        """A sampler A1111 runs through k-diffusion (its aliases start with ``k_``), not a timestep sampler."""
+        return any(alias.startswith("k_") for alias in self.aliases)
+
+    @property
     def constructor(self) -> str:  # A1111 attribute name; here the diffusers class name
         return self.scheduler_class
 

@@ -113,6 +113,9 @@ options_templates.update(options_section(("interrogate", "Interrogate"), {
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
+    "sgm_noise_multiplier": OptionInfo(False, "SGM noise multiplier: txt2img starts from noise x sqrt(1 + sigma_max^2) "
+                                       "as the official SDXL code does (only to reproduce its images)",
+                                       infotext="SGM noise multiplier"),
     "eta_ddim": OptionInfo(0.0, "Eta for DDIM", infotext="Eta DDIM"),
     "eta_ancestral": OptionInfo(1.0, "Eta for k-diffusion samplers", infotext="Eta"),
     "s_churn": OptionInfo(0.0, "sigma churn (Euler)", infotext="Sigma churn"),

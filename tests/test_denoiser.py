@@ -233,3 +233,32 @@ def test_no_half_vae_keeps_the_vae_in_float32_beside_a_half_precision_model(regi
         sd_models._loaded.pop(info.filename, None)
         if cached is not None:
             sd_models._loaded[info.filename] = cached
+
+
+def test_sgm_noise_multiplier_scales_the_txt2img_start_noise_of_k_diffusion_samplers(tiny_model):
+    """A1111's sgm_noise_multiplier: noise x sqrt(1 + sigma_max^2) instead of sigma_max (reference-model-families.md
+    §4.8); timestep samplers (DDIM, PLMS, UniPC) and img2img are unchanged, and only an applied option is recorded."""
+    import torch
+
+    from modules import processing
+    from modules.shared import opts, state
+
+    def first_input(**overrides):
+        seen = []
+        p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=5, steps=4, width=64, height=64,
+                                                        do_not_save_samples=True, do_not_save_grid=True,
+                                                        **{"sampler_name": "Euler", **overrides})
+        p.denoiser_hooks.before_unet.append(lambda call: seen.append(call.x.clone()))
+        state.begin("test")
+        result = processing.process_images(p)
+        return seen[0], result.infotexts[0]
+
+    plain, plain_text = first_input()
+    opts.set("sgm_noise_multiplier", True)
+    sgm, sgm_text = first_input()
+    sigma = float(processing.sd_samplers.create_scheduler(tiny_model.scheduler_config, "Euler", "Automatic").sigmas.max())
+    assert torch.allclose(sgm, plain * ((1 + sigma ** 2) ** 0.5 / sigma), atol=1e-5)
+    assert "SGM noise multiplier: True" in sgm_text and "SGM noise" not in plain_text
+    ddim, ddim_text = first_input(sampler_name="DDIM")
+    opts.set("sgm_noise_multiplier", False)
+    assert torch.equal(ddim, first_input(sampler_name="DDIM")[0]) and "SGM noise" not in ddim_text

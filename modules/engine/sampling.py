@@ -74,6 +74,7 @@ class SamplingRun:
     step_options: dict = field(default_factory=dict)  # more scheduler.step arguments (Euler's s_churn ...)
     hooks: denoiser.DenoiserHooks = field(default_factory=denoiser.DenoiserHooks)  # per-step extension points
     refiner: RefinerSwitch | None = None
+    sgm_noise: bool = False  # txt2img: noise x sqrt(1 + sigma_max^2) instead of sigma_max (A1111 sgm_noise_multiplier)
 
 
 def _step_kwargs(scheduler, run: SamplingRun) -> dict:
@@ -101,6 +102,8 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
     if init_latent is None:
         timesteps = scheduler.timesteps
         latents = noise * scheduler.init_noise_sigma
+        if run.sgm_noise and getattr(scheduler, "sigmas", None) is not None:
+            latents = noise * (float(scheduler.sigmas.max()) ** 2 + 1) ** 0.5
     else:
         denoise_steps = run.steps if run.denoise_steps is None else min(run.denoise_steps, run.steps)
         start = (run.steps - denoise_steps) * scheduler.order
