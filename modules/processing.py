@@ -299,7 +299,11 @@ class StableDiffusionProcessing:
         """The denoising loop's inputs for one pass of this batch; ``img2img`` holds the SamplingRun fields of
         img2img and inpainting (init_latent, denoise_steps, mask, nmask, image_conditioning)."""
         model = self.model
-        scheduler = sd_samplers.create_scheduler(model.scheduler_config, sampler_name, scheduler_label, seed=self.seeds[0])
+        scheduler_config = model.scheduler_config
+        if opts.sd_noise_schedule == "Zero Terminal SNR":
+            scheduler_config = {**scheduler_config, "rescale_betas_zero_snr": True}
+            self.extra_generation_params["Noise Schedule"] = "Zero Terminal SNR"
+        scheduler = sd_samplers.create_scheduler(scheduler_config, sampler_name, scheduler_label, seed=self.seeds[0])
         total_steps = sd_samplers.all_samplers_map[sampler_name].total_steps(steps)
         eta = self.eta if self.eta is not None else (opts.eta_ddim if sampler_name == "DDIM" else None)
         sgm_noise = bool(opts.sgm_noise_multiplier) and img2img.get("init_latent") is None and \

@@ -156,7 +156,9 @@ def scheduler_kwargs(sampler: SamplerData, schedule: sd_schedulers.Scheduler) ->
 
 
 def create_scheduler(model_scheduler_config: dict, sampler_name: str, scheduler_label: str | None, seed: int = 0):
-    """A fresh diffusers scheduler (schedulers keep per-run state) for one sampling run."""
+    """A fresh diffusers scheduler (schedulers keep per-run state) for one sampling run. A config asking for
+    ``rescale_betas_zero_snr`` (a ``ztsnr`` checkpoint, the Noise schedule setting) gets A1111's zero-terminal-SNR
+    betas."""
     sampler = find_sampler(sampler_name)
     if sampler is None:
         raise UserInputError(f"Unknown sampler {sampler_name!r}")
@@ -165,6 +167,8 @@ def create_scheduler(model_scheduler_config: dict, sampler_name: str, scheduler_
     if sampler.needs_seed:
         kwargs["noise_sampler_seed"] = seed
     config = {k: v for k, v in model_scheduler_config.items() if not k.startswith("_")}
+    if config.pop("rescale_betas_zero_snr", False):  # A1111's schedule, not diffusers' (which ends at 2**-24)
+        config["trained_betas"] = sd_schedulers.zero_terminal_snr_betas(config)
     return _scheduler_class(sampler.scheduler_class).from_config(config, **kwargs)
 
 

@@ -31,6 +31,31 @@ schedulers = [
 schedulers_map = {s.name: s for s in schedulers} | {s.label: s for s in schedulers} | {a: s for s in schedulers for a in s.aliases}
 
 
+ZERO_TERMINAL_SNR_LAST_ALPHA_BAR = 4.8973451890853435e-08  # A1111's (sigma_max ~ 4518.76); diffusers uses 2**-24
+
+
+def zero_terminal_snr_betas(config: dict) -> list[float]:
+    """The training betas of ``config`` rescaled to zero terminal SNR as A1111 does (``rescale_zero_terminal_snr_abar``):
+    sqrt(alpha_bar) shifted so its last value is 0 and scaled to keep the first, then the last alpha_bar set to a
+    tiny positive value so the last sigma stays finite."""
+    import torch
+
+    count, start, end = int(config.get("num_train_timesteps", 1000)), config["beta_start"], config["beta_end"]
+    kind = config.get("beta_schedule", "scaled_linear")
+    if kind == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, count, dtype=torch.float64) ** 2
+    elif kind == "linear":
+        betas = torch.linspace(start, end, count, dtype=torch.float64)
+    else:
+        raise ValueError(f"zero terminal SNR: unsupported beta_schedule {kind!r}")
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    alpha_bar = ((root - last) * first / (first - last)) ** 2
+    alpha_bar[-1] = ZERO_TERMINAL_SNR_LAST_ALPHA_BAR
+    previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return (1 - alpha_bar / previous).tolist()
+
+
 def find(name: str | None) -> Scheduler | None:
     """Look a schedule up by name, label or alias (case-insensitive); None/"" mean Automatic."""
     if not name:

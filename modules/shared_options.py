@@ -113,6 +113,8 @@ options_templates.update(options_section(("interrogate", "Interrogate"), {
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
+    "sd_noise_schedule": OptionInfo("Default", "Noise schedule for sampling: Default or Zero Terminal SNR (for models "
+                                    "trained with it)", infotext="Noise Schedule"),
     "sgm_noise_multiplier": OptionInfo(False, "SGM noise multiplier: txt2img starts from noise x sqrt(1 + sigma_max^2) "
                                        "as the official SDXL code does (only to reproduce its images)",
                                        infotext="SGM noise multiplier"),

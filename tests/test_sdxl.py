@@ -314,6 +314,40 @@ def test_the_page_switches_an_untouched_size_to_the_family_native_one(sdxl_enabl
     assert txt2img_tab.native_size("tiny.safetensors", 1024, 1024)[:2] == (512, 512)
 
 
+def test_zero_terminal_snr_from_the_marker_and_the_setting_uses_a1111s_last_sigma(sdxl_model, tiny_model, tmp_path):
+    """A ``v_pred`` + ``ztsnr`` checkpoint samples v-prediction on the zero-terminal-SNR schedule ending at A1111's
+    alpha_bar 4.8973451890853435e-08 (sigma_max ~ 4518.76, not diffusers' 4096); the Noise schedule setting does the
+    same for any model and is recorded (reference-model-families.md §2 and §9, item 3)."""
+    import torch
+
+    from modules import infotext_utils, sd_samplers
+    from modules.families import sdxl
+    from modules.loading import demo_model
+    from modules.shared import opts
+    from tests.conftest import pixels, txt2img
+
+    path = demo_model.write_checkpoint(str(tmp_path / "vpred-ztsnr.safetensors"), seed=9,
+                                       shapes=sdxl.checkpoint_shapes(*sdxl.TINY_BASE),
+                                       extra={"v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)})
+    config = sdxl.load_single_file(path, torch.float32, sdxl.SDXL).scheduler_config
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"] is True
+    for sampler in ("Euler", "DPM++ 2M", "DDIM"):
+        scheduler = sd_samplers.create_scheduler(config, sampler, "Automatic")
+        assert abs(float(scheduler.alphas_cumprod[-1]) - 4.8973451890853435e-08) < 1e-12
+    euler = sd_samplers.create_scheduler(config, "Euler", "Automatic")
+    euler.set_timesteps(4)
+    assert abs(float(euler.sigmas.max()) - 4518.76) < 0.5
+
+    plain = txt2img(steps=3)
+    opts.set("sd_noise_schedule", "Zero Terminal SNR")
+    ztsnr = txt2img(steps=3)
+    assert "Noise Schedule: Zero Terminal SNR" in ztsnr.infotexts[0] and "Noise Schedule" not in plain.infotexts[0]
+    assert np.abs(pixels(ztsnr.images[0]) - pixels(plain.images[0])).max() > 0
+    opts.set("sd_noise_schedule", "Default")
+    params = infotext_utils.parse_generation_parameters(ztsnr.infotexts[0])
+    assert infotext_utils.override_settings_from_infotext(params) == {"sd_noise_schedule": "Zero Terminal SNR"}
+
+
 def test_sd1_networks_are_skipped_on_sdxl_by_name_and_family(sdxl_enabled):
     import os
     import shutil
