@@ -128,7 +128,8 @@ def test_download_offer_includes_sdxl_base(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(paths, "models_path", str(tmp_path))
+    saved = paths.models_path
+    paths.models_path = str(tmp_path)
     try:
         *_, (dropdown, message) = ui._downloader("SDXL base")()
         assert asked == [("stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors")]
@@ -140,6 +141,7 @@ def test_download_offer_includes_sdxl_base(data_dir, tmp_path, monkeypatch):
             model_download.find_offer("SD 3")
         assert ui._download_elem_id("SDXL base") == "download_sdxlbase"
     finally:
+        paths.models_path = saved  # before the rescan, so later tests find the fixture checkpoints again
         sd_models.list_models()
 
 
