@@ -96,6 +96,15 @@ def _type_and_count(page, box: str, text: str, counter: str, expected: str) -> N
     raise AssertionError(f"{counter} shows {page.locator('#' + counter).inner_text()!r}, expected {expected!r}")
 
 
+def _generate(page, info_contains: str) -> tuple[str, bytes]:
+    """Click txt2img's Generate; once the info text contains ``info_contains``: (that text, the first image's bytes)."""
+    page.click("#txt2img_generate")
+    page.wait_for_function(f"document.querySelector('#html_info_txt2img').innerText.includes('{info_contains}')",
+                           timeout=180_000)
+    info = page.locator("#html_info_txt2img").inner_text()
+    return info, page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+
+
 def test_generate_in_browser_shows_saved_png_with_metadata(server):
     from PIL import Image
     from playwright.sync_api import sync_playwright
@@ -273,11 +282,7 @@ def test_xyz_plot_from_the_script_dropdown(server):
         page.wait_for_selector("#script_txt2img_xyz_plot_y_values_dropdown", state="hidden")
         _choose(page, "script_txt2img_xyz_plot_x_type", "Steps")
         page.fill("#script_txt2img_xyz_plot_x_values textarea", "1-3")
-        page.click("#txt2img_generate")
-        page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('X Type')",
-                               timeout=180_000)
-        info = page.locator("#html_info_txt2img").inner_text()
-        body = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+        info, body = _generate(page, "X Type")
         browser.close()
     assert "Script: X/Y/Z plot, X Type: Steps, X Values: 1-3" in info
     with Image.open(io.BytesIO(body)) as grid:
@@ -309,11 +314,7 @@ def test_generate_with_an_sdxl_checkpoint(tmp_path):
             _set_number(page, "txt2img_width", 64)
             _set_number(page, "txt2img_height", 64)
             _set_number(page, "txt2img_steps", 2)
-            page.click("#txt2img_generate")
-            page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('Size: 64x64')",
-                                   timeout=180_000)
-            info = page.locator("#html_info_txt2img").inner_text()
-            body = page.request.get(page.locator("#txt2img_gallery img").first.get_attribute("src")).body()
+            info, body = _generate(page, "Size: 64x64")
             browser.close()
     finally:
         proc.terminate()
