@@ -468,6 +468,41 @@ def test_img2img_and_inpainting_run_on_sdxl(sdxl_model, sdxl_enabled, use_checkp
     assert np.abs(result[:, :24] - pixels(source)[:, :24]).mean() > 10
 
 
+def test_an_inpainting_folder_saved_by_diffusers_inpaints_like_the_single_file(sdxl_model, sdxl_enabled,
+                                                                               use_checkpoint_dir):
+    import os
+
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline
+    from PIL import Image
+
+    from modules import sd_samplers
+    from modules.families import detection, sdxl
+    from modules.loading import demo_model
+    from tests.conftest import img2img, noise_image, pixels
+
+    folder_root = os.path.dirname(sdxl_model[1])
+    path = os.path.join(folder_root, "tiny-sdxl-inpainting.safetensors")
+    if not os.path.isfile(path):
+        demo_model.write_checkpoint(path, seed=3, shapes=sdxl.checkpoint_shapes(
+            dataclasses.replace(UNET, in_channels=9), sd1_layout.TINY.vae, BIG_G, CLIP_L))
+    model = sdxl.load_single_file(path, torch.float32, sdxl.SDXL_INPAINT)
+    folder = os.path.join(folder_root, "tiny-sdxl-inpainting-diffusers")
+    if not os.path.isdir(folder):
+        StableDiffusionXLInpaintPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+            tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+            scheduler=sd_samplers.create_scheduler(model.scheduler_config, "Euler", None)).save_pretrained(folder)
+    assert detection.family_from_diffusers_folder(folder).key == sdxl.SDXL_INPAINT.key
+    source, mask = noise_image(64, 64), Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    results = []
+    for name in ("tiny-sdxl-inpainting.safetensors", "tiny-sdxl-inpainting-diffusers"):
+        assert use_checkpoint_dir(folder_root, name).family is sdxl.SDXL_INPAINT
+        results.append(pixels(img2img([source], mask=mask, denoising_strength=1.0, inpainting_fill=1, steps=3)[1].images[0]))
+    assert results[0].std() > 1 and np.array_equal(results[0], results[1])
+
+
 REFINER_UNET = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
                                    attention_levels=(False, True, True, False), context_dim=48, linear_projection=True,
                                    head_channels=32, adm_in_channels=64)
@@ -659,16 +694,34 @@ def test_the_refiner_from_the_page_the_api_and_a_pasted_infotext(refiner_file, s
         assert bad.status_code == 422 and "Could not find checkpoint with name nothing-here" in bad.json()["detail"]
 
 
-def test_a_refiner_diffusers_folder_is_refused_by_name(data_dir, tmp_path):
-    import json
+def test_a_refiner_folder_saved_by_diffusers_refines_like_the_single_file(refiner_file, sdxl_enabled):
+    """diffusers' StableDiffusionXLImg2ImgPipeline.save_pretrained writes the refiner without CLIP-L; discovery calls
+    it the refiner, and as ``refiner_checkpoint`` it gives the single file's pixels."""
+    import os
 
-    from modules.loading import model_loader
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    folder = tmp_path / "refiner-diffusers"
-    (folder / "unet").mkdir(parents=True)
-    (folder / "text_encoder_2").mkdir()
-    (folder / "unet" / "config.json").write_text(json.dumps({"addition_embed_type": "text_time",
-                                                             "cross_attention_dim": 1280}))
-    (folder / "model_index.json").write_text("{}")
-    with pytest.raises(model_loader.ModelNotSupported, match="SDXL refiner checkpoint: diffusers folders of it"):
-        model_loader.load_components(str(folder), None)
+    from modules import sd_models, sd_samplers
+    from modules.families import detection, sdxl
+    from tests.conftest import pixels
+
+    refiner = sdxl.load_single_file(refiner_file, torch.float32, sdxl.SDXL_REFINER)
+    folder = os.path.join(os.path.dirname(refiner_file), "tiny-refiner-diffusers")
+    if not os.path.isdir(folder):
+        StableDiffusionXLImg2ImgPipeline(
+            vae=refiner.vae, text_encoder=None, text_encoder_2=refiner.text_encoder_2, tokenizer=None,
+            tokenizer_2=refiner.tokenizer_2, unet=refiner.unet, requires_aesthetics_score=True,
+            scheduler=sd_samplers.create_scheduler(refiner.scheduler_config, "Euler", None)
+        ).save_pretrained(folder)
+    assert not os.path.exists(os.path.join(folder, "text_encoder"))
+    assert detection.family_from_diffusers_folder(folder).key == sdxl.SDXL_REFINER.key
+    sd_models.list_models()
+    _, single, single_calls = _job(refiner_checkpoint="tiny-refiner.safetensors", refiner_switch_at=0.6)
+    _, from_folder, folder_calls = _job(refiner_checkpoint="tiny-refiner-diffusers", refiner_switch_at=0.6)
+    loaded = sd_models.load_beside_current("tiny-refiner-diffusers")
+    assert loaded.text_encoder is None and loaded.tokenizer is loaded.tokenizer_2
+    assert single_calls == folder_calls and 5 in folder_calls  # the refiner's 5 size ids after the switch
+    assert np.array_equal(pixels(single.images[0]), pixels(from_folder.images[0]))
+    assert "Refiner: tiny-refiner-diffusers" in from_folder.infotexts[0]
+

@@ -2,10 +2,10 @@
 layout (the SGM code's: LDM UNet and VAE names, text encoders under ``conditioner.embedders.N.``), its sizes, the
 base model's loader and its conditioner as A1111 computes it.
 
-SDXL base and SDXL inpainting load from single files and diffusers folders; the conditioner is proven against
+SDXL base, SDXL inpainting and the refiner load from single files and diffusers folders; the conditioner is proven against
 diffusers' ``StableDiffusionXLPipeline``; jobs condition on each pass's size and the crop settings; kohya's SDXL
 LoRA names and ``clip_l``/``clip_g`` embeddings work. The refiner (bigG alone, aesthetic scores) loads as a
-checkpoint of its own and as ``refiner_checkpoint``, where ``engine.sampling.RefinerSwitch`` continues a sampling
+checkpoint of its own, as ``refiner_checkpoint`` and as the hires checkpoint, where ``engine.sampling.RefinerSwitch`` continues a sampling
 run on it. InstructPix2Pix is recognised and refused.
 """
 from __future__ import annotations
@@ -143,11 +143,14 @@ def load_diffusers_folder(path: str, dtype, family: ModelFamily) -> Components:
     def part(kind, name: str):
         return kind.from_pretrained(os.path.join(path, name), **common).eval().requires_grad_(False)
 
-    return Components(part(UNet2DConditionModel, "unet"), part(AutoencoderKL, "vae"),
-                      part(CLIPTextModel, "text_encoder"), load_tokenizer(os.path.join(path, "tokenizer")),
+    g_tokenizer = load_tokenizer(os.path.join(path, "tokenizer_2"), pad_token="!")
+    if "text_encoder" not in family.components:  # the refiner: bigG alone, as StableDiffusionXLImg2ImgPipeline saves it
+        text_encoder, tokenizer = None, g_tokenizer
+    else:
+        text_encoder, tokenizer = part(CLIPTextModel, "text_encoder"), load_tokenizer(os.path.join(path, "tokenizer"))
+    return Components(part(UNet2DConditionModel, "unet"), part(AutoencoderKL, "vae"), text_encoder, tokenizer,
                       sd1.folder_scheduler_config(path, family), family,
-                      text_encoder_2=part(CLIPTextModelWithProjection, "text_encoder_2"),
-                      tokenizer_2=load_tokenizer(os.path.join(path, "tokenizer_2"), pad_token="!"))
+                      text_encoder_2=part(CLIPTextModelWithProjection, "text_encoder_2"), tokenizer_2=g_tokenizer)
 
 
 class _ClipLEncoder(conditioning.PromptEncoder):
@@ -264,6 +267,6 @@ SDXL_REFINER = dataclasses.replace(
     components=("unet", "vae", "text_encoder_2"), text_encoders=(("text_encoder_2", "clip_g"),),
     lora_layout=(LoraLayout("lora_unet_", "unet", "unet."),
                  LoraLayout("lora_te2_", "text_encoder_2", "text_encoder_2.", text_encoder=True)),
-    load_diffusers_folder=None, official_checkpoint=None,
+    official_checkpoint=None,
 )
 FAMILIES = (SDXL, SDXL_INPAINT, SDXL_PIX2PIX, SDXL_REFINER)
