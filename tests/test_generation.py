@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+import torch
 from PIL import Image
 
 from modules import images, infotext_utils, processing, sd_samplers
@@ -196,6 +197,12 @@ def test_live_previews_every_n_steps(engine_model):
     assert seen == [0, 0, 1, 1, 2, 2] and state.id_live_preview == 3
     image = previews.current_preview(state, engine_model)
     assert image.size == (64, 64) and pixels(image).std() > 0
+    # the family's own latent-to-RGB matrix (A1111's "Approx cheap" coefficients differ for SDXL)
+    latent = state.current_latent.float()
+    rows = {"sd1": (0.298, 0.207, 0.208), "sdxl": (0.3448, 0.4168, 0.4395)}[engine_model.family.base]
+    assert engine_model.family.latent.preview_rgb[0] == rows
+    red = ((latent[:, 0, 0] * torch.tensor([row[0] for row in engine_model.family.latent.preview_rgb])).sum() + 1) / 2
+    assert abs(pixels(image)[0, 0, 0] - round(float(red.clamp(0, 1)) * 255)) <= 1
 
 
 def test_queue_reports_step_and_eta_while_running(tiny_model):
