@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae,
-                     shared, upscaler)
+from modules import (errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae, shared,
+                     upscaler)
 from modules.engine import denoiser, sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
@@ -1103,8 +1103,6 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             output_images.insert(0, grid)
             infotexts.insert(0, grid_text)
             index_of_first_image = 1
-    if devices.device.type == "cuda":
-        devices.torch_gc()
     processed = Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "", p.all_subseeds[0],
                           index_of_first_image=index_of_first_image, infotexts=infotexts)
     if p.scripts is not None:
