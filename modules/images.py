@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from modules.imaging import grid_annotations
-from modules.runtime import atomic_files
+from modules.runtime import atomic_files, background_writer
 
 # grid labels live in their own module; these are the A1111 names scripts import from here
 GridAnnotation = grid_annotations.GridAnnotation
@@ -152,7 +152,8 @@ def get_next_sequence_number(path: str, basename: str) -> int:
     prefix_length = len(basename)
     if not os.path.isdir(path):
         return 0
-    for name in os.listdir(path):
+    pending = [os.path.basename(name) for name in background_writer.reserved() if os.path.dirname(name) == path]
+    for name in os.listdir(path) + pending:
         if name.startswith(basename):
             parts = os.path.splitext(name[prefix_length:])[0].split("-")
             try:
@@ -216,8 +217,10 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
                extension: str = "png", info: str | None = None, short_filename: bool = False, no_prompt: bool = False,
                grid: bool = False, pnginfo_section_name: str = "parameters", p: Any = None,
                existing_info: dict | None = None, forced_filename: str | None = None, suffix: str = "",
-               save_to_dirs: bool | None = None) -> tuple[str, str | None]:
-    """Save like A1111: ``<path>/<date>/<NNNNN>-<pattern>.png``; returns (full path, txt sidecar or None)."""
+               save_to_dirs: bool | None = None, writer: background_writer.BackgroundWriter | None = None,
+               ) -> tuple[str, str | None]:
+    """Save like A1111: ``<path>/<date>/<NNNNN>-<pattern>.png``; returns (full path, txt sidecar or None). With a
+    ``writer`` the name is chosen (and reserved) now and the file is encoded and written on the writer's thread."""
     from modules import script_callbacks
     from modules.shared import opts
 
@@ -246,7 +249,7 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
             for i in range(500):
                 fn = f"{basecount + i:05}" if basename == "" else f"{basename}-{basecount + i:04}"
                 fullfn = os.path.join(path, f"{fn}{file_decoration}.{extension}")
-                if not os.path.exists(fullfn):
+                if not os.path.exists(fullfn) and not background_writer.is_reserved(fullfn):
                     break
         else:
             fullfn = os.path.join(path, f"{file_decoration.lstrip('-')}.{extension}")
@@ -257,13 +260,19 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
     script_callbacks.before_image_saved_callback(params)
     image, fullfn, info = params.image, params.filename, params.pnginfo.get(pnginfo_section_name, info)
     existing = dict(existing_info or getattr(image, "info", {}) or {})
-    save_image_with_geninfo(image, info, fullfn, extension, existing, pnginfo_section_name)
+    txt_fullfn = os.path.splitext(fullfn)[0] + ".txt" if opts.save_txt and info is not None else None
+
+    def write() -> None:
+        save_image_with_geninfo(image, info, fullfn, extension, existing, pnginfo_section_name)
+        if txt_fullfn is not None:
+            atomic_files.write_text(txt_fullfn, info + "\n")
+        script_callbacks.image_saved_callback(params)
+
     image.already_saved_as = fullfn
-    txt_fullfn = None
-    if opts.save_txt and info is not None:
-        txt_fullfn = os.path.splitext(fullfn)[0] + ".txt"
-        atomic_files.write_text(txt_fullfn, info + "\n")
-    script_callbacks.image_saved_callback(params)
+    if writer is None:
+        write()
+    else:
+        writer.submit("grid" if grid else "image", write, fullfn)
     return fullfn, txt_fullfn
 
 

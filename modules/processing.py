@@ -12,7 +12,7 @@ from modules import (errors, extra_networks, images, infotext_utils, paths, rng,
 from modules.engine import denoiser, sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
-from modules.runtime import atomic_files
+from modules.runtime import atomic_files, background_writer
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
                              PostSampleArgs)
 from modules.shared import opts, state
@@ -1073,6 +1073,23 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     if p.scripts is not None:
         p.scripts.process(p)
     output_images, infotexts = [], []
+    writer = background_writer.BackgroundWriter()  # PNG encoding overlaps the next batch
+    try:
+        index_of_first_image = _run_batches(p, model, writer, output_images, infotexts)
+    finally:
+        for what, error in writer.join():  # the job's files are on disk before it returns
+            message = images.save_failure_message(error, what)
+            errors.report(message)
+            p.comment(message)
+    processed = Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "", p.all_subseeds[0],
+                          index_of_first_image=index_of_first_image, infotexts=infotexts)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, processed)
+    return processed
+
+
+def _run_batches(p: StableDiffusionProcessing, model, writer, output_images: list, infotexts: list) -> int:
+    """Every batch of the job, then the grid; returns the index of the first image (1 when the grid leads)."""
     p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
     hires_model = getattr(p, "hr_model", None)
     with circular_padding((model.unet, model.vae) + ((hires_model.unet, hires_model.vae) if hires_model else ()),
@@ -1084,7 +1101,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             for n in range(p.n_iter):
                 if state.interrupted or state.stopping_generation:
                     break
-                if not _run_batch(p, n, model, output_images, infotexts):
+                if not _run_batch(p, n, model, writer, output_images, infotexts):
                     break
         finally:
             if not p.disable_extra_networks:
@@ -1098,19 +1115,15 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         if opts.grid_save and not p.do_not_save_grid:
             _save_or_comment(p, "grid", lambda: images.save_image(
                 grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0], opts.grid_format, info=grid_text,
-                short_filename=not opts.grid_extended_filename, p=p, grid=True))
+                short_filename=not opts.grid_extended_filename, p=p, grid=True, writer=writer))
         if opts.return_grid:
             output_images.insert(0, grid)
             infotexts.insert(0, grid_text)
             index_of_first_image = 1
-    processed = Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "", p.all_subseeds[0],
-                          index_of_first_image=index_of_first_image, infotexts=infotexts)
-    if p.scripts is not None:
-        p.scripts.postprocess(p, processed)
-    return processed
+    return index_of_first_image
 
 
-def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list, infotexts: list) -> bool:
+def _run_batch(p: StableDiffusionProcessing, n: int, model, writer, output_images: list, infotexts: list) -> bool:
     """Generate, save and collect batch ``n``. False when the job should stop."""
     p.iteration = n
     p.sd_model = model  # a hires pass on its own checkpoint hands it back
@@ -1162,7 +1175,8 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, output_images: list,
         text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
         if opts.samples_save and not p.do_not_save_samples:
             _save_or_comment(p, "image", lambda: images.save_image(
-                image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format, info=text, p=p))
+                image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format, info=text, p=p,
+                writer=writer))
         image.info["parameters"] = text
         output_images.append(image)
         infotexts.append(text)

@@ -274,3 +274,38 @@ def test_tiling_wraps_the_image_around_and_is_undone_after_the_job(tiny_model):
     assert "Tiling: True" in tiled.infotexts[0] and "Tiling" not in before.infotexts[0]
     assert not np.array_equal(pixels(tiled.images[0]), pixels(before.images[0]))
     assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))  # restored after the job
+
+
+def test_images_are_written_on_a_worker_while_the_next_batch_samples(tiny_model, data_dir, monkeypatch):
+    """PNG encoding overlaps sampling; the job returns only once every file it names is on disk, each with its own
+    sequence number although the previous files were not written yet when the next name was chosen."""
+    import threading
+    import time
+
+    events = []
+    real_save = images.save_image_with_geninfo
+
+    def slow_save(image, geninfo, filename, *args, **kwargs):
+        events.append(("write start", threading.current_thread().name, time.monotonic()))
+        time.sleep(0.3)
+        real_save(image, geninfo, filename, *args, **kwargs)
+        events.append(("write end", filename, time.monotonic()))
+
+    monkeypatch.setattr(images, "save_image_with_geninfo", slow_save)
+    unet_calls = []
+    original = tiny_model.unet.forward
+    tiny_model.unet.forward = lambda *a, **k: unet_calls.append(time.monotonic()) or original(*a, **k)
+    try:
+        result = txt2img(seed=5, n_iter=3, steps=2, do_not_save_samples=False, do_not_save_grid=False)
+    finally:
+        del tiny_model.unet.forward
+    saved = [image.already_saved_as for image in result.images[1:]]
+    assert all(os.path.isfile(path) for path in saved + [result.images[0].already_saved_as])
+    for path, infotext in zip(saved, result.infotexts[1:]):
+        with Image.open(path) as image:
+            assert image.info["parameters"] == infotext
+    numbers = [int(os.path.basename(path)[:5]) for path in saved]
+    assert numbers == [numbers[0], numbers[0] + 1, numbers[0] + 2]
+    assert {name for kind, name, _ in events if kind == "write start"} == {"image-writer_0"}
+    first_write_end = next(t for kind, _, t in events if kind == "write end")
+    assert any(t < first_write_end for t in unet_calls[2:])  # batch 2 sampled while batch 1 was being written
