@@ -5,7 +5,8 @@ with ``--family sdxl``) with the same components, scheduler, seed, size and step
     python benchmarks/txt2img_vs_diffusers.py --full --device cuda  SD 1.5 architecture (random weights), 512x512, fp16
     python benchmarks/txt2img_vs_diffusers.py --family sdxl         tiny SDXL; with --full: SDXL architecture, 1024x1024
 
-Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s.
+Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s; on CUDA once per UNet fast-path
+mode (``--fast-path off,graphs``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sampler", default="Euler")
+    parser.add_argument("--fast-path", default="off,graphs",
+                        help="our UNet fast-path modes to time, comma-separated (graphs applies on CUDA only)")
     args = parser.parse_args()
     sdxl_family = args.family == "sdxl"
     size = args.size or ((1024 if sdxl_family else 512) if args.full else 256)
@@ -37,7 +40,7 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from modules import cmd_args, initialize, devices, processing, sd_models, sd_samplers, shared
-    from modules.families import open_clip, sd1_layout, sdxl
+    from modules.families import sd1_layout, sdxl
     from modules.loading import demo_model
 
     data_dir = tempfile.mkdtemp()
@@ -47,12 +50,7 @@ def main() -> None:
     elif args.full:
         demo_model.write_checkpoint(path, shapes=sdxl.checkpoint_shapes(*sdxl.FULL_SIZE_BASE))
     else:  # the tests' tiny SDXL geometry
-        unet = sd1_layout.UNetArch(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                                   attention_levels=(False, True, True), context_dim=80, linear_projection=True,
-                                   head_channels=32, level_depths=(0, 1, 2), middle_depth=2, adm_in_channels=72)
-        demo_model.write_checkpoint(path, shapes=sdxl.checkpoint_shapes(
-            unet, sd1_layout.TINY.vae, open_clip.OpenClipArch(width=48, layers=3, projection_dim=24),
-            sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64)))
+        demo_model.write_checkpoint(path, shapes=sdxl.checkpoint_shapes(*sdxl.TINY_BASE))
     precision = "half" if args.device != "cpu" else "full"
     initialize.initialize(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision, "--no-hashing"]))
     devices.configure(args.device, precision)
@@ -63,7 +61,8 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
 
-    def ours() -> float:
+    def ours(mode: str) -> float:
+        shared.opts.set("unet_fast_path", mode)
         p = processing.StableDiffusionProcessingTxt2Img(
             prompt="a photo of a cat", negative_prompt="blurry", seed=1, steps=args.steps, width=size, height=size,
             sampler_name=args.sampler, do_not_save_samples=True, do_not_save_grid=True)
@@ -93,16 +92,23 @@ def main() -> None:
         sync()
         return time.perf_counter() - start
 
-    ours(), plain()  # warm-up
-    our_times, plain_times = [], []
-    for _ in range(args.runs):  # interleaved so drifts in machine load hit both equally
-        our_times.append(ours())
+    modes = [m for m in args.fast_path.split(",") if m == "off" or args.device == "cuda"]
+    for mode in modes:
+        ours(mode)  # warm-up (and, for graphs, the captures)
+    plain()
+    our_times: dict[str, list[float]] = {mode: [] for mode in modes}
+    plain_times = []
+    for _ in range(args.runs):  # interleaved so drifts in machine load hit every variant equally
+        for mode in modes:
+            our_times[mode].append(ours(mode))
         plain_times.append(plain())
-    a, b = statistics.median(our_times), statistics.median(plain_times)
+    b = statistics.median(plain_times)
     label = ("SDXL" if sdxl_family else "SD 1.5") + " architecture" if args.full else f"tiny {args.family}"
     print(f"{label}, {size}x{size}, {args.steps} steps, {args.sampler}, {args.device}, {precision}")
-    print(f"ours: {a:.3f} s ({args.steps / a:.2f} it/s)   diffusers pipeline: {b:.3f} s ({args.steps / b:.2f} it/s)")
-    print(f"ratio ours/diffusers: {a / b:.3f}")
+    print(f"diffusers pipeline: {b:.3f} s ({args.steps / b:.2f} it/s)")
+    for mode in modes:
+        a = statistics.median(our_times[mode])
+        print(f"ours, fast path {mode}: {a:.3f} s ({args.steps / a:.2f} it/s)   ratio ours/diffusers: {a / b:.3f}")
 
 
 if __name__ == "__main__":

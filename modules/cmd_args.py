@@ -52,6 +52,8 @@ def make_parser() -> argparse.ArgumentParser:
     add("--precision", choices=["full", "half", "autocast"], default="autocast",
         help="full = float32 everywhere; half/autocast = float16 on GPUs (CPU always uses float32)")
     add("--no-half", action="store_true", help="same as --precision full")
+    add("--fast-path", choices=["off", "graphs"], default=None,
+        help="UNet fast path on CUDA (default: the unet_fast_path setting, graphs): CUDA graphs of the eager UNet")
     add("--no-half-vae", action="store_true", help="keep the VAE in float32 (SDXL's VAE gives NaNs in float16)")
     # behaviour
     add("--demo", action="store_true", help="use a tiny random-weight demo checkpoint when no real one is present")

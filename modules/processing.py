@@ -324,8 +324,21 @@ class StableDiffusionProcessing:
             empty_cond=self.empty_cond, schedule_steps=total_steps, generators=self.rng.generators, eta=eta,
             should_stop=lambda: state.interrupted or state.skipped, on_step=on_step, mask_blend=self._mask_blend_hook(),
             extra_noise=self._extra_noise() if img2img.get("init_latent") is not None else 0.0,
-            step_options=self._sigma_options(sampler_name), hooks=self.denoiser_hooks, refiner=refiner,
+            step_options=self._sigma_options(sampler_name), hooks=self._run_hooks(model), refiner=refiner,
             sgm_noise=sgm_noise, **img2img)
+
+    def _run_hooks(self, model):
+        """The run's denoiser hooks: the job's, with the UNet fast path (CUDA graphs) as ``unet_forward`` unless it
+        is off or a script supplies its own UNet call."""
+        import dataclasses
+
+        from modules.engine import fast_path
+
+        hooks = self.denoiser_hooks
+        if hooks.unet_forward is not denoiser.call_unet:
+            return hooks
+        runner = fast_path.runner_for(model, fast_path.mode(), denoiser.call_unet)
+        return hooks if runner is None else dataclasses.replace(hooks, unet_forward=runner)
 
     def refiner_switch(self, prompts: list[str], negative_prompts: list[str], sampler_name: str, steps: int,
                        first_pass_steps: int | None, image_size: tuple[int, int]) -> sampling.RefinerSwitch | None:

@@ -113,6 +113,8 @@ options_templates.update(options_section(("interrogate", "Interrogate"), {
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
+    "unet_fast_path": OptionInfo("graphs", "UNet fast path on CUDA: graphs (CUDA graphs of the eager UNet, bitwise "
+                                 "identical) or off (--fast-path overrides it)"),
     "sd_noise_schedule": OptionInfo("Default", "Noise schedule for sampling: Default or Zero Terminal SNR (for models "
                                     "trained with it)", infotext="Noise Schedule"),
     "sgm_noise_multiplier": OptionInfo(False, "SGM noise multiplier: txt2img starts from noise x sqrt(1 + sigma_max^2) "
