@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from modules import (errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers, sd_vae, shared,
-                     upscaler)
+from modules import (devices, errors, extra_networks, images, infotext_utils, paths, rng, sd_models, sd_samplers,
+                     sd_vae, shared, upscaler)
 from modules.engine import denoiser, sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
@@ -613,13 +613,13 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         latent_mode = shared.latent_upscale_modes.get(self.hr_upscaler)
         if latent_mode is not None:
             if first_model.family.latent != self.latent_format:  # another VAE: its latents go through pixels
-                samples = sampling.encode(self.model, sampling.decode(first_model, samples))
+                samples = vae_encode(self, self.model, vae_decode(self, first_model, samples))
             scale = self.latent_format.downscale
             samples = torch.nn.functional.interpolate(samples, size=(target_h // scale, target_w // scale), **latent_mode)
         else:
-            first_pass = _to_pil(sampling.decode(first_model, samples))
+            first_pass = _to_pil(vae_decode(self, first_model, samples))
             upscaled = [images.resize_image(0, image, target_w, target_h, upscaler_name=self.hr_upscaler) for image in first_pass]
-            samples = sampling.encode(self.model, _from_pil(upscaled))
+            samples = vae_encode(self, self.model, _from_pil(upscaled))
         self.truncate_x = self.hr_crop_x // self.latent_format.downscale
         self.truncate_y = self.hr_crop_y // self.latent_format.downscale
         if self.truncate_x or self.truncate_y:
@@ -799,7 +799,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
                 if getattr(self, name):
                     setattr(self, name, getattr(self, name) * self.batch_size)
         pixels = _from_pil(prepared)
-        self.init_latent = sampling.encode(model, pixels)
+        self.init_latent = vae_encode(self, model, pixels)
         latent_size = (self.height // self.latent_format.downscale, self.width // self.latent_format.downscale)
         if self.init_latent.shape[-2:] != latent_size:
             self.init_latent = torch.nn.functional.interpolate(self.init_latent, size=latent_size, mode="bilinear")
@@ -1172,7 +1172,7 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, writer, output_image
         p.scripts.post_sample(p, sampled)
         latents = sampled.samples
     decoder = p.refiner_model or p.sd_model  # the model of the last pass (or the refiner it switched to) decodes
-    decoded = sampling.decode(decoder, latents)
+    decoded = vae_decode(p, decoder, latents)
     if decoder.extra.get(sampling.UPCAST_FLAG):
         p.comment(sampling.UPCAST_NOTE)
         p.extra_generation_params[sampling.UPCAST_INFOTEXT[0]] = sampling.UPCAST_INFOTEXT[1]
@@ -1240,6 +1240,33 @@ def _cmd_flag(name: str) -> bool:
     from modules import shared
 
     return bool(getattr(shared.cmd_opts, name, False))
+
+
+def _vae_pass(p: StableDiffusionProcessing, what: str, run: Callable[[int], Any]):
+    """``run(tile_size)`` as the ``vae_tiling`` setting says: "always" in tiles of ``vae_tile_size`` pixels, "auto"
+    whole and, when that runs out of memory, again in tiles (the console and the job's comments say so), "off"
+    whole only."""
+    mode, size = opts.vae_tiling, int(opts.vae_tile_size)
+    if mode == "always":
+        return run(size)
+    try:
+        return run(0)
+    except Exception as e:
+        if mode != "auto" or not devices.is_out_of_memory(e):
+            raise
+    devices.torch_gc()
+    message = f"VAE {what} ran out of memory, so it ran in {size}x{size} tiles (setting vae_tiling)"
+    errors.report(message)
+    p.comment(message)
+    return run(size)
+
+
+def vae_decode(p: StableDiffusionProcessing, model, latents):
+    return _vae_pass(p, "decode", lambda tile: sampling.decode(model, latents, tile))
+
+
+def vae_encode(p: StableDiffusionProcessing, model, pixels):
+    return _vae_pass(p, "encode", lambda tile: sampling.encode(model, pixels, tile))
 
 
 def _save_or_comment(p: StableDiffusionProcessing, what: str, save: Callable[[], Any]) -> None:

@@ -113,6 +113,9 @@ options_templates.update(options_section(("interrogate", "Interrogate"), {
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
     "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
+    "vae_tiling": OptionInfo("auto", "VAE tiling: auto (whole, and in tiles after an out-of-memory error), always, or "
+                             "off"),
+    "vae_tile_size": OptionInfo(512, "VAE tile size in pixels (tiles overlap by a quarter)"),
     "unet_fast_path": OptionInfo("graphs", "UNet fast path on CUDA: graphs (CUDA graphs of the eager UNet, bitwise "
                                  "identical) or off (--fast-path overrides it)"),
     "sd_noise_schedule": OptionInfo("Default", "Noise schedule for sampling: Default or Zero Terminal SNR (for models "

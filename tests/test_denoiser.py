@@ -282,3 +282,46 @@ def test_a_job_frees_no_device_memory_caches(tiny_model, monkeypatch):
     sd_models.unload_model_weights()
     assert calls[:1] == ["gc.collect"]
     sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny.safetensors"))
+
+
+def test_vae_tiling_always_and_after_an_out_of_memory_error(tiny_model):
+    import pytest
+    import torch
+
+    from modules.shared import opts
+    from tests.conftest import img2img, noise_image
+
+    decoder_inputs, encoder_inputs = [], []
+
+    def out_of_memory_when_whole(module, args):
+        decoder_inputs.append(tuple(args[0].shape[-2:]))
+        if args[0].shape[-1] > 4:  # more than one 32-pixel tile: "the GPU is full"
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handles = [tiny_model.vae.encoder.register_forward_pre_hook(
+        lambda module, args: encoder_inputs.append(tuple(args[0].shape[-2:])))]
+    opts.set("vae_tile_size", 32)
+    try:
+        opts.set("vae_tiling", "always")
+        whole = tiny_model.vae.decoder.register_forward_pre_hook(lambda m, args: decoder_inputs.append(tuple(args[0].shape[-2:])))
+        tiled = _run(width=128, height=64)
+        whole.remove()
+        assert tiled.images[0].size == (128, 64) and len(decoder_inputs) > 1
+        assert max(max(size) for size in decoder_inputs) <= 4  # 32-pixel tiles: 4 latent pixels a side
+        assert "tiles" not in str(tiled.comments)
+        img2img([noise_image(128, 64)], denoising_strength=0.5, steps=2)
+        assert len(encoder_inputs) > 1 and max(size[-1] for size in encoder_inputs) <= 32  # encoded in tiles too
+
+        opts.set("vae_tiling", "auto")
+        decoder_inputs.clear()
+        handles.append(tiny_model.vae.decoder.register_forward_pre_hook(out_of_memory_when_whole))
+        rescued = _run(width=128, height=64)
+        assert rescued.images[0].size == (128, 64) and decoder_inputs[0] == (8, 16) and len(decoder_inputs) > 2
+        assert "VAE decode ran out of memory, so it ran in 32x32 tiles (setting vae_tiling)" in rescued.comments
+
+        opts.set("vae_tiling", "off")
+        with pytest.raises(torch.OutOfMemoryError):
+            _run(width=128, height=64)
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -12,6 +12,7 @@ img2img starts part-way down the schedule (diffusers' ``set_begin_index``): with
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -145,27 +146,44 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
     return latents, True
 
 
-def encode(model: Any, images):
-    """Float images in 0..1, (B, 3, H, W) -> latents scaled as the model family says. Uses the mean of the VAE's latent distribution
-    (A1111 samples it with the global RNG; the mean is deterministic)."""
+@contextlib.contextmanager
+def vae_tiles(vae: Any, tile_size: int, downscale: int):
+    """While active, the VAE encodes and decodes anything larger than ``tile_size`` pixels in overlapping tiles
+    (diffusers' tiling, a quarter of each tile blended with its neighbours); 0 leaves it whole."""
+    names = ("use_tiling", "tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor")
+    saved = tuple(getattr(vae, name) for name in names)
+    if tile_size:
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile_size, tile_size // downscale
+        vae.tile_overlap_factor = 0.25
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved):
+            setattr(vae, name, value)
+
+
+def encode(model: Any, images, tile_size: int = 0):
+    """Float images in 0..1, (B, 3, H, W) -> latents scaled as the model family says. Uses the mean of the VAE's
+    latent distribution (A1111 samples it with the global RNG; the mean is deterministic). ``tile_size``: see
+    :func:`vae_tiles`."""
     import torch
 
     vae, latent = model.vae, model.family.latent
-    with torch.inference_mode():
+    with torch.inference_mode(), vae_tiles(vae, tile_size, latent.downscale):
         pixels = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1)
         latents = vae.encode(pixels, return_dict=False)[0].mode()
     return (latents.float() - latent.shift_factor) * latent.scale_factor
 
 
-def decode(model: Any, latents):
+def decode(model: Any, latents, tile_size: int = 0):
     """Latents -> float images in 0..1, (B, 3, H, W). Retries in float32 if half precision gave NaNs, and keeps
     the VAE in float32, flagged in ``model.extra`` (the console says so; ``processing`` notes it in the comments
-    and the infotext of every job the upcast VAE decodes)."""
+    and the infotext of every job the upcast VAE decodes). ``tile_size``: see :func:`vae_tiles`."""
     import torch
 
     vae, latent = model.vae, model.family.latent
     scaled = latents / latent.scale_factor + latent.shift_factor
-    with torch.inference_mode():
+    with torch.inference_mode(), vae_tiles(vae, tile_size, latent.downscale):
         images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         if torch.isnan(images).any() and vae.dtype != torch.float32:  # SDXL's VAE overflows in float16
             log.warning(UPCAST_NOTE)
