@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("--precision", choices=["full", "half", "autocast"], default="autocast",
         help="full = float32 everywhere; half/autocast = float16 on GPUs (CPU always uses float32)")
     add("--no-half", action="store_true", help="same as --precision full")
+    add("--medvram", action="store_true", help="keep the model in RAM; text encoders, UNet and VAE go to the GPU one at a time")
+    add("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
+    add("--lowvram", action="store_true", help="as --medvram, and the UNet moves to the GPU block by block")
     add("--fast-path", choices=["off", "graphs"], default=None,
         help="UNet fast path on CUDA (default: the unet_fast_path setting, graphs): CUDA graphs of the eager UNet")
     add("--no-half-vae", action="store_true", help="keep the VAE in float32 (SDXL's VAE gives NaNs in float16)")

@@ -329,16 +329,16 @@ class StableDiffusionProcessing:
 
     def _run_hooks(self, model):
         """The run's denoiser hooks: the job's, with the UNet fast path (CUDA graphs) as ``unet_forward`` unless it
-        is off or a script supplies its own UNet call."""
+        is off or a script supplies its own UNet call, behind the out-of-memory ladder."""
         import dataclasses
 
         from modules.engine import fast_path
 
         hooks = self.denoiser_hooks
-        if hooks.unet_forward is not denoiser.call_unet:
-            return hooks
-        runner = fast_path.runner_for(model, fast_path.mode(), denoiser.call_unet)
-        return hooks if runner is None else dataclasses.replace(hooks, unet_forward=runner)
+        forward = hooks.unet_forward
+        if forward is denoiser.call_unet:
+            forward = fast_path.runner_for(model, fast_path.mode(), denoiser.call_unet) or forward
+        return dataclasses.replace(hooks, unet_forward=OutOfMemoryLadder(self, forward))
 
     def refiner_switch(self, prompts: list[str], negative_prompts: list[str], sampler_name: str, steps: int,
                        first_pass_steps: int | None, image_size: tuple[int, int]) -> sampling.RefinerSwitch | None:
@@ -1240,6 +1240,44 @@ def _cmd_flag(name: str) -> bool:
     from modules import shared
 
     return bool(getattr(shared.cmd_opts, name, False))
+
+
+class OutOfMemoryLadder:
+    """A run's ``unet_forward`` that survives running out of GPU memory: it frees the caches (CUDA graphs among them)
+    and runs the step again eagerly; if that fails too, the model steps down a memory mode (normal -> medvram ->
+    lowvram, ``lowvram.lower``) and the step runs once more. Each step down is said in the console and the job's
+    comments; a step retried gives the same result, since graphs and eager are bitwise identical."""
+
+    def __init__(self, p: StableDiffusionProcessing, forward: Callable[[Any, Any], Any]):
+        self.p, self.forward = p, forward
+
+    def __call__(self, unet: Any, call: Any):
+        from modules import lowvram
+        from modules.engine import fast_path
+
+        try:
+            return self.forward(unet, call)
+        except Exception as e:
+            if not devices.is_out_of_memory(e):
+                raise
+        if isinstance(self.forward, fast_path.GraphRunner):
+            self.forward.cache.clear()
+            self.forward = denoiser.call_unet  # for the rest of the run: weights may move from here on
+        devices.torch_gc()
+        self.p.comment("UNet ran out of GPU memory: freed the cached memory and ran the step again")
+        try:
+            return self.forward(unet, call)
+        except Exception as e:
+            model = sd_models.loaded_model_with(unet)
+            if not devices.is_out_of_memory(e) or model is None:
+                raise
+            mode = lowvram.lower(model)
+            if mode is None:
+                raise
+        devices.torch_gc()
+        self.p.comment(f"UNet ran out of GPU memory again: the model now runs in {mode} mode, slower but in less "
+                       f"memory (start with --{mode} to begin there)")
+        return self.forward(unet, call)
 
 
 def _vae_pass(p: StableDiffusionProcessing, what: str, run: Callable[[int], Any]):

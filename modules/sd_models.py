@@ -216,6 +216,14 @@ class SDModel(Components):
         return self.sd_checkpoint_info.shorthash
 
     def to(self, device) -> "SDModel":
+        from modules import lowvram
+
+        if lowvram.is_enabled(self) and str(device) != "cpu":  # --medvram/--lowvram: parts move when they run
+            self.device = device
+            lowvram.apply(self, lowvram.mode_of(self))
+            return self
+        if lowvram.is_enabled(self):
+            lowvram.send_everything_to_cpu()
         for name in self.family.components:
             getattr(self, name).to(device)
         self.device = device
@@ -225,7 +233,7 @@ class SDModel(Components):
 def load_model(info: CheckpointInfo, beside: tuple = ()) -> SDModel:
     """Load (or take from the RAM cache) a checkpoint and put it on the compute device. The models in ``beside``
     (the current one, while a refiner is loaded next to it) are never evicted by this load."""
-    from modules import devices
+    from modules import devices, lowvram
     from modules.loading import model_loader
     from modules.shared import cmd_opts, opts
 
@@ -241,6 +249,9 @@ def load_model(info: CheckpointInfo, beside: tuple = ()) -> SDModel:
 
             cached.vae.to(torch.float32)  # SDXL's VAE overflows in float16: skip the half-precision try
     _loaded[info.filename] = cached
+    if not lowvram.is_enabled(cached) and lowvram.is_needed(cached):
+        cached.device = devices.device
+        lowvram.apply(cached)  # before anything goes to the GPU: only the parts that run will
     keep = max(1, int(opts.sd_checkpoint_cache or 1))
     for filename in list(_loaded)[:-1]:  # oldest first
         if len(_loaded) <= keep:
@@ -355,7 +366,10 @@ def unload_model_weights() -> None:
     global _current
     from modules import devices
 
+    from modules import lowvram
+
     with _lock:
+        lowvram.send_everything_to_cpu()
         _loaded.clear()
         _current = None
     gc.collect()
@@ -375,6 +389,11 @@ def load_beside_current(title: str, in_use: tuple = ()) -> SDModel | None:
         if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
             return None
         return load_model(info, beside=(_current, *in_use))
+
+
+def loaded_model_with(unet: Any) -> SDModel | None:
+    """The loaded model (current, cached, a refiner) whose UNet ``unet`` is."""
+    return next((model for model in [_current, *_loaded.values()] if model is not None and model.unet is unet), None)
 
 
 def get_sd_model() -> SDModel:

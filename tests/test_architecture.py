@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_NAMES = {  # A1111's module names that extensions import (reference-a1111.md), plus the start-up module
     "cmd_args", "deepbooru", "devices", "errors", "esrgan_model", "extensions", "extra_networks", "face_restoration",
     "generation_parameters_copypaste", "hashes", "images", "img2img", "infotext_utils", "initialize", "interrogate",
-    "launch_utils", "masking", "options", "paths", "postprocessing", "processing", "prompt_parser", "rng", "safe",
+    "launch_utils", "lowvram", "masking", "options", "paths", "postprocessing", "processing", "prompt_parser", "rng", "safe",
     "script_callbacks", "scripts", "sd_emphasis", "sd_models", "sd_samplers", "sd_samplers_common", "sd_schedulers",
     "sd_vae", "shared", "shared_options", "shared_state", "shared_total_tqdm", "styles", "txt2img", "ui_components",
     "upscaler",

@@ -208,6 +208,8 @@ def runner_for(model: Any, mode: str, eager: Callable[[Any, Any], Any]) -> Graph
     device, or graphs unsupported here)."""
     if mode == "off" or getattr(model.device, "type", None) != "cuda":
         return None
+    if model.extra.get("memory_mode", "normal") != "normal":  # --medvram/--lowvram move the weights: no graphs
+        return None
     reason = graphs_unsupported()
     if reason is not None:
         cache = model.extra.setdefault("unet_graphs", GraphCache())

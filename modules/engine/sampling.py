@@ -170,7 +170,7 @@ def encode(model: Any, images, tile_size: int = 0):
 
     vae, latent = model.vae, model.family.latent
     with torch.inference_mode(), vae_tiles(vae, tile_size, latent.downscale):
-        pixels = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1)
+        pixels = (images.to(device=model.device, dtype=vae.dtype) * 2 - 1)
         latents = vae.encode(pixels, return_dict=False)[0].mode()
     return (latents.float() - latent.shift_factor) * latent.scale_factor
 

@@ -1,0 +1,146 @@
+"""A1111's ``--medvram`` / ``--lowvram`` (and ``--medvram-sdxl``): keep the model's weights in RAM and move one part
+at a time to the GPU, just before it runs.
+
+- medvram: the parts are the text encoders, the UNet and the VAE (about a third of the VRAM a model needs).
+- lowvram: the text encoders and the VAE as in medvram, and the UNet block by block (each down block, the middle
+  block, each up block); its small input and output layers stay on the GPU.
+
+Forward pre-hooks move the parts, as in A1111, so every caller (the sampling loop, scripts calling the UNet) works
+unchanged; the model's ``device`` stays the compute device, where inputs are made. CUDA graphs need weights at fixed
+addresses, so the UNet fast path is off in these modes. The public names (``setup_for_low_vram``, ``is_enabled``,
+``send_everything_to_cpu``, ``is_needed``, ``apply``) are A1111's.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger("webui")
+
+MODES = ("normal", "medvram", "lowvram")
+FLAG_KEY = "memory_mode"  # in SDModel.extra: the mode the model was set up for
+
+
+class _Placement:
+    """The one part that is on the GPU now (A1111's ``module_in_gpu``)."""
+
+    def __init__(self) -> None:
+        self.in_gpu: Any = None
+        self.lock = threading.Lock()
+
+
+_placement = _Placement()
+
+
+def _move(module: Any, device: Any) -> None:
+    module.to(device)
+
+
+def requested_mode(sd_model: Any) -> str:
+    """The mode the command line asks for this model."""
+    from modules import shared
+
+    opts = shared.cmd_opts
+    if getattr(opts, "lowvram", False):
+        return "lowvram"
+    if getattr(opts, "medvram", False) or (getattr(opts, "medvram_sdxl", False) and sd_model.family.base == "sdxl"):
+        return "medvram"
+    return "normal"
+
+
+def mode_of(sd_model: Any) -> str:
+    return sd_model.extra.get(FLAG_KEY, "normal")
+
+
+def is_enabled(sd_model: Any) -> bool:
+    return mode_of(sd_model) != "normal"
+
+
+def is_needed(sd_model: Any) -> bool:
+    return requested_mode(sd_model) != "normal"
+
+
+def _units(sd_model: Any, mode: str) -> tuple[list[tuple[Any, list[Any]]], list[Any]]:
+    """(unit, the modules whose forward needs it) for every part that moves, and the modules that stay on the GPU."""
+    units, resident = [], []
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(sd_model, name, None)
+        if encoder is not None:
+            units.append((encoder, [encoder]))
+    vae = sd_model.vae
+    units.append((vae, [m for m in (vae.encoder, vae.decoder, getattr(vae, "quant_conv", None),
+                                    getattr(vae, "post_quant_conv", None)) if m is not None]))
+    unet = sd_model.unet
+    if mode == "medvram":
+        units.append((unet, [unet]))
+    else:
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        units.extend((block, [block]) for block in blocks if block is not None)
+        resident = [child for name, child in unet.named_children() if name not in ("down_blocks", "mid_block", "up_blocks")]
+    return units, resident
+
+
+def apply(sd_model: Any, mode: str | None = None) -> None:
+    """Set ``sd_model`` up for ``mode`` (default: what the command line asks): weights to RAM, hooks that bring each
+    part to the GPU when it runs. Calling it again with another mode replaces the hooks."""
+    mode = mode or requested_mode(sd_model)
+    remove(sd_model)
+    if mode == "normal":
+        return
+    import torch
+
+    device = sd_model.device
+    units, resident = _units(sd_model, mode)
+    handles = []
+    for unit, callers in units:
+        _move(unit, torch.device("cpu"))
+        for caller in callers:
+            handles.append(caller.register_forward_pre_hook(lambda module, args, unit=unit: _bring(unit, device)))
+    for module in resident:
+        _move(module, device)
+    sd_model.extra[FLAG_KEY] = mode
+    sd_model.extra["memory_mode_hooks"] = handles
+    sd_model.extra.pop("unet_graphs", None)  # the UNet's weights move: no graph may keep their old addresses
+
+
+def remove(sd_model: Any) -> None:
+    """Undo :func:`apply`: no hooks; the weights stay where they are until the model is moved."""
+    for handle in sd_model.extra.pop("memory_mode_hooks", []):
+        handle.remove()
+    sd_model.extra.pop(FLAG_KEY, None)
+    send_everything_to_cpu()
+
+
+def _bring(unit: Any, device: Any) -> None:
+    with _placement.lock:
+        if _placement.in_gpu is unit:
+            return
+        if _placement.in_gpu is not None:
+            _move(_placement.in_gpu, "cpu")
+        _move(unit, device)
+        _placement.in_gpu = unit
+
+
+def send_everything_to_cpu() -> None:
+    with _placement.lock:
+        if _placement.in_gpu is not None:
+            _move(_placement.in_gpu, "cpu")
+        _placement.in_gpu = None
+
+
+def setup_for_low_vram(sd_model: Any, use_medvram: bool) -> None:
+    """A1111's entry point."""
+    apply(sd_model, "medvram" if use_medvram else "lowvram")
+
+
+def lower(sd_model: Any) -> str | None:
+    """Step ``sd_model`` down one mode (normal -> medvram -> lowvram) after the GPU ran out of memory; the new mode,
+    or None when it is already in lowvram."""
+    current = mode_of(sd_model)
+    if current == "lowvram":
+        return None
+    new = MODES[MODES.index(current) + 1]
+    apply(sd_model, new)
+    log.warning("Out of GPU memory: the model now runs in %s mode (start with --%s to begin there)", new, new)
+    return new

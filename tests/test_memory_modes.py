@@ -1,0 +1,111 @@
+"""--medvram / --lowvram and the out-of-memory ladder, on CPU: the compute device is the CPU too, so the moves are
+recorded (which part goes where, in which order) rather than measured."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modules import cmd_args, lowvram, shared
+from tests.conftest import pixels, txt2img
+
+
+@pytest.fixture()
+def moves(tiny_model, monkeypatch):
+    """(part name, device) for every move lowvram makes; the model is back in normal mode afterwards."""
+    names = {id(module): name for name, module in [("text_encoder", tiny_model.text_encoder), ("vae", tiny_model.vae),
+                                                   ("unet", tiny_model.unet)]}
+    names.update({id(block): f"down_blocks.{i}" for i, block in enumerate(tiny_model.unet.down_blocks)})
+    names.update({id(block): f"up_blocks.{i}" for i, block in enumerate(tiny_model.unet.up_blocks)})
+    names[id(tiny_model.unet.mid_block)] = "mid_block"
+    recorded = []
+    real_bring, real_move = lowvram._bring, lowvram._move
+
+    def bring(unit, device):
+        if lowvram._placement.in_gpu is not unit:
+            recorded.append((names.get(id(unit), type(unit).__name__), "to the device"))
+        real_bring(unit, device)
+
+    def move(module, device):
+        if str(device) == "cpu":
+            recorded.append((names.get(id(module), type(module).__name__), "cpu"))
+        real_move(module, device)
+
+    monkeypatch.setattr(lowvram, "_bring", bring)
+    monkeypatch.setattr(lowvram, "_move", move)
+    yield recorded
+    lowvram.apply(tiny_model, "normal")
+
+
+def _brought(recorded):
+    return [name for name, where in recorded if where == "to the device"]
+
+
+def test_medvram_brings_each_part_to_the_device_when_it_runs(tiny_model, moves):
+    plain = pixels(txt2img(seed=8, steps=3).images[0])
+    lowvram.setup_for_low_vram(tiny_model, use_medvram=True)
+    assert lowvram.is_enabled(tiny_model) and lowvram.mode_of(tiny_model) == "medvram"
+    moves.clear()
+    result = txt2img(seed=8, steps=3)
+    assert _brought(moves) == ["text_encoder", "unet", "vae"]  # each once: one part in VRAM at a time
+    assert ("text_encoder", "cpu") in moves and ("unet", "cpu") in moves
+    assert (pixels(result.images[0]) == plain).all()
+
+
+def test_lowvram_moves_the_unet_block_by_block(tiny_model, moves):
+    plain = pixels(txt2img(seed=8, steps=2).images[0])
+    lowvram.apply(tiny_model, "lowvram")
+    moves.clear()
+    result = txt2img(seed=8, steps=2)
+    unet = tiny_model.unet
+    blocks = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"] + \
+             [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    assert _brought(moves) == ["text_encoder", *blocks, *blocks, "vae"]  # two steps (cond and uncond in one batch)
+    assert (pixels(result.images[0]) == plain).all()
+
+
+def test_the_flags_choose_the_mode_and_medvram_sdxl_spares_sd1(tiny_model, monkeypatch):
+    for flags, mode in (([], "normal"), (["--medvram"], "medvram"), (["--lowvram"], "lowvram"),
+                        (["--medvram-sdxl"], "normal")):
+        monkeypatch.setattr(shared, "cmd_opts", cmd_args.parse(flags))
+        assert lowvram.requested_mode(tiny_model) == mode, flags
+
+
+def test_out_of_memory_retries_the_step_then_steps_down_a_memory_mode(tiny_model, moves, monkeypatch):
+    plain = pixels(txt2img(seed=8, steps=3).images[0])
+    failures = {"left": 0}
+    real_forward = tiny_model.unet.forward
+
+    def forward(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.unet, "forward", forward)
+    failures["left"] = 1
+    once = txt2img(seed=8, steps=3)
+    assert "UNet ran out of GPU memory: freed the cached memory and ran the step again" in once.comments
+    assert (pixels(once.images[0]) == plain).all() and lowvram.mode_of(tiny_model) == "normal"
+    failures["left"] = 2
+    twice = txt2img(seed=8, steps=3)
+    assert "the model now runs in medvram mode" in twice.comments and lowvram.mode_of(tiny_model) == "medvram"
+    assert (pixels(twice.images[0]) == plain).all()
+    failures["left"] = 2
+    txt2img(seed=8, steps=3)
+    assert lowvram.mode_of(tiny_model) == "lowvram"
+    failures["left"] = 2
+    with pytest.raises(torch.OutOfMemoryError):  # nothing lower: the job fails with the error
+        txt2img(seed=8, steps=3)
+
+
+def test_no_cuda_graphs_while_weights_move(tiny_model, moves):
+    from modules.engine import denoiser, fast_path
+
+    lowvram.apply(tiny_model, "medvram")
+    fake_cuda = type("Device", (), {"type": "cuda"})()
+    saved = tiny_model.device
+    tiny_model.device = fake_cuda
+    try:
+        assert fast_path.runner_for(tiny_model, "graphs", denoiser.call_unet) is None
+    finally:
+        tiny_model.device = saved
