@@ -7,7 +7,7 @@ from typing import Any
 
 _device: Any = None
 _dtype: Any = None
-_requested: tuple[str | None, str] = (None, "autocast")
+_requested: tuple[str | None, str, int | None] = (None, "autocast", None)
 
 
 class NansException(Exception):
@@ -24,15 +24,17 @@ def best_device_name() -> str:
     return "cpu"
 
 
-def request(device_name: str | None, precision: str) -> None:
-    """Remember the wanted device and precision; torch is only imported when they are first used."""
+def request(device_name: str | None, precision: str, device_id: int | None = None) -> None:
+    """Remember the wanted device, precision and CUDA device index; torch is only imported when they are first
+    used."""
     global _requested, _device, _dtype
-    _requested = (device_name, precision)
+    _requested = (device_name, precision, device_id)
     _device = _dtype = None
 
 
-def configure(device_name: str | None = None, precision: str = "autocast") -> None:
-    """Pick the device (``None`` = best available) and the model dtype (float16 on GPUs unless precision=full)."""
+def configure(device_name: str | None = None, precision: str = "autocast", device_id: int | None = None) -> None:
+    """Pick the device (``None`` = best available; ``device_id``: which CUDA device, A1111's ``--device-id``) and
+    the model dtype (float16 on GPUs unless precision=full)."""
     from modules.runtime import heavy_imports
 
     heavy_imports.ensure()
@@ -44,8 +46,16 @@ def configure(device_name: str | None = None, precision: str = "autocast") -> No
         raise RuntimeError("--device cuda was given but torch reports no CUDA device")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("--device mps was given but torch reports MPS unavailable")
+    if device_id is not None:
+        if name != "cuda":
+            raise RuntimeError(f"--device-id {device_id} selects a CUDA device, but the device is {name}")
+        if not 0 <= device_id < torch.cuda.device_count():
+            raise RuntimeError(f"--device-id {device_id}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                               "numbered from 0 (CUDA_VISIBLE_DEVICES changes which)")
+        torch.cuda.set_device(device_id)
+        name = f"cuda:{device_id}"
     _device = torch.device(name)
-    _dtype = torch.float16 if name != "cpu" and precision != "full" else torch.float32
+    _dtype = torch.float16 if _device.type != "cpu" and precision != "full" else torch.float32
 
 
 def _ensure() -> None:

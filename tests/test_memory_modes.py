@@ -109,3 +109,18 @@ def test_no_cuda_graphs_while_weights_move(tiny_model, moves):
         assert fast_path.runner_for(tiny_model, "graphs", denoiser.call_unet) is None
     finally:
         tiny_model.device = saved
+
+
+def test_device_id_selects_a_cuda_device_and_says_why_it_cannot(data_dir):
+    from modules import devices
+
+    assert cmd_args.parse(["--device-id", "1"]).device_id == 1 and cmd_args.parse([]).device_id is None
+    try:
+        with pytest.raises(RuntimeError, match="--device-id 1 selects a CUDA device, but the device is cpu"):
+            devices.configure("cpu", "full", device_id=1)
+        if not torch.cuda.is_available():
+            with pytest.raises(RuntimeError, match="--device cuda was given but torch reports no CUDA device"):
+                devices.configure("cuda", "full", device_id=0)
+    finally:
+        devices.configure("cpu", "full")
+    assert str(devices.device) == "cpu"

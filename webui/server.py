@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     opts = parse_flags(argv)
     initialize.initialize(opts)
-    devices.request(opts.device, opts.precision)
+    devices.request(opts.device, opts.precision, opts.device_id)
     for folder in ("Stable-diffusion", "VAE", "Lora", "embeddings"):
         os.makedirs(os.path.join(paths.models_path, folder), exist_ok=True)
     prepare_models(opts)
