@@ -325,3 +325,32 @@ def test_vae_tiling_always_and_after_an_out_of_memory_error(tiny_model):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def test_the_context_is_built_once_per_prompt_schedule_segment(tiny_model):
+    """Without cfg_denoiser callbacks the UNet context is reused while the prompt schedule stays in one segment;
+    the image equals the one made with a callback present (which rebuilds it every call)."""
+    import torch
+
+    from modules import script_callbacks
+    from tests.conftest import pixels
+
+    contexts = []
+
+    def record(hooks):
+        hooks.before_unet.append(lambda call: contexts.append(call.kwargs["encoder_hidden_states"]))
+
+    cached = _run(record, prompt="a [cat:dog:2]", steps=4)
+    assert contexts[0] is contexts[1] is contexts[2]  # one build per segment: "cat" for model calls 0 to 2
+    assert not torch.equal(contexts[2], contexts[3])  # then "dog"
+    contexts.clear()
+    def watcher(params):
+        pass
+
+    script_callbacks.on_cfg_denoiser(watcher)
+    try:
+        rebuilt = _run(record, prompt="a [cat:dog:2]", steps=4)
+    finally:
+        script_callbacks.remove_callbacks_for_function(watcher)
+    assert contexts[0] is not contexts[1] and torch.equal(contexts[0], contexts[1])
+    assert (pixels(cached.images[0]) == pixels(rebuilt.images[0])).all()

@@ -196,6 +196,14 @@ def _at_step(schedules: list[ScheduledPromptConditioning], step: int):
     return next((entry.cond for entry in schedules if step <= entry.end_at_step), schedules[-1].cond)
 
 
+def schedule_key(multicond: MulticondLearnedConditioning, uncond: list[list[ScheduledPromptConditioning]],
+                 step: int) -> tuple:
+    """Which conditioning entries model call ``step`` uses: equal keys mean equal batches, so a run builds its
+    context once per prompt-schedule segment instead of once per call."""
+    chosen = [id(_at_step(composable.schedules, step)) for prompts in multicond.batch for composable in prompts]
+    return tuple(chosen), tuple(id(_at_step(schedules, step)) for schedules in uncond)
+
+
 def stack_conds(tensors: list):
     """Stack (tokens, D) tensors, padding shorter ones by repeating their last vector (dicts: key by key)."""
     import torch

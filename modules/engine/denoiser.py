@@ -29,7 +29,9 @@ class UNetCall:
     """What the UNet is called with for one model call."""
     x: Any  # (rows, C, h, w): the latents, with the image conditioning's channels appended
     timestep: Any
-    kwargs: dict  # every other UNet argument: encoder_hidden_states, added_cond_kwargs, ControlNet residuals ...
+    # every other UNet argument: encoder_hidden_states, added_cond_kwargs, ControlNet residuals ... Hooks replace
+    # tensors rather than change them in place: the context is shared by the calls of a prompt-schedule segment.
+    kwargs: dict
     step: int  # 0-based model call of the run
     total_steps: int
     rows: list[list[tuple[int, float]]]  # per image: its (row, weight) for each AND part
@@ -60,14 +62,20 @@ class Denoiser:
         self.run = run
         self.model = run.model
         self.hooks: DenoiserHooks = run.hooks
+        self._context: tuple | None = None  # (schedule key, conds_list, the UNet's context) of the last call
 
     def __call__(self, x, t, call_index: int):
         """The guided prediction for latents ``x`` (B, C, h, w) at timestep ``t``, model call ``call_index``."""
         import torch
 
         run, model = self.run, self.model
-        conds_list, cond = conditioning.reconstruct_multicond_batch(run.cond, call_index)
-        uncond = conditioning.reconstruct_cond_batch(run.uncond, call_index)
+        key = conditioning.schedule_key(run.cond, run.uncond, call_index)
+        callbacks = bool(script_callbacks.callback_map["callbacks_cfg_denoiser"])
+        reuse = not callbacks and self._context is not None and self._context[0] == key
+        if reuse:  # the same prompt-schedule segment as the last call, and no callback to see the batch
+            _, conds_list, context = self._context
+        else:
+            conds_list, cond = conditioning.reconstruct_multicond_batch(run.cond, call_index)
         batch = x.shape[0]
         plain = all(len(conds) == 1 and conds[0][1] == 1.0 for conds in conds_list)
         guided = run.cfg_scale != 1.0 or not plain
@@ -78,18 +86,24 @@ class Denoiser:
 
         image_cond = batched(run.image_conditioning.to(x)) if run.image_conditioning is not None else None
         total = run.schedule_steps or run.steps
-        params = script_callbacks.CFGDenoiserParams(batched(x), image_cond, t, call_index, total, cond, uncond)
-        script_callbacks.cfg_denoiser_callback(params)
-        x_in, cond, uncond = params.x, params.text_cond, params.text_uncond
-        if params.image_cond is not None:
-            x_in = torch.cat([x_in, params.image_cond], dim=1)
-        if guided and cond.shape[1] != uncond.shape[1] and run.empty_cond is not None:
-            length = max(cond.shape[1], uncond.shape[1])
-            cond = conditioning.pad_to_length(cond, length, run.empty_cond)
-            uncond = conditioning.pad_to_length(uncond, length, run.empty_cond)
-        context = conditioning.cat_conds([cond, uncond]) if guided else cond
         dtype = model.dtype
-        context = conditioning.map_cond(lambda tensor: tensor.to(dtype), context)
+        if reuse:
+            x_in = batched(x)
+        else:
+            uncond = conditioning.reconstruct_cond_batch(run.uncond, call_index)
+            params = script_callbacks.CFGDenoiserParams(batched(x), image_cond, t, call_index, total, cond, uncond)
+            script_callbacks.cfg_denoiser_callback(params)  # scripts may change anything here: nothing is kept
+            x_in, cond, uncond = params.x, params.text_cond, params.text_uncond
+            image_cond = params.image_cond
+            if guided and cond.shape[1] != uncond.shape[1] and run.empty_cond is not None:
+                length = max(cond.shape[1], uncond.shape[1])
+                cond = conditioning.pad_to_length(cond, length, run.empty_cond)
+                uncond = conditioning.pad_to_length(uncond, length, run.empty_cond)
+            context = conditioning.cat_conds([cond, uncond]) if guided else cond
+            context = conditioning.map_cond(lambda tensor: tensor.to(dtype), context)
+            self._context = None if callbacks else (key, conds_list, context)
+        if image_cond is not None:
+            x_in = torch.cat([x_in, image_cond], dim=1)
         call = UNetCall(x_in.to(dtype), t, model.family.unet_inputs(model, context), call_index, total, conds_list, guided)
         for hook in self.hooks.before_unet:
             hook(call)
@@ -101,10 +115,13 @@ class Denoiser:
         if not guided:
             return out
         uncond_out = out[-batch:]
-        denoised = uncond_out.clone()
-        for i, conds in enumerate(conds_list):
-            for row, weight in conds:
-                denoised[i] += (out[row] - uncond_out[i]) * (weight * run.cfg_scale)
+        if plain:  # one prompt per image: the same arithmetic as the loop below, in one expression
+            denoised = uncond_out + (out[:batch] - uncond_out) * run.cfg_scale
+        else:
+            denoised = uncond_out.clone()
+            for i, conds in enumerate(conds_list):
+                for row, weight in conds:
+                    denoised[i] += (out[row] - uncond_out[i]) * (weight * run.cfg_scale)
         after = script_callbacks.AfterCFGCallbackParams(denoised, call_index, total)
         script_callbacks.cfg_after_cfg_callback(after)
         return after.x
