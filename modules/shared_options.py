@@ -136,7 +136,8 @@ options_templates.update(options_section(("ui", "Live previews and UI"), {
     "show_progressbar": OptionInfo(True, "Show progressbar"),
     "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
     "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (in sampling steps); -1 = only after each image"),
-    "show_progress_type": OptionInfo("Approx cheap", "Live preview method"),
+    "show_progress_type": OptionInfo("Approx cheap", "Live preview method: Approx cheap, TAESD (its small decoder in "
+                                     "models/VAE-taesd) or Full (the VAE)"),
     "tiling": OptionInfo(False, "Tiling"),
 }))
 

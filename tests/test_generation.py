@@ -309,3 +309,49 @@ def test_images_are_written_on_a_worker_while_the_next_batch_samples(tiny_model,
     assert {name for kind, name, _ in events if kind == "write start"} == {"image-writer_0"}
     first_write_end = next(t for kind, _, t in events if kind == "write end")
     assert any(t < first_write_end for t in unet_calls[2:])  # batch 2 sampled while batch 1 was being written
+
+
+def _write_taesd(path, seed: int = 0):
+    """A random TAESD decoder in the original file's layout (nn.Sequential indices, 0 being the clamp)."""
+    from diffusers.models.autoencoders.vae import DecoderTiny
+
+    generator = torch.Generator().manual_seed(seed)
+    decoder = DecoderTiny(in_channels=4, out_channels=3, num_blocks=(3, 3, 3, 1), block_out_channels=(64,) * 4,
+                          upsampling_scaling_factor=2, act_fn="relu", upsample_fn="nearest")
+    state = {}
+    for key, value in decoder.state_dict().items():
+        index, _, rest = key.removeprefix("layers.").partition(".")
+        state[f"{int(index) + 1}.{rest}"] = torch.randn(value.shape, generator=generator) * 0.1
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def test_taesd_live_previews_from_the_original_file_and_the_fallback(engine_model, data_dir, caplog):
+    from modules.engine import previews
+    from modules.loading import model_catalog
+    from modules.shared import opts, state
+
+    weights = next(w for w in model_catalog.PREVIEW_DECODERS if w.name == engine_model.family.latent.preview_decoder)
+    assert weights.filename == {"sd1": "taesd_decoder.pth", "sdxl": "taesdxl_decoder.pth"}[engine_model.family.base]
+    engine_model.extra.pop("taesd", None)
+    opts.set("show_progress_type", "TAESD")
+    opts.set("show_progress_every_n_steps", 1)
+    txt2img(steps=2)
+    missing = previews.current_preview(state, engine_model, "TAESD")  # no file: the cheap preview, said once
+    assert missing.size == (64, 64) and "Live preview: TAESD needs" in caplog.text
+    assert (pixels(missing) == pixels(previews.latent_to_image(state.current_latent, engine_model.family.latent))).all()
+    written = _write_taesd(weights.path())
+    engine_model.extra.pop("taesd", None)
+    try:
+        image = previews.current_preview(state, engine_model, "TAESD")
+        decoder = previews.build_taesd_decoder(written)
+        with torch.no_grad():
+            expected = ((decoder(state.current_latent[None].float()) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0) * 255
+        assert image.size == (64, 64)
+        assert abs(pixels(image) - expected.round().numpy()).max() <= 1
+        full = previews.current_preview(state, engine_model, "Full")
+        assert full.size == (64, 64) and (pixels(full) != pixels(image)).any()
+    finally:
+        os.remove(weights.path())
+        engine_model.extra.pop("taesd", None)

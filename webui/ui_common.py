@@ -58,7 +58,7 @@ def stream_job(run, description: str):
         preview = gr.skip()
         if job is job_queue.queue.current and state.id_live_preview != last_preview and state.current_latent is not None:
             last_preview = state.id_live_preview
-            image = previews.current_preview(state, sd_models.current_model())
+            image = previews.current_preview(state, sd_models.current_model(), shared.opts.show_progress_type)
             preview = gr.update(value=image, visible=True) if image is not None else gr.skip()
         yield gr.skip(), progress_html(progress, job_queue.queue.position(job)), preview, gr.skip(), gr.skip(), job.id
     if job.status != job_queue.DONE:

@@ -330,7 +330,7 @@ class Api:
                     "textinfo": state.textinfo, "queued": pending}
         progress = job_queue.queue.progress(current)
         image = None
-        preview = None if skip_current_image else previews.current_preview(state, sd_models.current_model())
+        preview = None if skip_current_image else previews.current_preview(state, sd_models.current_model(), opts.show_progress_type)
         if preview is not None:
             image = encoding.encode_image(preview, "png")
         return {"progress": max(progress["progress"], 0.01), "eta_relative": progress["eta"] or 0.0,

@@ -22,7 +22,8 @@ SCHEDULER_CONFIG = MappingProxyType({
     "beta_schedule": "scaled_linear", "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
     "clip_sample": False, "prediction_type": "epsilon", "timestep_spacing": "leading",
 })
-LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.18215, preview_rgb=(  # A1111's "Approx cheap"
+LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.18215, preview_decoder="TAESD",
+                      preview_rgb=(  # A1111's "Approx cheap"
     (0.298, 0.207, 0.208),
     (0.187, 0.286, 0.173),
     (-0.158, 0.189, 0.264),

@@ -71,7 +71,8 @@ TINY_BASE = (
     sd1_layout.TINY.vae, open_clip.OpenClipArch(width=48, layers=3, projection_dim=24),
     sd1_layout.TextArch(hidden_size=32, num_layers=2, intermediate_size=64))
 
-LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.13025, preview_rgb=(  # A1111's SDXL "Approx cheap"
+LATENT = LatentFormat(channels=4, downscale=8, scale_factor=0.13025, preview_decoder="TAESDXL",
+                      preview_rgb=(  # A1111's SDXL "Approx cheap"
     (0.3448, 0.4168, 0.4395),
     (-0.1953, -0.0290, 0.0250),
     (0.1074, 0.0886, -0.0163),

@@ -30,6 +30,7 @@ class LatentFormat:
     scale_factor: float
     shift_factor: float = 0.0
     preview_rgb: tuple[tuple[float, float, float], ...] = ()  # one RGB row per channel: the cheap live preview
+    preview_decoder: str = ""  # the TAESD live-preview decoder of this latent space (model_catalog.PREVIEW_DECODERS)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ FACE_DETECTORS = (
                     "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"),
 )
 
+TAESD_FILES = "https://github.com/madebyollin/taesd/raw/main"
+PREVIEW_DECODERS = (  # TAESD's decoders (A1111's "TAESD" live preview), by latent space
+    OfficialWeights("TAESD", "VAE-taesd", "taesd_decoder.pth", f"{TAESD_FILES}/taesd_decoder.pth"),
+    OfficialWeights("TAESDXL", "VAE-taesd", "taesdxl_decoder.pth", f"{TAESD_FILES}/taesdxl_decoder.pth"),
+)
+
 # folder under models/ -> command-line flag that overrides it (A1111 names)
 FOLDER_FLAGS = {"ESRGAN": "esrgan_models_path", "RealESRGAN": "realesrgan_models_path",
                 "Codeformer": "codeformer_models_path", "GFPGAN": "gfpgan_models_path"}
