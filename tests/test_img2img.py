@@ -397,3 +397,32 @@ def test_hires_pass_on_its_own_checkpoint(tiny_model, upscaler):
 def test_bad_hires_input(tiny_model, overrides, message):
     with pytest.raises(UserInputError, match=message):
         txt2img(enable_hr=True, **overrides)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M", "Heun", "DPM2", "LMS", "DDIM", "PLMS", "UniPC"])
+def test_inpaint_known_latents_computed_ahead_equal_the_in_loop_ones(tiny_model, sampler):
+    """The blend path is built before the loop (no host sync per step) and equals what add_noise gives inside it."""
+    from modules.engine import sampling
+
+    generator = torch.Generator().manual_seed(0)
+    init, noise = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
+    steps, denoise = 6, 4
+
+    def scheduler_at_start():
+        scheduler = sd_samplers.create_scheduler(tiny_model.scheduler_config, sampler, "Automatic")
+        scheduler.set_timesteps(steps)
+        start = (steps - denoise) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        return scheduler, scheduler.timesteps[start:]
+
+    scheduler, timesteps = scheduler_at_start()
+    ahead = sampling.known_latents(scheduler, init, noise, timesteps)
+    scheduler, timesteps = scheduler_at_start()
+    latents = scheduler.add_noise(init, noise, timesteps[:1])
+    for i, t in enumerate(timesteps):
+        output = torch.randn(latents.shape, generator=generator)
+        scheduler.scale_model_input(latents, t)
+        latents = scheduler.step(output, t, latents, return_dict=False)[0]
+        in_loop = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2]) if i + 1 < len(timesteps) else init
+        assert torch.equal(ahead[i], in_loop), i

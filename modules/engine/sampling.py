@@ -89,6 +89,29 @@ def _step_kwargs(scheduler, run: SamplingRun) -> dict:
     return kwargs
 
 
+def known_latents(scheduler, init_latent, noise, timesteps) -> list:
+    """Inpainting: the unmasked area's latents after each model call: the init latent noised to the next call's
+    level, clean after the last. Computed before the loop with the scheduler's own ``add_noise`` at the step index
+    each call leaves behind (sigma schedulers read it), because inside the loop every ``add_noise`` copies the
+    sigmas to the device, a host sync per step."""
+    begin = getattr(scheduler, "begin_index", None)
+    track = hasattr(scheduler, "_step_index") and begin is not None
+    saved = scheduler._step_index if track else None
+    path = []
+    try:
+        for i in range(len(timesteps)):
+            if i + 1 == len(timesteps):
+                path.append(init_latent)
+                continue
+            if track:
+                scheduler._step_index = begin + i + 1  # where scheduler.step() of call i leaves it
+            path.append(scheduler.add_noise(init_latent, noise, timesteps[i + 1:i + 2]))
+    finally:
+        if track:
+            scheduler._step_index = saved
+    return path
+
+
 def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
     """Denoise from ``noise`` (B, 4, h, w), or from ``run.init_latent`` noised to the starting step. Returns
     (latents, completed); an interrupt returns the partially denoised latents with completed=False, after at
@@ -120,6 +143,7 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
             latents = latents + params.noise * run.extra_noise
     mask, nmask = (m.to(device=device, dtype=torch.float32) if m is not None else None for m in (run.mask, run.nmask))
     step_kwargs = _step_kwargs(scheduler, run)
+    known_path = known_latents(scheduler, init_latent, noise, timesteps) if mask is not None else None
     denoise = denoiser.Denoiser(run)
     total = len(timesteps)
     with torch.inference_mode():
@@ -136,7 +160,7 @@ def sample(run: SamplingRun, noise) -> tuple[Any, bool]:
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
             if mask is not None:
                 # keep the unmasked area on the init latent's path: noised to the next step's level, clean at the end
-                known = scheduler.add_noise(init_latent, noise, timesteps[i + 1:i + 2]) if i + 1 < total else init_latent
+                known = known_path[i]
                 blended = known * mask + latents * nmask
                 if run.mask_blend is not None:
                     blended = run.mask_blend(latents, nmask, known, mask, blended, t, i + 1 == total)
