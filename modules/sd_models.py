@@ -10,8 +10,8 @@ import gc
 import logging
 import os
 import threading
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from modules import hashes, paths, script_callbacks
 from modules.errors import UserInputError
@@ -183,6 +183,7 @@ class SDModel(Components):
     loaded_vae_file: str | None = None  # a separate VAE file in use (sd_vae); None: the checkpoint's own
     loaded_vae_hash: str | None = None  # its sha256[:10], read once when it is loaded
     own_vae_state: dict | None = None  # the checkpoint's own VAE weights, kept once another VAE is loaded
+    host_copies: dict = field(default_factory=dict, repr=False)  # tensor -> its page-locked RAM copy (see park)
 
     is_ssd = False
 
@@ -225,14 +226,44 @@ class SDModel(Components):
         if lowvram.is_enabled(self):
             lowvram.send_everything_to_cpu()
         for name in self.family.components:
-            getattr(self, name).to(device)
+            getattr(self, name).to(device, non_blocking=True)  # from page-locked RAM (park) the copy is asynchronous
         self.device = device
         return self
 
+    def park(self, on_device: Callable[[Any], bool] = lambda tensor: tensor.device.type != "cpu") -> "SDModel":
+        """Move the weights into RAM kept for this model, page-locked when CUDA is there: switching back copies them
+        to the GPU at the bus's full speed (about 55 GB/s against 6 on an H200) without pinning anything then.
+        The RAM is allocated once per model and reused at every later park."""
+        import torch
 
-def load_model(info: CheckpointInfo, beside: tuple = ()) -> SDModel:
+        from modules import lowvram
+
+        if lowvram.is_enabled(self):
+            return self.to("cpu")
+        self.extra.pop("unet_graphs", None)  # graphs of the weights' GPU addresses, which are given back now
+        pin = torch.cuda.is_available()
+        for name in self.family.components:
+            module = getattr(self, name)
+            for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                if not on_device(tensor):
+                    continue
+                slot = f"{name}.{key}"
+                host = self.host_copies.get(slot)
+                if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
+                    host = self.host_copies[slot] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
+                host.copy_(tensor.detach(), non_blocking=pin)
+                tensor.data = host
+        if pin:
+            torch.cuda.synchronize()  # the copies into RAM are complete before anything reads or reuses it
+        self.device = torch.device("cpu")
+        return self
+
+
+def load_model(info: CheckpointInfo, beside: tuple = (), before_device: Callable[[SDModel], None] | None = None
+               ) -> SDModel:
     """Load (or take from the RAM cache) a checkpoint and put it on the compute device. The models in ``beside``
-    (the current one, while a refiner is loaded next to it) are never evicted by this load."""
+    (the current one, while a refiner is loaded next to it) are never evicted by this load; ``before_device`` runs
+    once the model is in RAM, before it goes to the device."""
     from modules import devices, lowvram
     from modules.loading import model_loader
     from modules.shared import cmd_opts, opts
@@ -249,6 +280,8 @@ def load_model(info: CheckpointInfo, beside: tuple = ()) -> SDModel:
 
             cached.vae.to(torch.float32)  # SDXL's VAE overflows in float16: skip the half-precision try
     _loaded[info.filename] = cached
+    if before_device is not None:
+        before_device(cached)
     if not lowvram.is_enabled(cached) and lowvram.is_needed(cached):
         cached.device = devices.device
         lowvram.apply(cached)  # before anything goes to the GPU: only the parts that run will
@@ -291,11 +324,22 @@ def _load_and_activate(info: CheckpointInfo) -> SDModel:
     global _current
     from modules.shared import opts
 
+    from modules import devices
+
     previous = _current
-    model = load_model(info)  # raises before anything changes when the file cannot be loaded
+    parked = []
+
+    def park_previous(model: SDModel) -> None:  # before the new model takes the VRAM: one of them at a time there
+        if previous is not None and previous is not model and opts.sd_checkpoints_keep_in_cpu:
+            parked.append(previous.park())
+
+    try:
+        model = load_model(info, before_device=park_previous)  # raises before anything changes if the file is bad
+    except BaseException:
+        if parked:
+            previous.to(devices.device)
+        raise
     _failures.pop(info.filename, None)
-    if previous is not None and previous is not model and opts.sd_checkpoints_keep_in_cpu:
-        previous.to("cpu")
     _current = model
     opts.set("sd_model_checkpoint", info.title)
     script_callbacks.model_loaded_callback(_current)

@@ -124,3 +124,36 @@ def test_device_id_selects_a_cuda_device_and_says_why_it_cannot(data_dir):
     finally:
         devices.configure("cpu", "full")
     assert str(devices.device) == "cpu"
+
+
+def test_a_parked_model_keeps_one_reusable_ram_copy_and_is_parked_before_the_next_takes_the_device(tiny_model,
+                                                                                                     monkeypatch):
+    from modules import sd_models
+
+    weights = {key: value.clone() for key, value in tiny_model.unet.state_dict().items()}
+    tiny_model.park(on_device=lambda tensor: True)  # as if every tensor were on the GPU
+    first = {slot: host.data_ptr() for slot, host in tiny_model.host_copies.items()}
+    assert len(first) == sum(1 for name in tiny_model.family.components
+                              for _ in [*getattr(tiny_model, name).named_parameters(),
+                                        *getattr(tiny_model, name).named_buffers()])
+    assert tiny_model.unet.conv_in.weight.data_ptr() == first["unet.conv_in.weight"]  # the weights live there now
+    assert all(torch.equal(value, weights[key]) for key, value in tiny_model.unet.state_dict().items())
+    tiny_model.park(on_device=lambda tensor: True)
+    assert {slot: host.data_ptr() for slot, host in tiny_model.host_copies.items()} == first  # reused, not allocated
+
+    events = []
+    real_park, real_to = sd_models.SDModel.park, sd_models.SDModel.to
+    def park(self, *args, **kwargs):
+        events.append(("park", self.sd_checkpoint_info.model_name))
+        return real_park(self, *args, **kwargs)
+
+    def to(self, device):
+        events.append(("to", self.sd_checkpoint_info.model_name, str(device)))
+        return real_to(self, device)
+
+    monkeypatch.setattr(sd_models.SDModel, "park", park)
+    monkeypatch.setattr(sd_models.SDModel, "to", to)
+    other = sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("other"))
+    assert events.index(("park", "tiny")) < events.index(("to", "sub_other", "cpu"))  # one model on the device at a time
+    sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny.safetensors"))
+    assert other is not tiny_model and sd_models.current_model() is tiny_model
