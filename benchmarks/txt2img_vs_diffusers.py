@@ -109,6 +109,13 @@ def main() -> None:
     for mode in modes:
         a = statistics.median(our_times[mode])
         print(f"ours, fast path {mode}: {a:.3f} s ({args.steps / a:.2f} it/s)   ratio ours/diffusers: {a / b:.3f}")
+    graphs = model.extra.get("unet_graphs")
+    if graphs is not None:
+        dropped = sum(1 for entry in graphs.entries.values() if entry == "disabled")
+        print(f"CUDA graphs: {graphs.captures} captured, {dropped} signatures dropped to eager {sorted(graphs.warned)}")
+    if args.device == "cuda":
+        print(f"peak VRAM: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated, "
+              f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")
 
 
 if __name__ == "__main__":

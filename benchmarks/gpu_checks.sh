@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The figures issues 18 and 19 ask for, in one run on a lent GPU machine (random weights, real architectures):
+#   bash benchmarks/gpu_checks.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python benchmarks/txt2img_vs_diffusers.py --full --device cuda --runs 5              # SD 1.5, 512x512, 20 steps
+python benchmarks/txt2img_vs_diffusers.py --full --device cuda --family sdxl --runs 3 # SDXL, 1024x1024, 20 steps
+python benchmarks/checkpoint_switch.py --full --device cuda
