@@ -141,3 +141,12 @@ def test_signatures_and_fingerprints():
     assert fast_path.signature(wider, ()) != key and fast_path.signature(call, ("other",)) != key
     rebuilt = fast_path._rebuild(call.kwargs, [torch.ones(2, 8), torch.ones(2, 6), torch.ones(2, 77, 32)])
     assert rebuilt["added_cond_kwargs"]["time_ids"].sum() == 12 and rebuilt["encoder_hidden_states"].shape == (2, 77, 32)
+
+
+def test_running_out_of_memory_while_capturing_goes_to_the_memory_ladder(tiny_model, monkeypatch):
+    plain = pixels(txt2img(seed=3, steps=4).images[0])
+    capture = StandInCapture(fail=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    model, cache = _use(monkeypatch, capture)
+    result = txt2img(seed=3, steps=4)
+    assert "UNet ran out of GPU memory: freed the cached memory and ran the step again" in result.comments
+    assert (pixels(result.images[0]) == plain).all() and fast_path.DISABLED not in cache.entries.values()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from modules import infotext_utils, sd_models
+from modules import infotext_utils, sd_models, shared
 from modules.engine import previews, prompt_chunks
 from modules.runtime import job_queue
 from modules.shared import state
@@ -306,7 +306,6 @@ class GenerationInputs:
 
 def postprocess_controls(tab: str, c: dict) -> None:
     """Restore faces (model and CodeFormer weight), for one generation tab."""
-    from modules import shared
     from modules.loading import model_catalog
 
     with gr.Accordion("Faces", open=False, elem_id=f"{tab}_faces"):
@@ -366,6 +365,4 @@ def read_infotext(text: str) -> tuple[str, dict] | None:
 
 
 def style_names() -> list[str]:
-    from modules import shared
-
     return list(shared.prompt_styles.styles)

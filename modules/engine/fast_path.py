@@ -174,6 +174,11 @@ class GraphRunner:
         try:
             replay = self.capture(run, static_inputs, self.cache.pool)
         except Exception as e:  # a UNet that cannot be captured runs eagerly, and says why once
+            from modules import devices
+
+            if devices.is_out_of_memory(e):  # not the graph's fault: the out-of-memory ladder decides
+                del self.cache.entries[key]
+                raise
             self.cache.entries[key] = DISABLED
             self._warn(f"UNet fast path: CUDA graph capture failed ({type(e).__name__}: {e}); running eagerly")
             return self.eager(unet, call)
