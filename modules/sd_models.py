@@ -225,8 +225,9 @@ class SDModel(Components):
             return self
         if lowvram.is_enabled(self):
             lowvram.send_everything_to_cpu()
-        for name in self.family.components:
-            getattr(self, name).to(device, non_blocking=True)  # from page-locked RAM (park) the copy is asynchronous
+        to_device = str(device) != "cpu"  # from page-locked RAM (park) the copy to the GPU is asynchronous; one into
+        for name in self.family.components:  # RAM must be complete before anything reads it, so that one is not
+            getattr(self, name).to(device, non_blocking=to_device)
         self.device = device
         return self
 
@@ -322,9 +323,8 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
 
 def _load_and_activate(info: CheckpointInfo) -> SDModel:
     global _current
-    from modules.shared import opts
-
     from modules import devices
+    from modules.shared import opts
 
     previous = _current
     parked = []
@@ -408,9 +408,7 @@ def unload_model_weights() -> None:
     """Forget every loaded model (the RAM cache included) so their memory is freed; the next job loads
     the ``sd_model_checkpoint`` setting again."""
     global _current
-    from modules import devices
-
-    from modules import lowvram
+    from modules import devices, lowvram
 
     with _lock:
         lowvram.send_everything_to_cpu()
