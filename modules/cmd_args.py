@@ -56,8 +56,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("--medvram", action="store_true", help="keep the model in RAM; text encoders, UNet and VAE go to the GPU one at a time")
     add("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
     add("--lowvram", action="store_true", help="as --medvram, and the UNet moves to the GPU block by block")
-    add("--fast-path", choices=["off", "graphs"], default=None,
-        help="UNet fast path on CUDA (default: the unet_fast_path setting, graphs): CUDA graphs of the eager UNet")
+    add("--fast-path", choices=["off", "graphs", "compile"], default=None,
+        help="UNet fast path on CUDA (default: the unet_fast_path setting, graphs): CUDA graphs of the eager UNet; "
+             "compile adds torch.compile for the unet_compile_sizes setting")
     add("--no-half-vae", action="store_true", help="keep the VAE in float32 (SDXL's VAE gives NaNs in float16)")
     # behaviour
     add("--demo", action="store_true", help="use a tiny random-weight demo checkpoint when no real one is present")

@@ -117,7 +117,9 @@ options_templates.update(options_section(("sampler-params", "Sampler parameters"
                              "off"),
     "vae_tile_size": OptionInfo(512, "VAE tile size in pixels (tiles overlap by a quarter)"),
     "unet_fast_path": OptionInfo("graphs", "UNet fast path on CUDA: graphs (CUDA graphs of the eager UNet, bitwise "
-                                 "identical) or off (--fast-path overrides it)"),
+                                 "identical), compile (torch.compile too, close to eager but not bitwise) or off "
+                                 "(--fast-path overrides it)"),
+    "unet_compile_sizes": OptionInfo("512x512, 1024x1024", "Sizes the compile tier compiles, in the background"),
     "sd_noise_schedule": OptionInfo("Default", "Noise schedule for sampling: Default or Zero Terminal SNR (for models "
                                     "trained with it)", infotext="Noise Schedule"),
     "sgm_noise_multiplier": OptionInfo(False, "SGM noise multiplier: txt2img starts from noise x sqrt(1 + sigma_max^2) "

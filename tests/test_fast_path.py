@@ -150,3 +150,36 @@ def test_running_out_of_memory_while_capturing_goes_to_the_memory_ladder(tiny_mo
     result = txt2img(seed=3, steps=4)
     assert "UNet ran out of GPU memory: freed the cached memory and ran the step again" in result.comments
     assert (pixels(result.images[0]) == plain).all() and fast_path.DISABLED not in cache.entries.values()
+
+
+def test_the_compile_tier_compiles_in_the_background_then_captures_the_compiled_unet(tiny_model, monkeypatch):
+    """Opt-in torch.compile (backend "eager" here): the first run at a listed size goes on with graphs of the eager
+    UNet while its signature compiles off the sampling thread; the next run captures the compiled UNet."""
+    plain = pixels(txt2img(seed=3, steps=3).images[0])
+    capture = StandInCapture()
+    cache = fast_path.GraphCache()
+    monkeypatch.setattr(fast_path, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(fast_path, "runner_for", lambda model, mode, eager: fast_path.GraphRunner(
+        cache, eager, capture=capture, compile_sizes=((8, 8),)))
+    first = txt2img(seed=3, steps=3)
+    (key, future), = cache.compiling.items()
+    compiled_in_time = cache.entries[key][2]  # compiling takes seconds, steps milliseconds: normally False
+    assert capture.captures == 1  # graphs of the eager UNet while it compiles
+    assert future.result(timeout=300) is True and cache.compiled_ready(key)
+    second = txt2img(seed=3, steps=3)
+    assert cache.entries[key][2] is True  # captured again, now with the compiled UNet
+    assert capture.captures == (1 if compiled_in_time else 2)
+    assert cache.compiled_max_diff == 0.0  # the eager backend computes exactly what the UNet does
+    assert (pixels(first.images[0]) == plain).all() and (pixels(second.images[0]) == plain).all()
+    other_size = txt2img(seed=3, steps=2, width=96)
+    assert len(cache.compiling) == 1 and other_size.images[0].size == (96, 64)  # not a listed size: graphs only
+
+
+def test_compile_sizes_setting():
+    from modules.shared import opts
+
+    opts.set("unet_compile_sizes", "512x512, 1024x768, nonsense")
+    try:
+        assert fast_path.compile_sizes() == ((64, 64), (96, 128))
+    finally:
+        opts.set("unet_compile_sizes", "512x512, 1024x1024")
