@@ -5,8 +5,10 @@ with ``--family sdxl``) with the same components, scheduler, seed, size and step
     python benchmarks/txt2img_vs_diffusers.py --full --device cuda  SD 1.5 architecture (random weights), 512x512, fp16
     python benchmarks/txt2img_vs_diffusers.py --family sdxl         tiny SDXL; with --full: SDXL architecture, 1024x1024
 
-Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s; on CUDA once per UNet fast-path
-mode (``--fast-path off,graphs,compile``).
+Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s, once per UNet fast-path mode
+(``--fast-path off,graphs,compile``; graphs and compile apply on CUDA only); the first image after the model loaded
+and at a new size per mode; on CUDA also peak VRAM per mode, time and peak VRAM in --medvram and --lowvram, and
+diffusers with its UNet compiled (mode "reduce-overhead") as a yardstick.
 """
 from __future__ import annotations
 
@@ -61,10 +63,10 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
 
-    def ours(mode: str) -> float:
+    def ours(mode: str, side: int = size) -> float:
         shared.opts.set("unet_fast_path", mode)
         p = processing.StableDiffusionProcessingTxt2Img(
-            prompt="a photo of a cat", negative_prompt="blurry", seed=1, steps=args.steps, width=size, height=size,
+            prompt="a photo of a cat", negative_prompt="blurry", seed=1, steps=args.steps, width=side, height=side,
             sampler_name=args.sampler, do_not_save_samples=True, do_not_save_grid=True)
         shared.state.begin("bench")
         start = time.perf_counter()
@@ -94,8 +96,8 @@ def main() -> None:
 
     modes = [m for m in args.fast_path.split(",") if m == "off" or args.device == "cuda"]
     shared.opts.set("unet_compile_sizes", f"{size}x{size}")
-    for mode in modes:
-        ours(mode)  # warm-up (and, for graphs, the captures; for compile, the compiles start)
+    for mode in modes:  # warm-up (and, for graphs, the captures; for compile, the compiles start)
+        print(f"first image after the model loaded, fast path {mode}: {ours(mode):.3f} s")
     graph_cache = model.extra.get("unet_graphs")
     if "compile" in modes and graph_cache is not None:
         compile_start = time.perf_counter()
@@ -117,14 +119,35 @@ def main() -> None:
     for mode in modes:
         a = statistics.median(our_times[mode])
         print(f"ours, fast path {mode}: {a:.3f} s ({args.steps / a:.2f} it/s)   ratio ours/diffusers: {a / b:.3f}")
+    new_side = size + 64
+    for mode in modes:
+        print(f"first image at a new size ({new_side}x{new_side}), fast path {mode}: {ours(mode, new_side):.3f} s")
+    if args.device == "cuda":
+        for mode in modes:
+            torch.cuda.reset_peak_memory_stats()
+            ours(mode)
+            print(f"peak VRAM, fast path {mode}: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        from modules import lowvram
+
+        for memory_mode in ("medvram", "lowvram"):
+            lowvram.apply(model, memory_mode)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            seconds = ours("off")
+            print(f"--{memory_mode}: {seconds:.3f} s, peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        lowvram.apply(model, "normal")
+        model.to(devices.device)
+        pipe.unet = torch.compile(model.unet, mode="reduce-overhead")  # diffusers' own fastest recipe, as a yardstick
+        compile_start = time.perf_counter()
+        plain()
+        print(f"diffusers with torch.compile(unet, mode='reduce-overhead'): compiled in "
+              f"{time.perf_counter() - compile_start:.1f} s, then {statistics.median(plain() for _ in range(3)):.3f} s")
     graphs = model.extra.get("unet_graphs")
     if graphs is not None:
         dropped = sum(1 for entry in graphs.entries.values() if entry == "disabled")
         print(f"CUDA graphs: {graphs.captures} captured, {dropped} signatures dropped to eager {sorted(graphs.warned)}; "
               f"compiled UNet vs eager: max difference {graphs.compiled_max_diff:.3g}")
-    if args.device == "cuda":
-        print(f"peak VRAM: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated, "
-              f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")
+
 
 
 if __name__ == "__main__":
