@@ -1280,31 +1280,50 @@ class OutOfMemoryLadder:
         return self.forward(unet, call)
 
 
-def _vae_pass(p: StableDiffusionProcessing, what: str, run: Callable[[int], Any]):
+def _vae_pass(p: StableDiffusionProcessing, what: str, model, run: Callable[[int], Any]):
     """``run(tile_size)`` as the ``vae_tiling`` setting says: "always" in tiles of ``vae_tile_size`` pixels, "auto"
-    whole and, when that runs out of memory, again in tiles (the console and the job's comments say so), "off"
-    whole only."""
+    whole and, when that runs out of memory, again in tiles, "off" whole only. When the tiles do not fit either, the
+    VAE runs on the CPU for this pass. Each fallback is said in the console and the job's comments."""
     mode, size = opts.vae_tiling, int(opts.vae_tile_size)
-    if mode == "always":
-        return run(size)
+    tile = size if mode == "always" else 0
     try:
-        return run(0)
+        return run(tile)
     except Exception as e:
-        if mode != "auto" or not devices.is_out_of_memory(e):
+        if mode == "off" or not devices.is_out_of_memory(e):
             raise
     devices.torch_gc()
-    message = f"VAE {what} ran out of memory, so it ran in {size}x{size} tiles (setting vae_tiling)"
+    if not tile:
+        _say(p, f"VAE {what} ran out of memory, so it ran in {size}x{size} tiles (setting vae_tiling)")
+        try:
+            return run(size)
+        except Exception as e:
+            if not devices.is_out_of_memory(e):
+                raise
+        devices.torch_gc()
+    _say(p, f"VAE {what} ran out of GPU memory in tiles too, so it ran on the CPU (slow)")
+    import torch
+
+    vae_device, vae_dtype, model_device = model.vae.device, model.vae.dtype, model.device
+    model.vae.to("cpu", torch.float32)  # float16 round-trips through float32 exactly
+    model.device = torch.device("cpu")  # where sampling.encode/decode put the VAE's input
+    try:
+        return run(tile)
+    finally:
+        model.device = model_device
+        model.vae.to(vae_device, vae_dtype)
+
+
+def _say(p: StableDiffusionProcessing, message: str) -> None:
     errors.report(message)
     p.comment(message)
-    return run(size)
 
 
 def vae_decode(p: StableDiffusionProcessing, model, latents):
-    return _vae_pass(p, "decode", lambda tile: sampling.decode(model, latents, tile))
+    return _vae_pass(p, "decode", model, lambda tile: sampling.decode(model, latents, tile))
 
 
 def vae_encode(p: StableDiffusionProcessing, model, pixels):
-    return _vae_pass(p, "encode", lambda tile: sampling.encode(model, pixels, tile))
+    return _vae_pass(p, "encode", model, lambda tile: sampling.encode(model, pixels, tile))
 
 
 def _save_or_comment(p: StableDiffusionProcessing, what: str, save: Callable[[], Any]) -> None:

@@ -354,3 +354,28 @@ def test_the_context_is_built_once_per_prompt_schedule_segment(tiny_model):
         script_callbacks.remove_callbacks_for_function(watcher)
     assert contexts[0] is not contexts[1] and torch.equal(contexts[0], contexts[1])
     assert (pixels(cached.images[0]) == pixels(rebuilt.images[0])).all()
+
+
+def test_a_vae_pass_that_runs_out_of_memory_in_tiles_too_runs_on_the_cpu(tiny_model, monkeypatch):
+    import torch
+
+    from tests.conftest import pixels
+
+    plain = _run(width=128, height=64)
+    moves = []
+    real_to = tiny_model.vae.to
+    monkeypatch.setattr(tiny_model.vae, "to", lambda *args, **kwargs: moves.append(args) or real_to(*args, **kwargs))
+
+    def out_of_memory_until_moved(module, args):
+        if not moves:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    handle = tiny_model.vae.decoder.register_forward_pre_hook(out_of_memory_until_moved)
+    try:
+        rescued = _run(width=128, height=64)
+    finally:
+        handle.remove()
+    assert "VAE decode ran out of memory, so it ran in 512x512 tiles (setting vae_tiling)" in rescued.comments
+    assert "VAE decode ran out of GPU memory in tiles too, so it ran on the CPU (slow)" in rescued.comments
+    assert [str(args[0]) for args in moves] == ["cpu", "cpu"]  # to the CPU, then back where it was (the CPU here)
+    assert (pixels(rescued.images[0]) == pixels(plain.images[0])).all()

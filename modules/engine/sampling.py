@@ -208,6 +208,7 @@ def decode(model: Any, latents, tile_size: int = 0):
     vae, latent = model.vae, model.family.latent
     scaled = latents / latent.scale_factor + latent.shift_factor
     with torch.inference_mode(), vae_tiles(vae, tile_size, latent.downscale):
+        scaled = scaled.to(device=model.device)  # the model's device: --lowvram brings the VAE there as it runs
         images = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
         if torch.isnan(images).any() and vae.dtype != torch.float32:  # SDXL's VAE overflows in float16
             log.warning(UPCAST_NOTE)

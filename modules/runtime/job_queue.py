@@ -192,7 +192,8 @@ class JobQueue:
                 job.error_out_of_memory = devices.is_out_of_memory(e)
                 if job.error_out_of_memory:
                     job.error = (f"Out of memory ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}). "
-                                 f"The memory was freed; try a smaller size or batch size.")
+                                 f"The memory was freed; try a smaller size or batch size (the job had already tried "
+                                 f"lower memory modes and VAE tiles where they apply).")
                     errors.report(f"job {job.id}: {job.error}")
                     devices.torch_gc()  # only here and on unload: what the failed job held goes back to the device
                 else:
