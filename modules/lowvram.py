@@ -37,16 +37,54 @@ def _move(module: Any, device: Any) -> None:
     module.to(device)
 
 
+WORKING_MEMORY = {"sdxl": 4 << 30}  # bytes a job needs besides the weights (activations, VAE decode), by family base
+DEFAULT_WORKING_MEMORY = 2 << 30
+
+
+def _bytes(module: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) if module else 0
+
+
+def fitting_mode(sd_model: Any, available: int) -> str:
+    """The lightest mode in which ``sd_model`` fits ``available`` bytes of GPU memory with room for a job: all of it
+    (normal), its largest part at a time (medvram), or the UNet block by block (lowvram)."""
+    working = WORKING_MEMORY.get(sd_model.family.base, DEFAULT_WORKING_MEMORY)
+    parts = [getattr(sd_model, name, None) for name in sd_model.family.components]
+    if sum(_bytes(part) for part in parts) + working <= available:
+        return "normal"
+    if max(_bytes(part) for part in parts) + working <= available:
+        return "medvram"
+    return "lowvram"
+
+
+def available_memory(device: Any) -> int:
+    """Free GPU memory for ``device``: what the driver reports free plus what torch holds cached but unused."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
 def requested_mode(sd_model: Any) -> str:
-    """The mode the command line asks for this model."""
-    from modules import shared
+    """The mode for this model: the command line's (``--lowvram``, ``--medvram``, ``--medvram-sdxl``), or, without
+    those flags, on a CUDA device, the lightest mode the model fits in (:func:`fitting_mode`; the console says when
+    that is not normal)."""
+    from modules import devices, shared
 
     opts = shared.cmd_opts
     if getattr(opts, "lowvram", False):
         return "lowvram"
     if getattr(opts, "medvram", False) or (getattr(opts, "medvram_sdxl", False) and sd_model.family.base == "sdxl"):
         return "medvram"
-    return "normal"
+    device = devices.device
+    if getattr(device, "type", None) != "cuda" or next(sd_model.unet.parameters()).device.type == "cuda":
+        return "normal"  # not a GPU, or the model is there already (it fitted)
+    available = available_memory(device)
+    mode = fitting_mode(sd_model, available)
+    if mode != "normal":
+        log.warning("The GPU has %.1f GiB free, too little for %s with room for a job: running it in %s mode "
+                    "(as with --%s)", available / 2**30, sd_model.sd_checkpoint_info.name, mode, mode)
+    return mode
 
 
 def mode_of(sd_model: Any) -> str:

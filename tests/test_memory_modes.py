@@ -157,3 +157,21 @@ def test_a_parked_model_keeps_one_reusable_ram_copy_and_is_parked_before_the_nex
     assert events.index(("park", "tiny")) < events.index(("to", "sub_other", "cpu"))  # one model on the device at a time
     sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny.safetensors"))
     assert other is not tiny_model and sd_models.current_model() is tiny_model
+
+
+def test_without_flags_a_model_too_big_for_the_free_gpu_memory_gets_a_lighter_mode(tiny_model, monkeypatch, caplog):
+    from modules import devices
+
+    sizes = {name: sum(t.numel() * t.element_size() for t in getattr(tiny_model, name).parameters())
+             for name in tiny_model.family.components}
+    total, largest = sum(sizes.values()), max(sizes.values())
+    working = lowvram.DEFAULT_WORKING_MEMORY
+    assert lowvram.fitting_mode(tiny_model, total + working + 1024) == "normal"
+    assert lowvram.fitting_mode(tiny_model, largest + working + 1024) == "medvram"
+    assert lowvram.fitting_mode(tiny_model, largest + working - 1) == "lowvram"
+
+    monkeypatch.setattr(devices, "_device", type("FakeCuda", (), {"type": "cuda"})())
+    monkeypatch.setattr(lowvram, "available_memory", lambda device: largest + working + 1024)
+    assert lowvram.requested_mode(tiny_model) == "medvram" and "running it in medvram mode" in caplog.text
+    monkeypatch.setattr(shared, "cmd_opts", cmd_args.parse(["--lowvram"]))
+    assert lowvram.requested_mode(tiny_model) == "lowvram"  # a flag wins
