@@ -42,7 +42,9 @@ DEFAULT_WORKING_MEMORY = 2 << 30
 
 
 def _bytes(module: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) if module else 0
+    if module is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 def fitting_mode(sd_model: Any, available: int) -> str:

@@ -368,6 +368,8 @@ class StableDiffusionProcessing:
         self.extra_generation_params["Refiner switch at"] = run.refiner.switch_at
         if run.refiner.by_steps:
             self.extra_generation_params["Refiner switch by sampling steps"] = True
+        if getattr(self, "enable_hr", False) and opts.hires_fix_refiner_pass != "second pass":
+            self.extra_generation_params["Hires refiner"] = opts.hires_fix_refiner_pass  # only once it switched
 
     def _sigma_options(self, sampler_name: str) -> dict:
         """A1111's s_churn, s_tmin, s_tmax (0: no upper bound) and s_noise for Euler, recorded in the infotext when
@@ -542,8 +544,6 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             params["Hires sampler"] = self.hr_sampler_name
         if self.hr_scheduler and self.hr_scheduler != self.scheduler:
             params["Hires schedule type"] = self.hr_scheduler
-        if self.refiner_checkpoint not in REFINER_OFF and opts.hires_fix_refiner_pass != "second pass":
-            params["Hires refiner"] = opts.hires_fix_refiner_pass
         if self.hr_checkpoint_info is not None:
             self.hr_model = sd_models.load_beside_current(self.hr_checkpoint_info.title, in_use=(self.sd_model,))
             if self.hr_model is not None:  # the job's own model: nothing to switch to, nothing to record

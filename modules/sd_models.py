@@ -225,8 +225,10 @@ class SDModel(Components):
             return self
         if lowvram.is_enabled(self):
             lowvram.send_everything_to_cpu()
-        to_device = str(device) != "cpu"  # from page-locked RAM (park) the copy to the GPU is asynchronous; one into
-        for name in self.family.components:  # RAM must be complete before anything reads it, so that one is not
+        # From page-locked RAM (park) a copy to the GPU can be asynchronous; a copy into RAM must be complete before
+        # anything reads it, so that one never is.
+        to_device = str(device) != "cpu"
+        for name in self.family.components:
             getattr(self, name).to(device, non_blocking=to_device)
         self.device = device
         return self

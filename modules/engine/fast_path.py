@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 log = logging.getLogger("webui")
 
-MODES = ("off", "graphs", "compile")
 EAGER, DISABLED = "eager", "disabled"  # a signature seen once; one whose graph did not match eager
 COMPILE_BACKEND = "inductor"
 COMPILED_TOLERANCE = 2e-2  # absolute, on the UNet's output (noise predictions of unit scale)

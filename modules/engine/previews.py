@@ -65,14 +65,13 @@ def _taesd(model: Any):
     """The model's TAESD decoder, loaded once (kept in ``model.extra``); None when its file is absent."""
     from modules.loading import model_catalog, model_files
 
-    cached = model.extra.get("taesd")
-    if cached is not None:
-        return cached
+    if "taesd" in model.extra:  # loaded, or known to be absent
+        return model.extra["taesd"]
     weights = next((w for w in model_catalog.PREVIEW_DECODERS if w.name == model.family.latent.preview_decoder), None)
     if weights is None:
         return None
     with _load_lock:
-        if "taesd" in model.extra:
+        if "taesd" in model.extra:  # another request loaded it meanwhile
             return model.extra["taesd"]
         path = weights.path()
         if not os.path.exists(path) and model_catalog.downloads_enabled():
