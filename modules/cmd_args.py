@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("--precision", choices=["full", "half", "autocast"], default="autocast",
         help="full = float32 everywhere; half/autocast = float16 on GPUs (CPU always uses float32)")
     add("--device-id", type=int, default=None, help="which CUDA device to use (0, 1, ...), as A1111's --device-id")
+    add("--gpus", type=str, default=None,
+        help="one job-queue worker per listed CUDA device ('0,1' or 'all'): jobs run at once, one per GPU, each "
+             "loading its model on its own GPU")
     add("--no-half", action="store_true", help="same as --precision full")
     add("--medvram", action="store_true", help="keep the model in RAM; text encoders, UNet and VAE go to the GPU one at a time")
     add("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")

@@ -5,6 +5,8 @@ import contextlib
 import sys
 from typing import Any
 
+from modules.runtime import worker_context
+
 _device: Any = None
 _dtype: Any = None
 _requested: tuple[str | None, str, int | None] = (None, "autocast", None)
@@ -66,6 +68,9 @@ def _ensure() -> None:
 def __getattr__(name: str) -> Any:
     # module attributes A1111 scripts read: devices.device, devices.dtype, devices.cpu
     if name == "device":
+        worker = worker_context.current()
+        if worker is not None and worker.device is not None:
+            return worker.device  # with --gpus, each queue worker computes on its own GPU
         _ensure()
         return _device
     if name in ("dtype", "dtype_unet", "dtype_vae"):
@@ -109,3 +114,40 @@ def test_for_nans(x: Any, where: str) -> None:
 
     if torch.isnan(x).any():
         raise NansException(f"A tensor with NaNs was produced in {where}.")
+
+
+def worker_device(name: str) -> Any:
+    """The torch device of a queue worker (``--gpus``), made this thread's current CUDA device so that streams,
+    graphs and memory statistics without an explicit device are that GPU's."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
+            raise RuntimeError(f"--gpus: {name} is not a CUDA device torch sees "
+                               f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible)")
+        torch.cuda.set_device(device)
+    return device
+
+
+def gpu_worker_devices(spec: str) -> list[str]:
+    """``--gpus``: ``all`` or CUDA indices like ``0,1`` -> one device name per queue worker."""
+    from modules.runtime import heavy_imports
+
+    heavy_imports.ensure()
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec.strip().lower() == "all":
+        indices = list(range(count))
+    else:
+        try:
+            indices = [int(part) for part in spec.split(",") if part.strip()]
+        except ValueError:
+            raise RuntimeError(f"--gpus {spec!r}: give CUDA device numbers separated by commas (0,1) or 'all'") from None
+    if not indices:
+        raise RuntimeError(f"--gpus {spec!r}: torch sees no CUDA device")
+    wrong = [i for i in indices if not 0 <= i < count]
+    if wrong or len(set(indices)) != len(indices):
+        raise RuntimeError(f"--gpus {spec!r}: torch sees {count} CUDA device(s), numbered from 0, each listed once")
+    return [f"cuda:{i}" for i in indices]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Any
 
 from PIL import Image
@@ -16,6 +17,7 @@ from modules.upscaler import Upscaler, UpscalerData
 
 EXTENSIONS = (".pth", ".pt", ".safetensors")
 FOLDERS = ("ESRGAN", "RealESRGAN")
+_run_lock = threading.Lock()  # with --gpus, one worker at a time moves a network to its GPU and runs it
 
 
 def tiled_upscale(model: Any, image: Image.Image, tile: int = 192, overlap: int = 8) -> Image.Image:
@@ -86,7 +88,8 @@ class UpscalerESRGAN(Upscaler):
     def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:
         from modules import shared
 
-        return tiled_upscale(self.load(), img, int(shared.opts.ESRGAN_tile), int(shared.opts.ESRGAN_tile_overlap))
+        with _run_lock:
+            return tiled_upscale(self.load(), img, int(shared.opts.ESRGAN_tile), int(shared.opts.ESRGAN_tile_overlap))
 
 
 def _scale_from_name(filename: str, default: int = 4) -> int:

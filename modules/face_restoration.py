@@ -7,6 +7,7 @@ restore it with a face network, paste it back with a feathered mask.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -104,6 +105,7 @@ class NetworkFaceRestoration(FaceRestoration):
     def __init__(self, path: str):
         self.path = path
         self.network: Any = None
+        self.lock = threading.Lock()  # with --gpus, one worker at a time moves the network to its GPU and runs it
 
     def name(self) -> str:
         return self.official.name
@@ -136,10 +138,11 @@ class NetworkFaceRestoration(FaceRestoration):
 
         from modules import devices
 
-        network = self.load()
-        tensor = torch.from_numpy(face).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(devices.device)
-        with torch.no_grad():
-            out = self.run(network, tensor).float().clamp(-1, 1)
+        with self.lock:
+            network = self.load()
+            tensor = torch.from_numpy(face).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(devices.device)
+            with torch.no_grad():
+                out = self.run(network, tensor).float().clamp(-1, 1)
         return ((out[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
 
     def restore(self, np_image: np.ndarray) -> np.ndarray:

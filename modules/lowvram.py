@@ -23,14 +23,18 @@ FLAG_KEY = "memory_mode"  # in SDModel.extra: the mode the model was set up for
 
 
 class _Placement:
-    """The one part that is on the GPU now (A1111's ``module_in_gpu``)."""
+    """The one part that is on a GPU now (A1111's ``module_in_gpu``)."""
 
     def __init__(self) -> None:
         self.in_gpu: Any = None
         self.lock = threading.Lock()
 
 
-_placement = _Placement()
+_placements: dict[str, _Placement] = {}  # by device: with --gpus each GPU holds one part of its worker's model
+
+
+def placement(device: Any) -> _Placement:
+    return _placements.setdefault(str(device), _Placement())
 
 
 def _move(module: Any, device: Any) -> None:
@@ -149,24 +153,27 @@ def remove(sd_model: Any) -> None:
     for handle in sd_model.extra.pop("memory_mode_hooks", []):
         handle.remove()
     sd_model.extra.pop(FLAG_KEY, None)
-    send_everything_to_cpu()
+    send_everything_to_cpu(sd_model.device)
 
 
 def _bring(unit: Any, device: Any) -> None:
-    with _placement.lock:
-        if _placement.in_gpu is unit:
+    where = placement(device)
+    with where.lock:
+        if where.in_gpu is unit:
             return
-        if _placement.in_gpu is not None:
-            _move(_placement.in_gpu, "cpu")
+        if where.in_gpu is not None:
+            _move(where.in_gpu, "cpu")
         _move(unit, device)
-        _placement.in_gpu = unit
+        where.in_gpu = unit
 
 
-def send_everything_to_cpu() -> None:
-    with _placement.lock:
-        if _placement.in_gpu is not None:
-            _move(_placement.in_gpu, "cpu")
-        _placement.in_gpu = None
+def send_everything_to_cpu(device: Any = None) -> None:
+    """Move the part on ``device`` (default: on every GPU) back to RAM."""
+    for where in list(_placements.values()) if device is None else [placement(device)]:
+        with where.lock:
+            if where.in_gpu is not None:
+                _move(where.in_gpu, "cpu")
+            where.in_gpu = None
 
 
 def setup_for_low_vram(sd_model: Any, use_medvram: bool) -> None:

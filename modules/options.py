@@ -1,6 +1,7 @@
 """Settings: typed options with defaults, persisted in ``config.json`` (A1111 ``Options``/``OptionInfo``)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -43,12 +44,32 @@ class OptionHTML(OptionInfo):
     text: str = ""
 
 
+class _SettingsData(dict):
+    """``opts.data``: the stored settings; reading a key through ``[]`` or ``get`` on a thread running a job with
+    ``override_settings`` gives the job's value, as A1111's set-and-restore did (saving writes the stored ones)."""
+
+    def __init__(self, values: dict, job_values: threading.local) -> None:
+        super().__init__(values)
+        self.job_values = job_values
+
+    def __getitem__(self, key: str) -> Any:
+        overlay = getattr(self.job_values, "values", None)
+        if overlay is not None and key in overlay:
+            return overlay[key]
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
 class Options:
     """Attribute access to settings; reading an unset key returns its default."""
 
     def __init__(self, templates: dict[str, OptionInfo]):
+        job_values = threading.local()  # per thread: the running job's override_settings (see overridden)
         object.__setattr__(self, "data_labels", dict(templates))
-        object.__setattr__(self, "data", {k: v.default for k, v in templates.items()})
+        object.__setattr__(self, "data", _SettingsData({k: v.default for k, v in templates.items()}, job_values))
+        object.__setattr__(self, "_job_values", job_values)
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_onchange", {})
 
@@ -96,8 +117,13 @@ class Options:
             return False
         if is_api and info.restrict_api:
             return False
-        old = self.data.get(key)
         value = self.cast_value(key, value)
+        overlay = getattr(self._job_values, "values", None)
+        if overlay is not None and key in overlay:  # a job's own setting stays the job's
+            changed = overlay[key] != value
+            overlay[key] = value
+            return changed
+        old = dict.get(self.data, key)
         if old == value:
             return False
         self.data[key] = value
@@ -105,6 +131,19 @@ class Options:
             if func is not None:
                 func()
         return True
+
+    @contextlib.contextmanager
+    def overridden(self, values: dict[str, Any]):
+        """Within the block, on this thread only, the known settings in ``values`` read as given (a job's
+        ``override_settings``): two jobs running at once on two GPUs each see their own, and nothing is saved."""
+        previous = getattr(self._job_values, "values", None)
+        layer = dict(previous or {})
+        layer.update({key: self.cast_value(key, value) for key, value in values.items() if key in self.data_labels})
+        self._job_values.values = layer
+        try:
+            yield
+        finally:
+            self._job_values.values = previous
 
     def onchange(self, key: str, func: Callable, call: bool = True) -> None:
         self._onchange.setdefault(key, []).append(func)

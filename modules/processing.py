@@ -1033,18 +1033,14 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     """Apply ``override_settings``, make sure the right model is loaded, then run the generation."""
     if p.scripts is not None:
         p.scripts.before_process(p)
-    stored = {k: getattr(opts, k) for k in p.override_settings if k in opts.data_labels}
-    try:
+    if not p.override_settings_restore_afterwards:  # the settings are kept: they change for everyone now
         for key, value in p.override_settings.items():
             opts.set(key, value)
+    with opts.overridden(p.override_settings if p.override_settings_restore_afterwards else {}):  # this job's own
         asked = p.override_settings.get("sd_model_checkpoint")  # a checkpoint named for this job must load, or fail it
         info = sd_models.get_closet_checkpoint_match(str(asked)) if asked else None
         sd_vae.reload_vae_weights(sd_models.reload_model_weights(info=info))
         return process_images_inner(p)
-    finally:
-        if p.override_settings_restore_afterwards:
-            for key, value in stored.items():
-                opts.set(key, value)
 
 
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:

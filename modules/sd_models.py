@@ -2,6 +2,9 @@
 
 Titles are ``"<relative path> [<sha256[:10]>]"`` (the bracket once the sha256 is known). Switching models
 keeps the last ``opts.sd_checkpoint_cache`` loaded models in RAM so switching back is fast.
+
+Loaded models belong to a job-queue worker (``runtime.worker_context``): with ``--gpus`` each worker has its current
+model and RAM cache on its own GPU; with one worker there is one of each, as in A1111.
 """
 from __future__ import annotations
 
@@ -18,13 +21,12 @@ from modules.errors import UserInputError
 from modules.families import detection
 from modules.loading import model_files
 from modules.loading.model_loader import Components
+from modules.runtime import worker_context
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 checkpoints_list: dict[str, "CheckpointInfo"] = {}
 checkpoint_aliases: dict[str, "CheckpointInfo"] = {}
-_loaded: "collections.OrderedDict[str, SDModel]" = collections.OrderedDict()
-_current: "SDModel | None" = None
-_lock = threading.RLock()
+_slots: "dict[int, _Slot]" = {}  # queue worker index -> its models
 _failures: dict[str, tuple[tuple, str]] = {}  # filename -> (size and mtime when it failed, why)
 # what the UI and every job's answer say while the setting's checkpoint could not be loaded and another one is used
 load_problems: list[str] = []
@@ -224,7 +226,7 @@ class SDModel(Components):
             lowvram.apply(self, lowvram.mode_of(self))
             return self
         if lowvram.is_enabled(self):
-            lowvram.send_everything_to_cpu()
+            lowvram.send_everything_to_cpu(self.device)
         # From page-locked RAM (park) a copy to the GPU can be asynchronous; a copy into RAM must be complete before
         # anything reads it, so that one never is.
         to_device = str(device) != "cpu"
@@ -262,6 +264,23 @@ class SDModel(Components):
         return self
 
 
+@dataclass
+class _Slot:
+    """One queue worker's models: the current one and the RAM cache (file name -> model, oldest first)."""
+    current: "SDModel | None" = None
+    loaded: "collections.OrderedDict[str, SDModel]" = field(default_factory=collections.OrderedDict)
+    lock: Any = field(default_factory=threading.RLock)
+
+
+def _here(slot: int | None = None) -> _Slot:
+    """The models of worker ``slot`` (default: the worker running on this thread, else the first)."""
+    index = worker_context.slot() if slot is None else slot
+    found = _slots.get(index)
+    if found is None:
+        found = _slots.setdefault(index, _Slot())
+    return found
+
+
 def load_model(info: CheckpointInfo, beside: tuple = (), before_device: Callable[[SDModel], None] | None = None
                ) -> SDModel:
     """Load (or take from the RAM cache) a checkpoint and put it on the compute device. The models in ``beside``
@@ -273,7 +292,8 @@ def load_model(info: CheckpointInfo, beside: tuple = (), before_device: Callable
 
     if not cmd_opts.no_hashing:
         info.calculate_shorthash()
-    cached = _loaded.pop(info.filename, None)
+    loaded = _here().loaded
+    cached = loaded.pop(info.filename, None)
     if cached is None:
         components = model_loader.load_components(info.filename, devices.dtype)
         cached = SDModel(**vars(components), sd_checkpoint_info=info, dtype=devices.dtype)
@@ -282,18 +302,18 @@ def load_model(info: CheckpointInfo, beside: tuple = (), before_device: Callable
             import torch
 
             cached.vae.to(torch.float32)  # SDXL's VAE overflows in float16: skip the half-precision try
-    _loaded[info.filename] = cached
+    loaded[info.filename] = cached
     if before_device is not None:
         before_device(cached)
     if not lowvram.is_enabled(cached) and lowvram.is_needed(cached):
         cached.device = devices.device
         lowvram.apply(cached)  # before anything goes to the GPU: only the parts that run will
     keep = max(1, int(opts.sd_checkpoint_cache or 1))
-    for filename in list(_loaded)[:-1]:  # oldest first
-        if len(_loaded) <= keep:
+    for filename in list(loaded)[:-1]:  # oldest first
+        if len(loaded) <= keep:
             break
-        if not any(_loaded[filename] is model for model in beside):
-            _loaded.pop(filename).to("cpu")
+        if not any(loaded[filename] is model for model in beside):
+            loaded.pop(filename).to("cpu")
     return cached.to(devices.device)
 
 
@@ -302,14 +322,15 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
     changes nothing. Without ``info`` the ``sd_model_checkpoint`` setting is used, and when that file cannot be
     loaded the current model stays (or, with none loaded, the first checkpoint that loads, or with ``--demo`` the
     demo model): the setting then names the model in use and :data:`load_problems` says what happened."""
-    with _lock:
+    slot = _here()
+    with slot.lock:
         explicit = info is not None
         info = info or select_checkpoint()
         if info is None:
             raise model_files.UnsupportedModelFile(
                 f"No checkpoint found. Put a .safetensors file in {model_dir()} or start with --demo.")
-        if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
-            return _current
+        if slot.current is not None and slot.current.sd_checkpoint_info.filename == info.filename:
+            return slot.current
         if not explicit and _known_failure(info) is not None:
             return _fall_back(info)
         try:
@@ -324,11 +345,11 @@ def reload_model_weights(sd_model: Any = None, info: CheckpointInfo | None = Non
 
 
 def _load_and_activate(info: CheckpointInfo) -> SDModel:
-    global _current
     from modules import devices
     from modules.shared import opts
 
-    previous = _current
+    slot = _here()
+    previous = slot.current
     parked = []
 
     def park_previous(model: SDModel) -> None:  # before the new model takes the VRAM: one of them at a time there
@@ -342,10 +363,10 @@ def _load_and_activate(info: CheckpointInfo) -> SDModel:
             previous.to(devices.device)
         raise
     _failures.pop(info.filename, None)
-    _current = model
+    slot.current = model
     opts.set("sd_model_checkpoint", info.title)
-    script_callbacks.model_loaded_callback(_current)
-    return _current
+    script_callbacks.model_loaded_callback(model)
+    return model
 
 
 def _signature(path: str) -> tuple:
@@ -372,8 +393,9 @@ def _fall_back(failed: CheckpointInfo) -> SDModel:
     from modules.shared import cmd_opts, opts
 
     reason = _known_failure(failed) or "it could not be loaded"
-    if _current is not None:
-        replacement = _current
+    current = _here().current
+    if current is not None:
+        replacement = current
         opts.set("sd_model_checkpoint", replacement.sd_checkpoint_info.title)
     else:
         replacement = None
@@ -409,13 +431,13 @@ def _fallback_candidates(cmd_opts) -> Any:
 def unload_model_weights() -> None:
     """Forget every loaded model (the RAM cache included) so their memory is freed; the next job loads
     the ``sd_model_checkpoint`` setting again."""
-    global _current
     from modules import devices, lowvram
 
-    with _lock:
-        lowvram.send_everything_to_cpu()
-        _loaded.clear()
-        _current = None
+    lowvram.send_everything_to_cpu()
+    for slot in list(_slots.values()):
+        with slot.lock:
+            slot.loaded.clear()
+            slot.current = None
     gc.collect()
     if devices.device.type == "cuda":
         devices.torch_gc()
@@ -429,23 +451,28 @@ def load_beside_current(title: str, in_use: tuple = ()) -> SDModel | None:
     info = get_closet_checkpoint_match(title)
     if info is None:
         raise UserInputError(f"Could not find checkpoint with name {title}")
-    with _lock:
-        if _current is not None and _current.sd_checkpoint_info.filename == info.filename:
+    slot = _here()
+    with slot.lock:
+        if slot.current is not None and slot.current.sd_checkpoint_info.filename == info.filename:
             return None
-        return load_model(info, beside=(_current, *in_use))
+        return load_model(info, beside=(slot.current, *in_use))
 
 
 def loaded_model_with(unet: Any) -> SDModel | None:
     """The loaded model (current, cached, a refiner) whose UNet ``unet`` is."""
-    return next((model for model in [_current, *_loaded.values()] if model is not None and model.unet is unet), None)
+    slot = _here()
+    return next((model for model in [slot.current, *slot.loaded.values()] if model is not None and model.unet is unet),
+                None)
 
 
 def get_sd_model() -> SDModel:
-    return _current if _current is not None else reload_model_weights()
+    current = _here().current
+    return current if current is not None else reload_model_weights()
 
 
-def current_model() -> SDModel | None:
-    return _current
+def current_model(slot: int | None = None) -> SDModel | None:
+    """The current model of worker ``slot`` (default: this thread's worker, else the first); None before one loads."""
+    return _here(slot).current
 
 
 def model_hash(filename: str) -> str:

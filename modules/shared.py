@@ -7,7 +7,8 @@ registries A1111's module surface also exposes, that ``modules.initialize`` fill
 ``upscaler.model_sources``, ``families.detection.registry``, ``networks.lora`` (``registry``, ``applied``),
 ``textual_inversion.embedding_db``, ``interrogate.clip_interrogator``, ``deepbooru.model``,
 ``runtime.job_queue.queue``, ``infotext_utils.registered_param_bindings`` (until the page wires them),
-``devices`` (the chosen device) and ``runtime.heavy_imports``. Everything a generation needs is passed to it
+``devices`` (the chosen device) and ``runtime.heavy_imports``. With ``--gpus``, ``state``, ``sd_model`` and
+``devices.device`` are the running queue worker's (``runtime.worker_context``). Everything a generation needs is passed to it
 explicitly: the sampling loop gets it all in its run object.
 """
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import Any, Callable
 from modules import cmd_args, paths
 from modules.options import OptionHTML, OptionInfo, Options, options_section  # noqa: F401  (re-exported for scripts)
 from modules.shared_options import options_templates
-from modules.shared_state import State
+from modules.shared_state import RoutedState, State
 from modules.shared_total_tqdm import TotalTQDM
 
 cmd_opts = cmd_args.parse([])
 opts = Options(options_templates)
-state = State()
+state = RoutedState(State())  # the running queue worker's State (the one State with a single worker)
 total_tqdm = TotalTQDM()
 
 latent_upscale_modes = {

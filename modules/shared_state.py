@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any
 
+from modules.runtime import worker_context
+
 
 class State:
     def __init__(self) -> None:
@@ -92,3 +94,27 @@ class State:
             self._server_command_signal.clear()
             return self.server_command
         return None
+
+
+class RoutedState:
+    """``shared.state``: the :class:`State` of the queue worker running on this thread (see
+    ``runtime.worker_context``), the primary one on any other thread and with a single worker. Scripts read and
+    set attributes on it as on A1111's ``State``."""
+
+    def __init__(self, primary: State) -> None:
+        object.__setattr__(self, "primary", primary)
+
+    def target(self) -> State:
+        worker = worker_context.current()
+        if worker is not None and worker.state is not None:
+            return worker.state
+        return object.__getattribute__(self, "primary")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.target(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self.target(), name)

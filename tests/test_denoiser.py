@@ -220,19 +220,19 @@ def test_no_half_vae_keeps_the_vae_in_float32_beside_a_half_precision_model(regi
 
     assert cmd_args.parse(["--no-half-vae"]).no_half_vae and not cmd_args.parse([]).no_half_vae
     info = sd_models.get_closet_checkpoint_match("other")
-    cached = sd_models._loaded.pop(info.filename, None)
+    cached = sd_models._here().loaded.pop(info.filename, None)
     monkeypatch.setattr(devices, "_dtype", torch.float16)
     try:
         monkeypatch.setattr(shared.cmd_opts, "no_half_vae", False, raising=False)
         assert sd_models.load_model(info).vae.dtype == torch.float16
-        sd_models._loaded.pop(info.filename)
+        sd_models._here().loaded.pop(info.filename)
         monkeypatch.setattr(shared.cmd_opts, "no_half_vae", True)
         model = sd_models.load_model(info)
         assert model.unet.dtype == torch.float16 and model.vae.dtype == torch.float32
     finally:
-        sd_models._loaded.pop(info.filename, None)
+        sd_models._here().loaded.pop(info.filename, None)
         if cached is not None:
-            sd_models._loaded[info.filename] = cached
+            sd_models._here().loaded[info.filename] = cached
 
 
 def test_sgm_noise_multiplier_scales_the_txt2img_start_noise_of_k_diffusion_samplers(tiny_model):

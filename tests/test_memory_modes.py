@@ -21,7 +21,7 @@ def moves(tiny_model, monkeypatch):
     real_bring, real_move = lowvram._bring, lowvram._move
 
     def bring(unit, device):
-        if lowvram._placement.in_gpu is not unit:
+        if lowvram.placement(device).in_gpu is not unit:
             recorded.append((names.get(id(unit), type(unit).__name__), "to the device"))
         real_bring(unit, device)
 

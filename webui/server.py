@@ -146,6 +146,18 @@ def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]
     return server
 
 
+def gpu_workers(opts) -> list[str]:
+    """The queue workers' devices for ``--gpus`` (this imports torch: only when the flag is given)."""
+    if opts.device_id is not None or opts.device not in (None, "cuda"):
+        raise SystemExit("--gpus chooses the CUDA devices itself; leave out --device-id and --device")
+    try:
+        names = devices.gpu_worker_devices(opts.gpus)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    print(f"Job queue: one worker per GPU ({', '.join(names)})", flush=True)
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -166,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     if opts.nowebui and opts.share:
         raise SystemExit("--share links to the web page; it cannot be combined with --nowebui")
     job_queue.queue.max_pending = max(1, opts.max_queued_jobs)
+    if opts.gpus:
+        job_queue.queue.set_workers(gpu_workers(opts))
     load_extensions(opts)
     host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
     port = free_port(host, opts.port or DEFAULT_PORT)

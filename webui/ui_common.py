@@ -11,7 +11,6 @@ import gradio as gr
 from modules import infotext_utils, sd_models, shared
 from modules.engine import previews, prompt_chunks
 from modules.runtime import job_queue
-from modules.shared import state
 
 POLL_SECONDS = 0.4
 EMPTY_COUNTER = "<span class='token-counter'>0/75</span>"
@@ -56,9 +55,12 @@ def stream_job(run, description: str):
     while not job.wait(POLL_SECONDS):
         progress = job_queue.queue.progress(job)
         preview = gr.skip()
-        if job is job_queue.queue.current and state.id_live_preview != last_preview and state.current_latent is not None:
-            last_preview = state.id_live_preview
-            image = previews.current_preview(state, sd_models.current_model(), shared.opts.show_progress_type)
+        job_state = job_queue.queue.state_of(job)  # with --gpus: the state of the worker running it
+        if (job.status == job_queue.RUNNING and job_state.id_live_preview != last_preview
+                and job_state.current_latent is not None):
+            last_preview = job_state.id_live_preview
+            image = previews.current_preview(job_state, sd_models.current_model(job_queue.queue.slot_of(job)),
+                                             shared.opts.show_progress_type)
             preview = gr.update(value=image, visible=True) if image is not None else gr.skip()
         yield gr.skip(), progress_html(progress, job_queue.queue.position(job)), preview, gr.skip(), gr.skip(), job.id
     if job.status != job_queue.DONE:

@@ -325,16 +325,18 @@ class Api:
     def progressapi(self, skip_current_image: bool = False) -> dict:
         current = job_queue.queue.current
         pending = len(job_queue.queue.pending())
-        if current is None or state.job_count == 0:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": state.dict(), "current_image": None,
-                    "textinfo": state.textinfo, "queued": pending}
+        job_state = job_queue.queue.state_of(current) if current is not None else state.primary
+        if current is None or job_state.job_count == 0:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": job_state.dict(), "current_image": None,
+                    "textinfo": job_state.textinfo, "queued": pending}
         progress = job_queue.queue.progress(current)
         image = None
-        preview = None if skip_current_image else previews.current_preview(state, sd_models.current_model(), opts.show_progress_type)
+        preview = None if skip_current_image else previews.current_preview(
+            job_state, sd_models.current_model(job_queue.queue.slot_of(current)), opts.show_progress_type)
         if preview is not None:
             image = encoding.encode_image(preview, "png")
         return {"progress": max(progress["progress"], 0.01), "eta_relative": progress["eta"] or 0.0,
-                "state": state.dict(), "current_image": image, "textinfo": state.textinfo, "queued": pending,
+                "state": job_state.dict(), "current_image": image, "textinfo": job_state.textinfo, "queued": pending,
                 "id_task": current.id}
 
     def interruptapi(self) -> dict:

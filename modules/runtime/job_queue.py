@@ -1,4 +1,5 @@
-"""The job queue that owns the device: one worker thread, FIFO, one job at a time.
+"""The job queue that owns the devices: one worker thread per device (one by default, one per GPU with ``--gpus``),
+each running one job at a time.
 
 Each job has an id, progress (step, ETA, live preview) and a result that stays available after the
 browser tab or HTTP client that asked for it has gone. The UI and the HTTP API submit here.
@@ -6,6 +7,10 @@ browser tab or HTTP client that asked for it has gone. The UI and the HTTP API s
 Fairness: every job belongs to a client (the UI, or an API caller by user name or address). Jobs of one
 client run in the order they came; between clients the worker takes turns, so one client that queues
 fifty jobs does not make another wait for all fifty.
+
+With several workers (``set_workers``) an idle worker takes the next job; each binds its
+``runtime.worker_context.Worker``, so the job's ``devices.device``, ``shared.state`` and loaded model are that
+worker's.
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from modules import devices, errors
-from modules.runtime import heavy_imports
+from modules.runtime import heavy_imports, worker_context
 from modules.shared import state
+from modules.shared_state import State
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 KEEP_FINISHED = 100
@@ -51,6 +57,7 @@ class Job:
     client: str = ""
     meta: dict = field(default_factory=dict)  # what the submitter needs to answer later (e.g. the API's echo)
     final_progress: dict | None = None
+    worker: worker_context.Worker | None = None  # the worker that runs or ran it
     done_event: threading.Event = field(default_factory=threading.Event)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -63,9 +70,25 @@ class JobQueue:
         self._pending: "collections.OrderedDict[str, collections.deque[Job]]" = collections.OrderedDict()  # by client
         self._jobs: "collections.OrderedDict[str, Job]" = collections.OrderedDict()
         self._cond = threading.Condition()
-        self._worker: threading.Thread | None = None
-        self._current: Job | None = None
+        self._workers = [worker_context.Worker(0)]
+        self._threads: dict[int, threading.Thread] = {}
+        self._running: dict[int, Job] = {}  # worker index -> its job
         self._counter = itertools.count(1)
+
+    def set_workers(self, device_names: list[str | None]) -> None:
+        """One worker per entry (``--gpus 0,1`` gives ``["cuda:0", "cuda:1"]``; None: the configured device), before
+        the first job. The first worker keeps the primary ``shared.state``; the others get their own."""
+        if not device_names:
+            raise ValueError("a queue needs at least one worker")
+        with self._cond:
+            if self._threads:
+                raise RuntimeError("the queue's workers are chosen before its first job")
+            self._workers = [worker_context.Worker(i, name, None if i == 0 else State())
+                             for i, name in enumerate(device_names)]
+
+    @property
+    def workers(self) -> list[worker_context.Worker]:
+        return list(self._workers)
 
     def submit(self, func: Callable[[], Any], description: str = "", job_id: str | None = None, client: str = "",
                meta: dict | None = None) -> Job:
@@ -82,9 +105,13 @@ class JobQueue:
             self._jobs[job.id] = job
             self._pending.setdefault(client, collections.deque()).append(job)
             self._trim()
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, name="job-queue", daemon=True)
-                self._worker.start()
+            for worker in self._workers:
+                thread = self._threads.get(worker.index)
+                if thread is None or not thread.is_alive():
+                    name = "job-queue" if worker.index == 0 else f"job-queue-{worker.index}"
+                    thread = self._threads[worker.index] = threading.Thread(target=self._run, args=(worker,),
+                                                                            name=name, daemon=True)
+                    thread.start()
             self._cond.notify()
         return job
 
@@ -93,7 +120,23 @@ class JobQueue:
 
     @property
     def current(self) -> Job | None:
-        return self._current
+        """The running job (the first worker's first, with several workers)."""
+        running = self.running()
+        return running[0] if running else None
+
+    def running(self) -> list[Job]:
+        """The jobs running now, by worker."""
+        with self._cond:
+            return [self._running[index] for index in sorted(self._running)]
+
+    def state_of(self, job: Job) -> State:
+        """The ``State`` with the job's progress and flags: that of the worker running it."""
+        worker = job.worker
+        return worker.state if worker is not None and worker.state is not None else state.primary
+
+    def slot_of(self, job: Job) -> int:
+        """The index of the worker that runs (or ran) the job; 0 before it started."""
+        return job.worker.index if job.worker is not None else 0
 
     def jobs(self) -> list[Job]:
         """Known jobs, oldest first: waiting, running and the last ``KEEP_FINISHED`` finished ones."""
@@ -119,7 +162,7 @@ class JobQueue:
                 return 0
             order = self._run_order()
             ahead = order.index(job) if job in order else 0
-            return ahead + (1 if self._current is not None else 0)
+            return ahead + len(self._running)
 
     def cancel(self, job_id: str) -> bool:
         """Remove a job that has not started; returns False if it already runs or finished."""
@@ -136,39 +179,44 @@ class JobQueue:
             return True
 
     def interrupt(self, job_id: str | None = None) -> None:
-        """Interrupt the running job (if it is ``job_id`` or no id is given); cancel it if still queued."""
+        """Interrupt the running job ``job_id`` (every running job when no id is given); cancel it if still
+        queued."""
         if job_id is not None and self.cancel(job_id):
             return
-        if self._current is not None and (job_id is None or self._current.id == job_id):
-            state.interrupt()
+        for job in self.running():
+            if job_id is None or job.id == job_id:
+                self.state_of(job).interrupt()
 
     def skip(self, job_id: str | None = None) -> None:
-        if self._current is not None and (job_id is None or self._current.id == job_id):
-            state.skip()
+        for job in self.running():
+            if job_id is None or job.id == job_id:
+                self.state_of(job).skip()
 
     def progress(self, job: Job) -> dict:
         """Progress of a job: status, fraction 0..1, step/steps, ETA in seconds, queue position."""
-        if job is not self._current:
+        if job.worker is None or self._running.get(job.worker.index) is not job:
             return job.final_progress or {"status": job.status, "progress": 1.0 if job.finished else 0.0,
                                           "eta": None, "step": 0, "steps": 0, "queue_position": self.position(job)}
-        steps = state.sampling_steps or 0
+        job_state = self.state_of(job)
+        steps = job_state.sampling_steps or 0
         fraction = 0.0
-        if state.job_count > 0:
-            fraction = state.job_no / state.job_count
+        if job_state.job_count > 0:
+            fraction = job_state.job_no / job_state.job_count
             if steps:
-                fraction += state.sampling_step / steps / state.job_count
+                fraction += job_state.sampling_step / steps / job_state.job_count
         elapsed = time.time() - (job.started or time.time())
         eta = elapsed / fraction - elapsed if fraction > 0.01 else None
-        return {"status": job.status, "progress": min(fraction, 1.0), "eta": eta, "step": state.sampling_step,
-                "steps": steps, "job_no": state.job_no, "job_count": state.job_count, "queue_position": 0,
-                "textinfo": state.textinfo}
+        return {"status": job.status, "progress": min(fraction, 1.0), "eta": eta, "step": job_state.sampling_step,
+                "steps": steps, "job_no": job_state.job_no, "job_count": job_state.job_count, "queue_position": 0,
+                "textinfo": job_state.textinfo}
 
     def _trim(self) -> None:
         finished = [j for j in self._jobs.values() if j.finished is not None]
         for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self._jobs[job.id]
 
-    def _run(self) -> None:
+    def _run(self, worker: worker_context.Worker) -> None:
+        worker_context.bind(worker)
         while True:
             with self._cond:
                 while not self._pending:
@@ -178,11 +226,14 @@ class JobQueue:
                 del self._pending[client]
                 if jobs:  # the client's next job waits for the other clients' turns
                     self._pending[client] = jobs
-                self._current = job
+                self._running[worker.index] = job
+                job.worker = worker
                 job.status = RUNNING
                 job.started = time.time()
             try:
                 heavy_imports.ensure()  # this thread imports torch and diffusers first; others wait for it
+                if worker.device is None and worker.device_name is not None:
+                    worker.device = devices.worker_device(worker.device_name)
                 state.begin(job.description)
                 job.result = job.func()
                 job.status = DONE
@@ -214,7 +265,7 @@ class JobQueue:
         finally:
             job.finished = time.time()
             with self._cond:
-                self._current = None
+                self._running.pop(self.slot_of(job), None)
             job.done_event.set()
 
 

@@ -84,7 +84,7 @@ def generate(values: dict[str, Any]):
         pairs = [(picture, None) for picture, _ in pairs]  # names are kept only in an output folder of the user's choice
     job = job_queue.queue.submit(lambda: postprocessing.run(pairs, params, outdir), "extras")
     while not job.wait(POLL_SECONDS):
-        yield gr.skip(), gr.skip(), f"<div class='progress-text'>Processing {shared.state.job_no + 1}/{len(pairs)}</div>"
+        yield gr.skip(), gr.skip(), f"<div class='progress-text'>Processing {job_queue.queue.state_of(job).job_no + 1}/{len(pairs)}</div>"
     if job.status != job_queue.DONE:
         yield gr.skip(), gr.skip(), error_html(job.error or job.status)
         return
