@@ -3,7 +3,8 @@ at a time to the GPU, just before it runs.
 
 - medvram: the parts are the text encoders, the UNet and the VAE (about a third of the VRAM a model needs).
 - lowvram: the text encoders and the VAE as in medvram, and the UNet block by block (each down block, the middle
-  block, each up block); its small input and output layers stay on the GPU.
+  block, each up block); its small input and output layers stay on the GPU. While a block computes, the next one is
+  copied to the GPU on a side CUDA stream (so two blocks are there at a time), from page-locked RAM.
 
 Forward pre-hooks move the parts, as in A1111, so every caller (the sampling loop, scripts calling the UNet) works
 unchanged; the model's ``device`` stays the compute device, where inputs are made. CUDA graphs need weights at fixed
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any
 
 log = logging.getLogger("webui")
@@ -23,14 +25,18 @@ FLAG_KEY = "memory_mode"  # in SDModel.extra: the mode the model was set up for
 
 
 class _Placement:
-    """The one part that is on a GPU now (A1111's ``module_in_gpu``)."""
+    """The part that is on a GPU now (A1111's ``module_in_gpu``), and in lowvram mode the next UNet block on its way."""
 
     def __init__(self) -> None:
         self.in_gpu: Any = None
+        self.prefetched: Any = None
+        self.ready: Any = None  # the CUDA event the prefetch's copy records (None off CUDA: it is there already)
         self.lock = threading.Lock()
 
 
 _placements: dict[str, _Placement] = {}  # by device: with --gpus each GPU holds one part of its worker's model
+_host_buffers: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()  # module -> its page-locked RAM
+_copy_streams: dict[str, Any] = {}  # by device: the side stream prefetches copy on
 
 
 def placement(device: Any) -> _Placement:
@@ -38,7 +44,45 @@ def placement(device: Any) -> _Placement:
 
 
 def _move(module: Any, device: Any) -> None:
-    module.to(device)
+    """Move ``module`` to ``device``; to RAM, with CUDA there, into page-locked buffers kept for the module (allocated
+    once), so that its next copy to the GPU can run beside computation."""
+    import torch
+
+    if str(device) != "cpu" or not torch.cuda.is_available():
+        module.to(device, non_blocking=str(device) != "cpu")
+        return
+    buffers = _host_buffers.setdefault(module, {})
+    for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        host = buffers.get(key)
+        if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
+            host = buffers[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        if tensor.data_ptr() != host.data_ptr():
+            host.copy_(tensor.detach())  # blocking: the GPU memory is given back right after
+            tensor.data = host
+
+
+def _prefetch(unit: Any, device: Any) -> Any:
+    """Start copying ``unit`` to ``device``; returns the CUDA event to wait for (None: the copy is done)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        _move(unit, device)
+        return None
+    stream = _copy_streams.get(str(device))
+    if stream is None:
+        stream = _copy_streams[str(device)] = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        _move(unit, device)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+    return ready
+
+
+def _wait(ready: Any, device: Any) -> None:
+    if ready is not None:
+        import torch
+
+        torch.cuda.current_stream(device).wait_event(ready)
 
 
 WORKING_MEMORY = {"sdxl": 4 << 30}  # bytes a job needs besides the weights (activations, VAE decode), by family base
@@ -136,11 +180,14 @@ def apply(sd_model: Any, mode: str | None = None) -> None:
 
     device = sd_model.device
     units, resident = _units(sd_model, mode)
+    blocks = [unit for unit, _ in units if mode == "lowvram" and _is_unet_block(sd_model.unet, unit)]
+    following = {id(block): after for block, after in zip(blocks, blocks[1:] + blocks[:1])}  # the last: next step's first
     handles = []
     for unit, callers in units:
         _move(unit, torch.device("cpu"))
         for caller in callers:
-            handles.append(caller.register_forward_pre_hook(lambda module, args, unit=unit: _bring(unit, device)))
+            handles.append(caller.register_forward_pre_hook(
+                lambda module, args, unit=unit, after=following.get(id(unit)): _bring(unit, device, after)))
     for module in resident:
         _move(module, device)
     sd_model.extra[FLAG_KEY] = mode
@@ -156,23 +203,46 @@ def remove(sd_model: Any) -> None:
     send_everything_to_cpu(sd_model.device)
 
 
-def _bring(unit: Any, device: Any) -> None:
+def _is_unet_block(unet: Any, unit: Any) -> bool:
+    return unit is unet.mid_block or any(unit is block for block in [*unet.down_blocks, *unet.up_blocks])
+
+
+def _bring(unit: Any, device: Any, following: Any = None) -> None:
+    """Make ``unit`` the part on ``device`` before it runs; with ``following`` (lowvram's next UNet block) start
+    copying that one too, on a side stream, so it is there when its turn comes."""
     where = placement(device)
     with where.lock:
-        if where.in_gpu is unit:
-            return
-        if where.in_gpu is not None:
-            _move(where.in_gpu, "cpu")
-        _move(unit, device)
-        where.in_gpu = unit
+        if where.in_gpu is not unit:
+            if where.in_gpu is not None:
+                _move(where.in_gpu, "cpu")
+            if where.prefetched is unit:
+                _wait(where.ready, device)
+                where.prefetched = where.ready = None
+            else:
+                _drop_prefetched(where)
+                _move(unit, device)
+            where.in_gpu = unit
+        if following is not None and following is not unit and where.prefetched is not following:
+            _drop_prefetched(where)
+            where.ready = _prefetch(following, device)
+            where.prefetched = following
+
+
+def _drop_prefetched(where: _Placement) -> None:
+    if where.prefetched is not None:
+        if where.ready is not None:
+            where.ready.synchronize()  # its copy is complete before that GPU memory is given back
+        _move(where.prefetched, "cpu")
+    where.prefetched = where.ready = None
 
 
 def send_everything_to_cpu(device: Any = None) -> None:
-    """Move the part on ``device`` (default: on every GPU) back to RAM."""
+    """Move the parts on ``device`` (default: on every GPU) back to RAM."""
     for where in list(_placements.values()) if device is None else [placement(device)]:
         with where.lock:
             if where.in_gpu is not None:
                 _move(where.in_gpu, "cpu")
+            _drop_prefetched(where)
             where.in_gpu = None
 
 

@@ -235,6 +235,21 @@ class SDModel(Components):
         self.device = device
         return self
 
+    def _tensors(self) -> dict[str, Any]:
+        """Every weight and buffer of the model's components by ``component.name``."""
+        return {f"{name}.{key}": tensor for name in self.family.components
+                for key, tensor in [*getattr(self, name).named_parameters(), *getattr(self, name).named_buffers()]}
+
+    def _host_copy(self, slot: str, tensor: Any, pin: bool) -> Any:
+        """The RAM kept for ``slot`` (allocated on first use, page-locked when ``pin``) holding a copy of ``tensor``."""
+        import torch
+
+        host = self.host_copies.get(slot)
+        if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
+            host = self.host_copies[slot] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
+        host.copy_(tensor.detach(), non_blocking=pin)
+        return host
+
     def park(self, on_device: Callable[[Any], bool] = lambda tensor: tensor.device.type != "cpu") -> "SDModel":
         """Move the weights into RAM kept for this model, page-locked when CUDA is there: switching back copies them
         to the GPU at the bus's full speed (about 55 GB/s against 6 on an H200) without pinning anything then.
@@ -247,21 +262,47 @@ class SDModel(Components):
             return self.to("cpu")
         self.extra.pop("unet_graphs", None)  # graphs of the weights' GPU addresses, which are given back now
         pin = torch.cuda.is_available()
-        for name in self.family.components:
-            module = getattr(self, name)
-            for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
-                if not on_device(tensor):
-                    continue
-                slot = f"{name}.{key}"
-                host = self.host_copies.get(slot)
-                if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
-                    host = self.host_copies[slot] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
-                host.copy_(tensor.detach(), non_blocking=pin)
-                tensor.data = host
+        for slot, tensor in self._tensors().items():
+            if on_device(tensor):
+                tensor.data = self._host_copy(slot, tensor, pin)
         if pin:
             torch.cuda.synchronize()  # the copies into RAM are complete before anything reads or reuses it
         self.device = torch.device("cpu")
         return self
+
+    def hand_device_memory_to(self, other: "SDModel") -> bool:
+        """Switch from this model to ``other`` (in RAM) without allocating or freeing GPU memory: each of this
+        model's tensors is copied into its RAM (as by :meth:`park`), then ``other``'s into the same GPU tensor, which
+        ``other`` keeps; ``other``'s page-locked RAM stays its copy for its next park. False, with nothing changed,
+        unless the two have the same tensors (names, shapes, dtypes) and neither is in a memory mode."""
+        import torch
+
+        from modules import lowvram
+
+        if lowvram.is_enabled(self) or lowvram.is_enabled(other):
+            return False
+        mine, theirs = self._tensors(), other._tensors()
+        if [(k, t.shape, t.dtype) for k, t in mine.items()] != [(k, t.shape, t.dtype) for k, t in theirs.items()]:
+            return False
+        if len({t.device for t in mine.values()}) != 1 or len({t.device for t in theirs.values()}) != 1:
+            return False  # a part elsewhere (a VAE on the CPU): moved the usual way
+        pin = torch.cuda.is_available()
+        self.extra.pop("unet_graphs", None)
+        other.extra.pop("unet_graphs", None)
+        for slot, tensor in mine.items():
+            device_tensor, incoming = tensor.data, theirs[slot].data
+            if slot in self.host_copies and self.host_copies[slot].data_ptr() == device_tensor.data_ptr():
+                del self.host_copies[slot]  # the weights are in that RAM already (no GPU): it cannot be their copy
+            host = self._host_copy(slot, tensor, pin)
+            device_tensor.copy_(incoming, non_blocking=pin)  # after the copy out, in the same stream's order
+            if not pin or incoming.is_pinned():
+                other.host_copies[slot] = incoming
+            theirs[slot].data = device_tensor
+            tensor.data = host
+        if pin:
+            torch.cuda.synchronize()
+        other.device, self.device = self.device, torch.device("cpu")
+        return True
 
 
 @dataclass
@@ -354,7 +395,9 @@ def _load_and_activate(info: CheckpointInfo) -> SDModel:
 
     def park_previous(model: SDModel) -> None:  # before the new model takes the VRAM: one of them at a time there
         if previous is not None and previous is not model and opts.sd_checkpoints_keep_in_cpu:
-            parked.append(previous.park())
+            if not (_on_gpu(previous) and not _on_gpu(model) and previous.hand_device_memory_to(model)):
+                previous.park()
+            parked.append(previous)
 
     try:
         model = load_model(info, before_device=park_previous)  # raises before anything changes if the file is bad
@@ -367,6 +410,10 @@ def _load_and_activate(info: CheckpointInfo) -> SDModel:
     opts.set("sd_model_checkpoint", info.title)
     script_callbacks.model_loaded_callback(model)
     return model
+
+
+def _on_gpu(model: SDModel) -> bool:
+    return next(model.unet.parameters()).device.type != "cpu"
 
 
 def _signature(path: str) -> tuple:

@@ -20,10 +20,10 @@ def moves(tiny_model, monkeypatch):
     recorded = []
     real_bring, real_move = lowvram._bring, lowvram._move
 
-    def bring(unit, device):
+    def bring(unit, device, following=None):
         if lowvram.placement(device).in_gpu is not unit:
             recorded.append((names.get(id(unit), type(unit).__name__), "to the device"))
-        real_bring(unit, device)
+        real_bring(unit, device, following)
 
     def move(module, device):
         if str(device) == "cpu":
@@ -61,6 +61,37 @@ def test_lowvram_moves_the_unet_block_by_block(tiny_model, moves):
              [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
     assert _brought(moves) == ["text_encoder", *blocks, *blocks, "vae"]  # two steps (cond and uncond in one batch)
     assert (pixels(result.images[0]) == plain).all()
+
+
+def test_lowvram_copies_the_next_unet_block_while_one_computes(tiny_model, moves, monkeypatch):
+    """While each UNet block runs, the next one (after the last up block: the first down block, for the next step)
+    is on its way; only those two blocks are there; the images are unchanged."""
+    plain = pixels(txt2img(seed=8, steps=2).images[0])
+    lowvram.apply(tiny_model, "lowvram")
+    unet = tiny_model.unet
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    seen, prefetches = [], []
+    real_prefetch = lowvram._prefetch
+    monkeypatch.setattr(lowvram, "_prefetch", lambda unit, device: prefetches.append(unit) or real_prefetch(unit, device))
+
+    def record(block, args):
+        where = lowvram.placement(tiny_model.device)
+        seen.append((where.in_gpu is block, blocks.index(where.prefetched) if where.prefetched is not None else None))
+
+    hooks = [block.register_forward_pre_hook(record) for block in blocks]  # after lowvram's own hooks: they ran
+    try:
+        result = txt2img(seed=8, steps=2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    n = len(blocks)
+    assert seen == [(True, (i + 1) % n) for i in range(n)] * 2  # two steps (cond and uncond in one batch)
+    where = lowvram.placement(tiny_model.device)
+    assert len(prefetches) == 2 * n
+    assert where.in_gpu is tiny_model.vae and where.prefetched is None  # the VAE's turn gave the next block back
+    assert (pixels(result.images[0]) == plain).all()
+    lowvram.send_everything_to_cpu()
+    assert where.in_gpu is None
 
 
 def test_the_flags_choose_the_mode_and_medvram_sdxl_spares_sd1(tiny_model, monkeypatch):
@@ -157,6 +188,45 @@ def test_a_parked_model_keeps_one_reusable_ram_copy_and_is_parked_before_the_nex
     assert events.index(("park", "tiny")) < events.index(("to", "sub_other", "cpu"))  # one model on the device at a time
     sd_models.reload_model_weights(info=sd_models.get_closet_checkpoint_match("tiny.safetensors"))
     assert other is not tiny_model and sd_models.current_model() is tiny_model
+
+
+def test_a_switch_to_a_model_of_the_same_layout_copies_it_into_the_gpu_tensors_the_previous_one_leaves(
+        tiny_model, monkeypatch):
+    """No GPU memory is allocated or freed by the switch: the next model's weights go into the tensors the current one
+    used (the current one into its RAM copies), and both still make their own images afterwards."""
+    from modules import sd_models
+    from tests.conftest import pixels, txt2img
+
+    other_info = sd_models.get_closet_checkpoint_match("other")
+    tiny_info = tiny_model.sd_checkpoint_info
+    other = sd_models.reload_model_weights(info=other_info)
+    other_image = pixels(txt2img().images[0])
+    sd_models.reload_model_weights(info=tiny_info)
+    tiny_image = pixels(txt2img().images[0])
+    assert other_image.tolist() != tiny_image.tolist()
+
+    on_gpu = {id(tiny_model)}  # this machine has no GPU: the current model counts as being on one
+    monkeypatch.setattr(sd_models, "_on_gpu", lambda model: id(model) in on_gpu)
+    addresses = {slot: tensor.data_ptr() for slot, tensor in tiny_model._tensors().items()}
+    assert sd_models.reload_model_weights(info=other_info) is other
+    assert {slot: tensor.data_ptr() for slot, tensor in other._tensors().items()} == addresses
+    assert all(tiny_model.host_copies[slot].data_ptr() == tensor.data_ptr()
+               for slot, tensor in tiny_model._tensors().items())  # the one left lives in its RAM copies
+    assert pixels(txt2img().images[0]).tolist() == other_image.tolist()
+
+    on_gpu = {id(other)}
+    assert sd_models.reload_model_weights(info=tiny_info) is tiny_model  # and back, into the same tensors
+    assert {slot: tensor.data_ptr() for slot, tensor in tiny_model._tensors().items()} == addresses
+    assert pixels(txt2img().images[0]).tolist() == tiny_image.tolist()
+
+
+def test_models_of_different_layouts_are_not_copied_into_each_other(tiny_model, use_checkpoint_dir, sdxl_dir):
+    sdxl = use_checkpoint_dir(sdxl_dir, "tiny-sdxl.safetensors")
+    models = (sdxl, tiny_model)
+    before = [{slot: tensor.clone() for slot, tensor in model._tensors().items()} for model in models]
+    assert not sdxl.hand_device_memory_to(tiny_model)
+    for model, weights in zip(models, before):
+        assert all(torch.equal(tensor, weights[slot]) for slot, tensor in model._tensors().items())
 
 
 def test_without_flags_a_model_too_big_for_the_free_gpu_memory_gets_a_lighter_mode(tiny_model, monkeypatch, caplog):
