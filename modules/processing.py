@@ -273,7 +273,7 @@ class StableDiffusionProcessing:
                               options.get("aesthetic_scores"), options.get("clip_l_skip"),
                               opts.emphasis, self.clip_skip,
                               opts.comma_padding_backtrack, textual_inversion.embedding_db.files_signature,
-                              tuple((n.network.filename, n.te_multiplier) for n in lora.applied.loaded))
+                              tuple((n.network.filename, n.te_multiplier) for n in lora.applied_networks().loaded))
         key = (tuple(prompts), text_encoder_state)
         if cache_c.get("key") != key:
             value = conditioning.get_multicond_learned_conditioning(encoder, prompts, total_steps, hires_steps, old)

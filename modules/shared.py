@@ -4,7 +4,7 @@ They are not the only process-wide mutable objects. The others, each owned by th
 registries A1111's module surface also exposes, that ``modules.initialize`` fills, or that cache files on disk:
 ``sd_models`` (checkpoint list, loaded models, load failures and ``load_problems``), ``sd_vae.vae_dict``,
 ``scripts`` (script classes and runners), ``extensions.extensions``, ``extra_networks`` (registry),
-``upscaler.model_sources``, ``families.detection.registry``, ``networks.lora`` (``registry``, ``applied``),
+``upscaler.model_sources``, ``families.detection.registry``, ``networks.lora`` (``registry``, the merged networks per worker),
 ``textual_inversion.embedding_db``, ``interrogate.clip_interrogator``, ``deepbooru.model``,
 ``runtime.job_queue.queue``, ``infotext_utils.registered_param_bindings`` (until the page wires them),
 ``devices`` (the chosen device) and ``runtime.heavy_imports``. With ``--gpus``, ``state``, ``sd_model`` and

@@ -6,12 +6,14 @@ job's override_settings stay its own), which is the same for two CUDA devices.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 
 import pytest
 
 from modules.runtime import job_queue, worker_context
-from tests.conftest import pixels, txt2img
+from tests.conftest import pixels, txt2img, write_kohya_lora
 
 TIMEOUT = 60
 
@@ -89,16 +91,34 @@ def test_gpus_flag_names_cuda_devices_and_refuses_what_torch_does_not_see():
         devices.gpu_worker_devices("all")
 
 
-def test_two_jobs_at_once_load_their_own_models_and_keep_their_own_settings(tiny_model):
-    """Each worker loads the checkpoint its job asks for on its own device; a job's override_settings are seen by
-    that job only (the other job, running at the same moment, sees the stored setting) and are not stored."""
+@pytest.fixture()
+def lora_file(tiny_model):
+    from modules import paths
+    from modules.networks import lora
+
+    folder = os.path.join(paths.models_path, "Lora")
+    os.makedirs(folder, exist_ok=True)
+    write_kohya_lora(os.path.join(folder, "multi-gpu-style.safetensors"), tiny_model, seed=3, scale=2.0)
+    yield "<lora:multi-gpu-style:1>"
+    shutil.rmtree(folder, ignore_errors=True)
+    lora.applied_networks().restore()
+
+
+def test_two_jobs_at_once_load_their_own_models_and_keep_their_own_settings(tiny_model, lora_file):
+    """Each worker loads the checkpoint its job asks for on its own device and merges its job's LoRA into it; a
+    job's override_settings are seen by that job only (the other job, running at the same moment, sees the stored
+    setting) and are not stored."""
     from modules import processing, script_callbacks, sd_models
+    from modules.networks import lora
     from modules.shared import opts
 
     other = sd_models.get_closet_checkpoint_match("other")
     job_settings = {"sd_model_checkpoint": other.title, "CLIP_stop_at_last_layers": 2}
-    expected_other = txt2img(override_settings=job_settings)
+    styled_prompt = "a cat " + lora_file
+    expected_other = txt2img(prompt=styled_prompt, override_settings=job_settings)
+    lora.applied_networks().restore()
     expected_plain = txt2img()
+    assert pixels(expected_other.images[0]).tolist() != pixels(txt2img(override_settings=job_settings).images[0]).tolist()
     stored_checkpoint = opts.sd_model_checkpoint
     assert opts.CLIP_stop_at_last_layers == 1
 
@@ -111,15 +131,15 @@ def test_two_jobs_at_once_load_their_own_models_and_keep_their_own_settings(tiny
             met.add(worker)
             together.wait()
 
-    def run(**overrides):
-        params = dict(prompt="a cat", negative_prompt="", seed=1234, steps=4, width=64, height=64,
+    def run(prompt="a cat", **overrides):
+        params = dict(prompt=prompt, negative_prompt="", seed=1234, steps=4, width=64, height=64,
                       sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True, **overrides)
         return processing.process_images(processing.StableDiffusionProcessingTxt2Img(**params))
 
     queue = two_worker_queue()
     script_callbacks.on_cfg_denoiser(meet_at_first_step)
     try:
-        with_settings = queue.submit(lambda: run(override_settings=job_settings), "other", client="a")
+        with_settings = queue.submit(lambda: run(styled_prompt, override_settings=job_settings), "other", client="a")
         plain = queue.submit(run, "plain", client="b")
         assert with_settings.wait(TIMEOUT * 4) and plain.wait(TIMEOUT * 4)
     finally:
@@ -132,6 +152,7 @@ def test_two_jobs_at_once_load_their_own_models_and_keep_their_own_settings(tiny
     assert pixels(with_settings.result.images[0]).tolist() == pixels(expected_other.images[0]).tolist()
     assert pixels(plain.result.images[0]).tolist() == pixels(expected_plain.images[0]).tolist()
     assert "Clip skip: 2" in with_settings.result.infotexts[0] and "Clip skip" not in plain.result.infotexts[0]
+    assert "Lora hashes" in with_settings.result.infotexts[0] and "Lora" not in plain.result.infotexts[0]
     assert "other" in with_settings.result.infotexts[0].split("Model: ")[1].split(",")[0]
 
     used_other, used_plain = models[queue.slot_of(with_settings)], models[queue.slot_of(plain)]

@@ -32,7 +32,7 @@ def embeddings_dir(tiny_model):
 def lora_dir(tiny_model):
     yield _empty_models_subdir("Lora")
     shutil.rmtree(os.path.join(paths.models_path, "Lora"), ignore_errors=True)
-    lora.applied.restore()
+    lora.applied_networks().restore()
 
 
 def _width(model):

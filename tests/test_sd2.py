@@ -188,7 +188,7 @@ def test_lora_and_hires_fix_work_on_sd2(sd2_dir, use_checkpoint_dir):
         assert all(torch.equal(v, weights[k]) for k, v in model.text_encoder.state_dict().items())  # restored
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        lora.applied.restore()
+        lora.applied_networks().restore()
     hires = txt2img(prompt="a cat", enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5)
     assert hires.images[0].size == (96, 96) and "Hires upscale: 1.5" in hires.info
 

@@ -258,7 +258,7 @@ def test_kohya_sdxl_lora_names_reach_the_intended_modules(sdxl_enabled, tmp_path
         assert np.abs(pixels(as_peft.images[0]) - pixels(styled.images[0])).max() <= 1
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        lora.applied.restore()
+        lora.applied_networks().restore()
 
 
 def test_a_hires_pass_on_an_sd1_checkpoint_takes_the_sdxl_latents_through_pixels(sdxl_enabled):
@@ -371,7 +371,7 @@ def test_sd1_networks_are_skipped_on_sdxl_by_name_and_family(sdxl_enabled):
             assert (pixels(processed.images[0]) == plain).all()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        lora.applied.restore()
+        lora.applied_networks().restore()
 
 
 def test_a_folder_saved_by_diffusers_gives_the_single_file_pixels(sdxl_model, sdxl_enabled, use_checkpoint_dir):

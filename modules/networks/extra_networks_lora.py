@@ -48,11 +48,11 @@ class ExtraNetworkLora(extra_networks.ExtraNetwork):
         if missing:
             log.warning("LoRA not found: %s (available: %d in %s)", ", ".join(missing), len(available), lora.lora_dirs()[0])
             p.comment("Networks not found: " + ", ".join(missing))
-        current = [(n.network.filename, n.te_multiplier, n.unet_multiplier) for n in lora.applied.loaded]
+        current = [(n.network.filename, n.te_multiplier, n.unet_multiplier) for n in lora.applied_networks().loaded]
         requested = [(n.network.filename, n.te_multiplier, n.unet_multiplier) for n in loaded]
         model = getattr(p, "sd_model", None) or sd_models.get_sd_model()  # a hires pass may run on its own model
-        if current != requested or lora.applied.model is not model:
-            for warning in lora.applied.apply(model, loaded):
+        if current != requested or lora.applied_networks().model is not model:
+            for warning in lora.applied_networks().apply(model, loaded):
                 log.warning(warning)
                 p.comment(warning)
         hashes = [f"{n.mentioned_name.replace(':', '').replace(',', '')}: {n.network.shorthash}" for n in loaded]
@@ -60,7 +60,7 @@ class ExtraNetworkLora(extra_networks.ExtraNetwork):
             p.extra_generation_params["Lora hashes"] = ", ".join(hashes)
 
     def deactivate(self, p) -> None:
-        lora.applied.restore()
+        lora.applied_networks().restore()
 
 
 def register() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from modules import errors, hashes
 from modules.families.spec import family_of_context_width
 from modules.loading import model_files
+from modules.runtime import worker_context
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
 _PART_SUFFIXES = (
@@ -350,4 +351,13 @@ class AppliedNetworks:
         self.model = None
 
 
-applied = AppliedNetworks()
+_applied: dict[int, AppliedNetworks] = {}  # by queue worker: with --gpus each worker's model has its own
+
+
+def applied_networks() -> AppliedNetworks:
+    """The networks merged by the job running on this thread's queue worker (the first worker's elsewhere)."""
+    slot = worker_context.slot()
+    found = _applied.get(slot)
+    if found is None:
+        found = _applied.setdefault(slot, AppliedNetworks())
+    return found
