@@ -5,7 +5,7 @@ with ``--family sdxl``) with the same components, scheduler, seed, size and step
     python benchmarks/txt2img_vs_diffusers.py --full --device cuda  SD 1.5 architecture (random weights), 512x512, fp16
     python benchmarks/txt2img_vs_diffusers.py --family sdxl         tiny SDXL; with --full: SDXL architecture, 1024x1024
 
-Prints the median seconds of each and the ratio (target: 1.05 or less), plus it/s, once per UNet fast-path mode
+Prints the median seconds of each and the ratio (target on CPU with the tiny model: 1.02 or less), plus it/s, once per UNet fast-path mode
 (``--fast-path off,graphs,compile``; graphs and compile apply on CUDA only); the first image after the model loaded
 and at a new size per mode; on CUDA also peak VRAM per mode, time and peak VRAM in --medvram and --lowvram, and
 diffusers with its UNet compiled (mode "reduce-overhead") as a yardstick.
