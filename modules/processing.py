@@ -1117,11 +1117,12 @@ def _run_batches(p: StableDiffusionProcessing, model, writer, output_images: lis
                 extra_networks.deactivate(p, p.extra_network_data)
 
     index_of_first_image = 0
-    if (len(output_images) > 1 or not opts.grid_only_if_multiple) and output_images:
+    wanted = (opts.return_grid or opts.grid_save) and not p.do_not_save_grid  # A1111: no grid at all then
+    if wanted and (len(output_images) > 1 or not opts.grid_only_if_multiple) and output_images:
         grid = images.image_grid(output_images, p.batch_size)
         grid_text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True)
         grid.info["parameters"] = grid_text
-        if opts.grid_save and not p.do_not_save_grid:
+        if opts.grid_save:
             _save_or_comment(p, "grid", lambda: images.save_image(
                 grid, p.outpath_grids, "grid", p.all_seeds[0], p.all_prompts[0], opts.grid_format, info=grid_text,
                 short_filename=not opts.grid_extended_filename, p=p, grid=True, writer=writer))

@@ -67,15 +67,20 @@ def test_txt2img_answers_like_a1111(client, data_dir):
     body = response.json()
     info = json.loads(body["info"])  # a JSON string that clients decode a second time
     assert info["all_seeds"] == [1234, 1235] and info["seed"] == 1234 and info["steps"] == 3
-    assert len(body["images"]) == 3 and info["index_of_first_image"] == 1  # the grid comes first
-    first = decoded(body["images"][1])
+    assert len(body["images"]) == 2 and info["index_of_first_image"] == 0  # nothing saved: no grid either (A1111)
+    first = decoded(body["images"][0])
     assert first.format == "PNG" and first.size == (64, 64)
-    assert first.info["parameters"] == info["infotexts"][1]  # the PNG keeps its parameters chunk
+    assert first.info["parameters"] == info["infotexts"][0]  # the PNG keeps its parameters chunk
     assert "Seed: 1234" in first.info["parameters"] and "Sampler: Euler" in first.info["parameters"]
     assert body["parameters"]["steps"] == 3 and body["parameters"]["cfg_scale"] == 7.0  # echo with defaults
     assert response.headers["X-Task-Id"].startswith("task(") and float(response.headers["X-Process-Time"]) > 0
     same = txt2img(prompt="a cat", seed=1234, steps=3, batch_size=2, sampler_name="Euler")
-    assert np.array_equal(pixels(first), pixels(same.images[1]))  # the same image the engine makes
+    assert np.array_equal(pixels(first), pixels(same.images[0]))  # the same image the engine makes
+
+    saved = client.post(f"{BASE}/txt2img", json={**SMALL, "batch_size": 2, "save_images": True}).json()
+    assert len(saved["images"]) == 3 and json.loads(saved["info"])["index_of_first_image"] == 1  # the grid first
+    assert decoded(saved["images"][0]).size == (128, 64)
+    assert len([path for path in outputs() if path not in before and "grids" in path]) == 1
 
 
 def test_api_defaults_and_legacy_sampler_names(client):

@@ -324,3 +324,35 @@ def test_generate_with_an_sdxl_checkpoint(tmp_path):
     assert "Model: tiny-sdxl" in info and "Steps: 2" in info
     with Image.open(io.BytesIO(body)) as image:
         assert image.size == (64, 64) and image.info["parameters"] == info.strip()
+
+
+def test_an_extension_written_for_gradio_3_works_in_the_page(tmp_path):
+    """The fixture extension uses tooltip=, gr.Box, .style(), Component.update and _js= (webui/gradio_compat.py)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import FIXTURES
+
+    shutil.copytree(os.path.join(FIXTURES, "gradio3-idioms"), tmp_path / "extensions" / "gradio3-idioms")
+    proc, port, log = _start(tmp_path, "--demo")
+    prefix = "script_txt2img_gradio_3_idioms_"
+    try:
+        with sync_playwright() as pw:
+            browser, page = _open_page(pw, f"http://127.0.0.1:{port}")
+            _set_number(page, "txt2img_width", 64)
+            _set_number(page, "txt2img_height", 64)
+            _set_number(page, "txt2img_steps", 2)
+            assert not page.locator(f"#{prefix}shown").is_visible()
+            page.locator(f"#{prefix}enabled input").check()
+            page.wait_for_selector(f"#{prefix}shown", state="visible")  # gr.Textbox.update(visible=True)
+            page.wait_for_function(f"document.querySelector('#{prefix}shown textarea').value === 'stamping'")
+            page.click(f"#{prefix}fill")  # _js= fills the note in the browser
+            page.wait_for_function(f"document.querySelector('#{prefix}note textarea').value === 'filled by js'")
+            info, _ = _generate(page, "Gradio 3 idioms")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+    assert "Gradio 3 idioms: filled by js" in info

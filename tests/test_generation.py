@@ -151,6 +151,32 @@ def test_outputs_follow_a1111_layout_with_infotext(tiny_model, data_dir):
     assert params == result.infotexts[1]
 
 
+@pytest.mark.parametrize("do_not_save_grid, return_grid, grid_save, returned, saved", [
+    (True, True, True, False, False),  # a script that makes its own grid: no grid at all (A1111 v1.10)
+    (False, True, False, True, False),
+    (False, False, True, False, True),  # saved, not in the answer
+    (False, False, False, False, False),
+])
+def test_a_grid_is_made_saved_and_returned_by_a1111s_rule(tiny_model, data_dir, do_not_save_grid, return_grid,
+                                                         grid_save, returned, saved):
+    from modules.shared import opts
+
+    grids = lambda: sorted((data_dir / "outputs").rglob("grid-*.png"))  # noqa: E731
+    before = grids()
+    saved_options = opts.return_grid, opts.grid_save
+    opts.set("return_grid", return_grid)
+    opts.set("grid_save", grid_save)
+    try:
+        result = txt2img(prompt="a house", batch_size=3, do_not_save_grid=do_not_save_grid)
+    finally:
+        opts.set("return_grid", saved_options[0])
+        opts.set("grid_save", saved_options[1])
+    assert len(result.images) == len(result.infotexts) == 3 + returned
+    assert result.index_of_first_image == int(returned)
+    assert [image.size for image in result.images] == [(192, 64)] * returned + [(64, 64)] * 3
+    assert len(grids()) == len(before) + saved
+
+
 def test_sequence_numbers_continue_after_existing_files(tmp_path):
     (tmp_path / "00007-1.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_bytes(b"")

@@ -252,3 +252,29 @@ def test_paste_buttons_extensions_register_fill_the_target_tab(ext_root, data_di
     assert values["img2maskimg"]["value"]["background"].size == (64, 96)
     assert values["img2img_prompt"]["value"] == "a lighthouse" and values["img2img_steps"]["value"] == 7
     assert values["img2img_neg_prompt"]["value"] == "fog"
+
+
+def test_gradio3_idioms_of_a1111_extensions_build_and_mean_what_they_meant(ext_root, data_dir):
+    """webui/gradio_compat.py: tooltip=, gr.Box, .style(), Component.update, _js= and gr.Image(source=, tool=)."""
+    from modules import scripts
+    from webui import ui
+
+    shutil.copytree(os.path.join(FIXTURES, "gradio3-idioms"), ext_root["user"] / "gradio3-idioms")
+    scripts.reload_scripts()
+    demo = ui.create_ui()
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    prefix = "script_txt2img_gradio_3_idioms_"
+    assert isinstance(by_id[prefix + "box"], gr.Group)
+    assert by_id[prefix + "enabled"].tooltip == "adds a line to the infotext"
+    assert by_id[prefix + "note"].container is False and by_id[prefix + "fill"].size == "sm"
+    assert by_id[prefix + "picture"].sources == ["upload"] and by_id[prefix + "gallery"].columns == 3
+    row = by_id[prefix + "enabled"].parent
+    while not isinstance(row, gr.Row):  # Gradio puts form fields in a Form of their own
+        row = row.parent
+    assert row.equal_height is True
+    fill_id = by_id[prefix + "fill"]._id
+    config = demo.get_config_file()
+    fill_events = [d for d in config["dependencies"] if [fill_id, "click"] in [list(t) for t in d["targets"]]]
+    assert fill_events and fill_events[0]["js"] == "() => 'filled by js'"
+    assert gr.Textbox.update(visible=True) == {"visible": True, "__type__": "update"}
+    assert gr.Box is gr.Group

@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     job_queue.queue.max_pending = max(1, opts.max_queued_jobs)
     if opts.gpus:
         job_queue.queue.set_workers(gpu_workers(opts))
+    if not opts.nowebui:
+        from webui import gradio_compat
+
+        gradio_compat.install()  # before extensions are imported: some use Gradio 3 names at import
     load_extensions(opts)
     host = opts.server_name or ("0.0.0.0" if opts.listen else "127.0.0.1")
     port = free_port(host, opts.port or DEFAULT_PORT)

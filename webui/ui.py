@@ -10,6 +10,7 @@ from modules.loading import model_download
 from modules.loading.demo_model import DEMO_NAME
 from modules.runtime import job_queue
 from modules.shared import opts
+from webui import gradio_compat
 from webui.tabs import extensions as extensions_tab
 from webui.tabs import extras as extras_tab
 from webui.tabs import img2img as img2img_tab
@@ -238,6 +239,7 @@ def _connect_paste_buttons(demo: gr.Blocks, tabs: gr.Tabs, t2i: dict, i2i: dict,
 
 
 def create_ui() -> gr.Blocks:
+    gradio_compat.install()  # before any extension's ui(): A1111 extensions' Gradio 3 idioms
     sampler_names = sd_samplers.visible_sampler_names()
     schedule_labels = [s.label for s in sd_schedulers.schedulers if not s.unsupported]
     selected = sd_models.select_checkpoint()
