@@ -164,3 +164,33 @@ def test_api_is_on_for_loopback_and_opt_in_elsewhere():
 
     assert api_enabled(cmd_args.parse([])) and not api_enabled(cmd_args.parse(["--listen"]))
     assert api_enabled(cmd_args.parse(["--listen", "--api"])) and api_enabled(cmd_args.parse(["--share", "--nowebui"]))
+
+
+def test_the_colab_notebook_is_valid_and_runs_the_readmes_commands():
+    import json
+    import re
+
+    with open(os.path.join(ROOT, "notebooks", "colab.ipynb"), encoding="utf8") as f:
+        notebook = json.load(f)
+    assert notebook["nbformat"] == 4 and notebook["cells"]
+    for cell in notebook["cells"]:
+        assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
+    commands = [line.strip()[1:] for cell in notebook["cells"] if cell["cell_type"] == "code"
+                for line in "".join(cell["source"]).splitlines() if line.strip().startswith("!")]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf8") as f:
+        section = f.read().split("## Colab", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    readme = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    readme = [c.replace("<this project's git URL>", "{REPO_URL}").replace('"SD 1.5"', '"{MODEL}"') for c in readme]
+    readme = [part.strip() for c in readme for part in c.split("&&") if not part.strip().startswith("cd ")]
+    assert commands == readme
+
+
+def test_the_model_download_command_says_why_it_cannot_download(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "modules.loading.model_download", "SD 1.5", "--data-dir",
+                             str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Could not download SD 1.5: ConnectionError: HF_HUB_OFFLINE is set" in result.stderr
+    wrong = subprocess.run([sys.executable, "-m", "modules.loading.model_download", "SD 9"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "choose from 'SD 1.5', 'SDXL base'" in wrong.stderr

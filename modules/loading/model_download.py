@@ -58,3 +58,24 @@ def provide_checkpoint(report: Callable[[int, int], None] | None = None,
         path = demo_model.ensure_demo_checkpoint(paths.models_path)
         return path, (f"Could not download {offer.label} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       f"created the random-weight demo model instead.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m modules.loading.model_download "SD 1.5"`` (or ``"SDXL base"``): download that official checkpoint
+    into ``models/Stable-diffusion`` of the data dir (the install dir unless ``--data-dir``), with a progress bar."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m modules.loading.model_download",
+                                     description="Download an official checkpoint into models/Stable-diffusion")
+    parser.add_argument("checkpoint", choices=[offer.label for offer in OFFERS])
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    paths.configure(args.data_dir)
+    try:
+        print(f"Saved {download_official(offer=find_offer(args.checkpoint))}")
+    except Exception as e:  # offline, hub unreachable, disk full
+        raise SystemExit(f"Could not download {args.checkpoint}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+
+
+if __name__ == "__main__":
+    main()
