@@ -24,12 +24,18 @@ class OptionInfo:
     restrict_api: bool = False
     comment_before: str = ""
     comment_after: str = ""
+    requires: str = ""  # what makes a change take effect: "" (at once), "Reload UI" or "restart"
 
     def info(self, text: str) -> "OptionInfo":
         self.comment_after += f" ({text})"
         return self
 
     def needs_reload_ui(self) -> "OptionInfo":
+        self.requires = "Reload UI"
+        return self
+
+    def needs_restart(self) -> "OptionInfo":
+        self.requires = "restart"
         return self
 
 

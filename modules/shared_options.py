@@ -112,7 +112,7 @@ options_templates.update(options_section(("interrogate", "Interrogate"), {
 }))
 
 options_templates.update(options_section(("sampler-params", "Sampler parameters"), {
-    "hide_samplers": OptionInfo([], "Hide samplers in user interface"),
+    "hide_samplers": OptionInfo([], "Hide samplers in user interface").needs_reload_ui(),
     "vae_tiling": OptionInfo("auto", "VAE tiling: auto (whole, and in tiles after an out-of-memory error), always, or "
                              "off"),
     "vae_tile_size": OptionInfo(512, "VAE tile size in pixels (tiles overlap by a quarter)"),
@@ -141,6 +141,8 @@ options_templates.update(options_section(("ui", "Live previews and UI"), {
     "show_progress_type": OptionInfo("Approx cheap", "Live preview method: Approx cheap, TAESD (its small decoder in "
                                      "models/VAE-taesd) or Full (the VAE)"),
     "tiling": OptionInfo(False, "Tiling"),
+    "quicksettings_list": OptionInfo(["sd_model_checkpoint", "sd_vae"], "Quicksettings list (settings shown in the bar at "
+                                     "the top of the page)").needs_reload_ui(),
 }))
 
 options_templates.update(options_section(("server", "Server limits"), {
@@ -150,6 +152,7 @@ options_templates.update(options_section(("server", "Server limits"), {
 }))
 
 options_templates.update(options_section(("extensions", "Extensions"), {
-    "disabled_extensions": OptionInfo([], "Disabled extensions (folder names)"),
-    "disable_all_extensions": OptionInfo("none", "Disable extensions: none, extra (all but built-in) or all"),
+    "disabled_extensions": OptionInfo([], "Disabled extensions (folder names)").needs_restart(),
+    "disable_all_extensions": OptionInfo("none", "Disable extensions: none, extra (all but built-in) or all"
+                                         ).needs_restart(),
 }))

@@ -356,3 +356,38 @@ def test_an_extension_written_for_gradio_3_works_in_the_page(tmp_path):
         proc.wait(20)
         log.close()
     assert "Gradio 3 idioms: filled by js" in info
+
+
+def test_settings_tab_search_apply_and_reload_ui(server):
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    url, data_dir = server
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, url)
+        page.get_by_role("tab", name="Settings").click()
+        page.wait_for_selector("#settings_search", state="visible")
+        assert page.locator("#setting_samples_save").is_visible()  # the first section is shown
+        page.fill("#settings_search textarea", "clip skip")
+        page.wait_for_selector("#setting_samples_save", state="hidden")
+        page.wait_for_selector("#setting_CLIP_stop_at_last_layers", state="visible")
+        assert "Default: 1" in page.locator("#setting_CLIP_stop_at_last_layers").inner_text()
+        _set_number(page, "setting_CLIP_stop_at_last_layers", 2)
+        page.click("#settings_submit")
+        page.wait_for_function("document.querySelector('#settings_result').innerText.includes('1 setting changed: "
+                               "Clip skip.')", timeout=30_000)
+        assert json.loads((data_dir / "config.json").read_text())["CLIP_stop_at_last_layers"] == 2
+
+        # a quick setting added (here through the API, the same path) shows in the top bar after Reload UI
+        response = page.request.post(f"{url}/sdapi/v1/options", data=json.dumps(
+            {"quicksettings_list": ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"]}),
+            headers={"Content-Type": "application/json"})
+        assert response.ok, response.text()
+        assert not page.locator("#quicksettings #setting_CLIP_stop_at_last_layers").count()
+        page.click("#settings_restart_gradio")
+        page.wait_for_selector("#reloading", timeout=10_000)
+        page.wait_for_selector("#quicksettings #setting_CLIP_stop_at_last_layers", timeout=120_000)
+        assert page.locator("#quicksettings #setting_CLIP_stop_at_last_layers input[type=number]").input_value() == "2"
+        page.wait_for_selector("#txt2img_generate")
+        browser.close()

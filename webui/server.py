@@ -204,12 +204,24 @@ def main(argv: list[str] | None = None) -> None:
             command = shared.state.wait_for_server_command(timeout=3600)
             if command == "stop":
                 break
+            if command == "restart" and demo is not None:  # Reload UI (Settings tab)
+                demo = reload_webui(demo, opts, host, port, credentials, policy)
     except KeyboardInterrupt:
         pass
     if demo is not None:
         demo.close()
     if api_server is not None:
         api_server.should_exit = True
+
+
+def reload_webui(demo, opts, host: str, port: int, credentials: list[tuple[str, str]], policy):
+    """Rebuild the page on the same port, the extensions' scripts imported again (A1111's Reload UI); jobs in the
+    queue go on meanwhile."""
+    log.info("Reloading the UI")
+    demo.close()
+    scripts.reload_scripts()
+    script_callbacks.ui_settings_callback()
+    return launch_webui(opts, host, port, credentials, policy)
 
 
 def launch_webui(opts, host: str, port: int, credentials: list[tuple[str, str]], policy):

@@ -15,6 +15,7 @@ from webui.tabs import extensions as extensions_tab
 from webui.tabs import extras as extras_tab
 from webui.tabs import img2img as img2img_tab
 from webui.tabs import pnginfo as pnginfo_tab
+from webui.tabs import settings as settings_tab
 from webui.tabs import txt2img as txt2img_tab
 from webui.ui_common import POLL_SECONDS, error_html, script_paste_components
 
@@ -238,18 +239,26 @@ def _connect_paste_buttons(demo: gr.Blocks, tabs: gr.Tabs, t2i: dict, i2i: dict,
                                    queue=False)
 
 
+def _bar_id(key: str, quick: list[str]) -> str:
+    """A quick setting's id in the bar; the Settings tab has the setting (and its id) when the bar does not show it."""
+    return f"setting_{key}" if key in quick else f"quicksettings_hidden_{key}"
+
+
 def create_ui() -> gr.Blocks:
     gradio_compat.install()  # before any extension's ui(): A1111 extensions' Gradio 3 idioms
     sampler_names = sd_samplers.visible_sampler_names()
     schedule_labels = [s.label for s in sd_schedulers.schedulers if not s.unsupported]
     selected = sd_models.select_checkpoint()
     extension_tabs = extension_ui_tabs()
+    quick = list(opts.quicksettings_list or [])
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
-        with gr.Row():
+        with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(_checkpoint_choices(), value=selected.title if selected else None,
-                                     label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=4)
+                                     label="Stable Diffusion checkpoint", scale=4, visible="sd_model_checkpoint" in quick,
+                                     elem_id=_bar_id("sd_model_checkpoint", quick))
             vae = gr.Dropdown(sd_vae.choices(), value=opts.sd_vae if opts.sd_vae in sd_vae.choices() else "Automatic",
-                              label="SD VAE", elem_id="setting_sd_vae", scale=2)
+                              label="SD VAE", scale=2, visible="sd_vae" in quick, elem_id=_bar_id("sd_vae", quick))
+            quick_components = settings_tab.quicksettings(quick)
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
             downloads = [(gr.Button(f"Download {offer.label}", elem_id=_download_elem_id(offer.label),
                                     scale=1), offer.label) for offer in model_download.OFFERS]
@@ -265,6 +274,8 @@ def create_ui() -> gr.Blocks:
             for blocks, title, elem_id in extension_tabs:
                 with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                     blocks.render()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_page = settings_tab.create_tab(quick)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 installed = extensions_tab.create_tab()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
@@ -274,6 +285,7 @@ def create_ui() -> gr.Blocks:
         img2img_tab.wire_tab(i2i)
         extras_tab.wire_tab(extras)
         extensions_tab.wire_tab(installed)
+        settings_tab.wire_tab(settings_page)
         pnginfo_tab.wire_tab(png)
         _wire_send_buttons(tabs, t2i, i2i, extras, png)
         _connect_paste_buttons(demo, tabs, t2i, i2i, extras)
@@ -289,6 +301,9 @@ def create_ui() -> gr.Blocks:
         refresh.click(second_checkpoint_choices, None,
                       [t2i["refiner_checkpoint"], i2i["refiner_checkpoint"], t2i["hr_checkpoint_name"]], queue=False)
         vae.input(change_vae, [vae], [model_status], queue=False)
+        for key, component in quick_components.items():
+            component.input(lambda value, key=key: settings_tab.apply_quicksetting(key, value), [component],
+                            [model_status], queue=False)
         for button, label in downloads:
             button.click(_downloader(label), None, [checkpoint, model_status], concurrency_limit=None)
         scripts.announce_components(demo, {"txt2img": txt2img_page, "img2img": img2img_page})

@@ -28,7 +28,7 @@ from modules import (errors, extensions, images, infotext_utils, postprocessing,
 from modules.api import encoding, models
 from modules.engine import previews
 from modules.errors import UserInputError
-from modules.runtime import job_queue
+from modules.runtime import job_queue, settings_change
 from modules.shared import opts, state
 
 log = logging.getLogger("webui")
@@ -133,24 +133,6 @@ def _fields_from_infotext(text: str, is_img2img: bool, model: type) -> tuple[dic
     return {k: v for k, v in found.items() if k in model.model_fields}, overrides
 
 
-def _check_settings(values: dict[str, Any], field: str) -> None:
-    unknown = [key for key in values if key not in opts.data_labels]
-    if unknown:
-        raise UserInputError(f"{field}: unknown setting(s) {', '.join(map(repr, unknown))}")
-    restricted = [key for key in values if opts.data_labels[key].restrict_api]
-    if restricted:
-        raise UserInputError(f"{field}: setting(s) {', '.join(map(repr, restricted))} cannot be changed through the API")
-    checkpoint = values.get("sd_model_checkpoint")
-    if checkpoint and sd_models.get_closet_checkpoint_match(str(checkpoint)) is None:
-        raise UserInputError(f"{field}: unknown checkpoint {checkpoint!r}; choose one of: "
-                             f"{', '.join(sd_models.checkpoint_tiles())}")
-    for key, value in values.items():
-        try:
-            opts.cast_value(key, value)
-        except (TypeError, ValueError):
-            raise UserInputError(f"{field}: {key!r} cannot be {value!r}") from None
-
-
 def build_processing(request: models.ApiModel, is_img2img: bool, user: str | None = None):
     """(p, script runner, script args) for a txt2img/img2img request, all input checked."""
     model = type(request)
@@ -161,7 +143,7 @@ def build_processing(request: models.ApiModel, is_img2img: bool, user: str | Non
         given = {k for k in request.model_fields_set if fields.get(k) is not None}  # null counts as not given
         fields.update({k: v for k, v in found.items() if k not in given})
     overrides.update(fields.get("override_settings") or {})
-    _check_settings(overrides, "override_settings")
+    settings_change.check(overrides, "override_settings")
     fields["override_settings"] = overrides
     fields["sampler_name"] = fields.get("sampler_name") or request.sampler_index
     if fields.get("firstpass_image"):
@@ -374,17 +356,12 @@ class Api:
                 if not callable(opts.data.get(key, info.default))}
 
     async def set_config(self, req: dict[str, Any], request: Request) -> None:
-        _check_settings(req, "options")
-        checkpoint = req.get("sd_model_checkpoint")
-        info = sd_models.get_closet_checkpoint_match(str(checkpoint)) if checkpoint else None
-        for key, value in req.items():
-            if key != "sd_model_checkpoint":
-                opts.set(key, value, is_api=True)
+        info = settings_change.apply(req, "options")
         if info is not None:
             await run_job(lambda: sd_vae.reload_vae_weights(sd_models.reload_model_weights(info=info)),
                           f"load {info.name}", request)
         try:
-            opts.save(shared.config_filename())
+            settings_change.save()
         except OSError as e:  # a full disk: the settings apply now but are not kept; the old file stays whole
             raise HTTPException(507, f"settings applied but not saved to {shared.config_filename()}: "
                                      f"{e.strerror or e}") from None
