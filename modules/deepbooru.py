@@ -55,10 +55,15 @@ class DeepDanbooru:
             return
         from modules.arch import deepdanbooru as deepbooru_model
 
+        from modules.errors import UserInputError
+        from modules.loading import model_catalog, model_files
+
         path = weights_file()
         if path is None:
-            raise DeepDanbooruMissing(f"DeepDanbooru weights are missing: put {WEIGHT_NAMES[0]} in {folder()}")
-        from modules.loading import model_files
+            try:
+                path = model_catalog.ensure(model_catalog.DEEPDANBOORU)
+            except UserInputError as e:
+                raise DeepDanbooruMissing(str(e)) from None
 
         with model_files.loading(path, "DeepDanbooru model"):
             state = _read_state_dict(path)

@@ -78,9 +78,9 @@ class UpscalerESRGAN(Upscaler):
             from modules.arch import esrgan as esrgan_arch
 
             if not os.path.exists(self.path):
-                if self.official is None or not model_catalog.downloads_enabled():
+                if self.official is None:
                     raise FileNotFoundError(f"{self.name}: weights file {self.path} is missing")
-                model_catalog.download(self.official)
+                model_catalog.ensure(self.official)
             with model_files.loading(self.path, "ESRGAN upscaler"):
                 self.model = esrgan_arch.build(model_files.read_state_dict(self.path))
         return self.model

@@ -125,10 +125,7 @@ class NetworkFaceRestoration(FaceRestoration):
             from modules.loading import model_files
 
             if not os.path.exists(self.path):
-                if not model_catalog.downloads_enabled():
-                    raise UserInputError(f"{self.name()}: weights {self.path} are missing; "
-                                         f"download {self.official.url} and save it there")
-                model_catalog.download(self.official)
+                model_catalog.ensure(self.official)
             with model_files.loading(self.path, f"{self.name()} model"):
                 self.network = self.build(model_files.read_state_dict(self.path))
         return self.network.to(devices.device)

@@ -92,7 +92,8 @@ options_templates.update(options_section(("upscaling", "Upscaling"), {
     "ESRGAN_tile_overlap": OptionInfo(8, "Tile overlap for ESRGAN upscalers, in pixels"),
     "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img"),
     "download_official_weights": OptionInfo(
-        False, "List official upscaler and face-restoration models that are not in models/ and download them on first use"),
+        True, "Download official weights on first use (upscalers, face restoration, TAESD previews, DeepDanbooru, "
+              "CLIP interrogator); off: only files present in models/ are used"),
 }))
 
 options_templates.update(options_section(("face-restoration", "Face restoration"), {

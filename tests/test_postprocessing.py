@@ -173,8 +173,9 @@ def test_first_use_download_when_enabled(model_dirs, tmp_path, monkeypatch):
     served = tmp_path / "served.pth"
     weights.write_rrdbnet(str(served))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    opts.set("download_official_weights", False)
     assert "R-ESRGAN 4x+" not in [u.name for u in upscaler.all_upscalers()]
-    opts.set("download_official_weights", True)
+    opts.set("download_official_weights", True)  # the default
     listed = upscaler.find("R-ESRGAN 4x+")  # listed before it exists
     assert not os.path.exists(listed.data_path)
     official = listed.scaler.official
@@ -188,6 +189,40 @@ def test_first_use_download_when_enabled(model_dirs, tmp_path, monkeypatch):
     assert os.path.getsize(listed.data_path) == os.path.getsize(served)
     assert reports and reports[-1][0] == os.path.getsize(served)
     assert not [f for f in os.listdir(model_dirs["RealESRGAN"]) if f.startswith(".download")]
+
+
+def test_weights_that_cannot_arrive_say_which_file_where_and_from_where(model_dirs, tiny_model, monkeypatch):
+    """Restore faces on a fresh install: the restorer is offered and its download tried when first needed; when the
+    hub cannot be reached (or downloads are off) the message names the file, where to save it and where to get it."""
+    from modules.loading import model_catalog
+    from modules.shared import opts
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert opts.download_official_weights is True  # the default, as in A1111
+    official = model_catalog.FACE_RESTORERS[0]
+    unreachable = model_catalog.OfficialWeights(official.name, official.folder, official.filename,
+                                                "http://127.0.0.1:9/codeformer.pth")  # nothing listens there
+    monkeypatch.setattr(model_catalog, "FACE_RESTORERS", (unreachable, *model_catalog.FACE_RESTORERS[1:]))
+    from modules import face_restoration
+    monkeypatch.setattr(face_restoration.CodeFormerRestoration, "official", unreachable)
+    assert txt2img(restore_faces=True).images  # listed, so a job may ask for it (the first face makes it load)
+    with pytest.raises(Exception) as failed:
+        face_restoration.find("CodeFormer").load()
+    path = model_dirs["Codeformer"] / "codeformer-v0.1.0.pth"
+    assert f"CodeFormer: could not download http://127.0.0.1:9/codeformer.pth" in str(failed.value)
+    assert f"save it as {path}" in str(failed.value) and not path.exists()
+    assert not [f for f in os.listdir(model_dirs["Codeformer"]) if f.startswith(".download")]
+    opts.set("download_official_weights", False)
+    with pytest.raises(Exception, match=r"are missing and downloads are off \(Settings: download_official_weights\); "
+                                        r"download http://127.0.0.1:9/codeformer.pth and save it there"):
+        model_catalog.ensure(unreachable)
+
+
+def test_the_progress_line_shows_what_is_being_downloaded():
+    from webui.ui_common import progress_html
+
+    line = progress_html({"step": 0, "steps": 20, "progress": 0.0, "textinfo": "Downloading codeformer.pth: 40%"}, 0)
+    assert "Downloading codeformer.pth: 40%" in line and "Step 0/20" in line
 
 
 def test_hires_fix_with_a_model_upscaler(tiny_model, model_dirs):

@@ -24,7 +24,9 @@ def progress_html(progress: dict, position: int) -> str:
     eta_text = f" · ETA {eta:.0f}s" if eta is not None else ""
     percent = int(progress.get("progress", 0) * 100)
     batch = f" · batch {progress.get('job_no', 0) + 1}/{progress['job_count']}" if progress.get("job_count", 0) > 1 else ""
-    return (f"<div class='progress-text'>Step {step}/{steps}{batch}{eta_text} ({percent}%)</div>"
+    text = progress.get("textinfo")  # e.g. "Downloading codeformer-v0.1.0.pth: 40%" while weights arrive
+    note = f"<div class='progress-text'>{html.escape(text)}</div>" if text else ""
+    return (f"<div class='progress-text'>Step {step}/{steps}{batch}{eta_text} ({percent}%)</div>{note}"
             f"<progress value='{percent}' max='100' style='width:100%'></progress>")
 
 

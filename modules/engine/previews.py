@@ -63,6 +63,7 @@ def build_taesd_decoder(state: dict):
 
 def _taesd(model: Any):
     """The model's TAESD decoder, loaded once (kept in ``model.extra``); None when its file is absent."""
+    from modules.errors import UserInputError
     from modules.loading import model_catalog, model_files
 
     if "taesd" in model.extra:  # loaded, or known to be absent
@@ -73,11 +74,10 @@ def _taesd(model: Any):
     with _load_lock:
         if "taesd" in model.extra:  # another request loaded it meanwhile
             return model.extra["taesd"]
-        path = weights.path()
-        if not os.path.exists(path) and model_catalog.downloads_enabled():
-            model_catalog.download(weights)
-        if not os.path.exists(path):
-            log.warning("Live preview: TAESD needs %s (%s); using Approx cheap", path, weights.url)
+        try:
+            path = model_catalog.ensure(weights)
+        except UserInputError as e:
+            log.warning("Live preview: %s; using Approx cheap", e)
             model.extra["taesd"] = None
             return None
         with model_files.loading(path, "TAESD decoder"):

@@ -1,17 +1,22 @@
-"""Where the official upscaler and face-restoration weights live, and their optional first-use download.
+"""Where the official upscaler, face-restoration, preview and DeepDanbooru weights live, and their download on
+first use (as A1111 does).
 
-Nothing is downloaded unless the setting ``download_official_weights`` is on; otherwise only files present
-in ``models/`` are offered, and :func:`missing_hint` tells the user which files to put where.
+The setting ``download_official_weights`` (on by default) lets a feature that needs one of these files download it
+the first time (atomically, with progress in the console and the page's progress line); off, or with
+``HF_HUB_OFFLINE`` set, only files present in ``models/`` are offered, and a feature that needs a missing one says
+which file, where to put it and where to get it (:func:`ensure`, :func:`missing_hint`).
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
 from modules import paths
+from modules.errors import UserInputError
 
 REALESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 
@@ -59,6 +64,10 @@ PREVIEW_DECODERS = (  # TAESD's decoders (A1111's "TAESD" live preview), by late
     OfficialWeights("TAESDXL", "VAE-taesd", "taesdxl_decoder.pth", f"{TAESD_FILES}/taesdxl_decoder.pth"),
 )
 
+DEEPDANBOORU = OfficialWeights("DeepDanbooru", "torch_deepdanbooru", "model-resnet_custom_v3.pt",
+                               "https://github.com/AUTOMATIC1111/TorchDeepDanbooru/releases/download/v1/"
+                               "model-resnet_custom_v3.pt")
+
 # folder under models/ -> command-line flag that overrides it (A1111 names)
 FOLDER_FLAGS = {"ESRGAN": "esrgan_models_path", "RealESRGAN": "realesrgan_models_path",
                 "Codeformer": "codeformer_models_path", "GFPGAN": "gfpgan_models_path"}
@@ -76,6 +85,27 @@ def downloads_enabled() -> bool:
     from modules.loading import model_download
 
     return bool(shared.opts.download_official_weights) and not model_download.hub_offline()
+
+
+def ensure(weights: OfficialWeights) -> str:
+    """The path of ``weights``, downloaded first when missing and downloads are on. Otherwise (or when the download
+    fails) a UserInputError that names the file, where to save it and where to get it."""
+    from modules.loading import model_download
+
+    path = weights.path()
+    if os.path.exists(path):
+        return path
+    if not downloads_enabled():
+        why = "HF_HUB_OFFLINE is set" if model_download.hub_offline() else \
+            "downloads are off (Settings: download_official_weights)"
+        raise UserInputError(f"{weights.name}: weights {path} are missing and {why}; download {weights.url} and "
+                             f"save it there")
+    try:
+        return download(weights)
+    except (OSError, urllib.error.URLError) as e:  # offline, unreachable, disk full
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise UserInputError(f"{weights.name}: could not download {weights.url} ({reason}); download it yourself "
+                             f"and save it as {path}") from None
 
 
 def missing_hint(catalog: tuple[OfficialWeights, ...]) -> str:
