@@ -6,7 +6,9 @@ Weights are transformers model folders under ``models/interrogate``:
 - ``clip/``: a CLIP model (``CLIPModel``, e.g. openai/clip-vit-large-patch14);
 - ``*.txt`` next to them: category lists, one term per line (``mediums.txt``, ``movements.txt``, ...). Each
   file adds its best ``TOP_TERMS`` terms; a file name ending in ``-<k>`` (``flavors-3.txt``) adds ``k``.
-Nothing is downloaded: a missing file is reported by name (HTTP 503 from the API).
+With ``download_official_weights`` on (the default) what is missing is downloaded on first use: BLIP and CLIP from
+the Hugging Face hub (``HUB_MODELS``), A1111's term lists from its repository; otherwise, or when that fails, the
+missing files are reported by name with where to get them (HTTP 503 from the API).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from typing import Any
 from modules import paths
 
 TOP_TERMS = 1
+HUB_MODELS = (("blip", "Salesforce/blip-image-captioning-large"), ("clip", "openai/clip-vit-large-patch14"))
+TERM_LISTS_URL = "https://raw.githubusercontent.com/AUTOMATIC1111/stable-diffusion-webui/v1.10.1/interrogate"
+TERM_LISTS = ("artists.txt", "flavors.txt", "mediums.txt", "movements.txt")
 CAPTION_MAX_TOKENS = 48
 REQUIRED_FILES = ("config.json", "model.safetensors")
 
@@ -41,6 +46,34 @@ def missing_files() -> list[str]:
     if not category_files():
         missing.append(os.path.join(folder(), "<category>.txt (at least one term list)"))
     return missing
+
+
+def where_to_get() -> str:
+    return (", ".join(f"{sub}/ from https://huggingface.co/{repo}" for sub, repo in HUB_MODELS)
+            + f", term lists from {TERM_LISTS_URL}/")
+
+
+def missing_error(missing: list[str]) -> InterrogatorFilesMissing:
+    return InterrogatorFilesMissing(f"CLIP interrogator files are missing: {', '.join(missing)}; get {where_to_get()} "
+                                    f"(downloaded on first use when download_official_weights is on and the hub can "
+                                    f"be reached)")
+
+
+def fetch_missing() -> None:
+    """Download what is missing into models/interrogate: the two model folders (their config, tokenizer and
+    model.safetensors files, through huggingface_hub) and, when there is no term list, A1111's."""
+    from huggingface_hub import snapshot_download
+
+    from modules.loading import model_catalog
+
+    for sub, repo in HUB_MODELS:
+        target = os.path.join(folder(), sub)
+        if not all(os.path.isfile(os.path.join(target, name)) for name in REQUIRED_FILES):
+            snapshot_download(repo, local_dir=target, allow_patterns=["*.json", "*.txt", "model.safetensors"])
+    if not category_files():
+        for name in TERM_LISTS:
+            model_catalog.ensure(model_catalog.OfficialWeights(f"CLIP interrogator {name}", "interrogate", name,
+                                                               f"{TERM_LISTS_URL}/{name}"))
 
 
 def category_files() -> list[str]:
@@ -76,9 +109,21 @@ class ClipInterrogator:
 
         from modules import devices
 
+        from modules.loading import model_catalog
+
         missing = missing_files()
+        if missing and model_catalog.downloads_enabled():
+            try:
+                with self._lock:
+                    fetch_missing()
+            except Exception as e:  # offline, hub unreachable, disk full
+                first_line = (str(e).splitlines() or [""])[0][:200]
+                raise InterrogatorFilesMissing(
+                    f"CLIP interrogator files are missing ({', '.join(missing)}) and could not be downloaded "
+                    f"({type(e).__name__}: {first_line}); get {where_to_get()}") from None
+            missing = missing_files()
         if missing:
-            raise InterrogatorFilesMissing(f"CLIP interrogator files are missing: {', '.join(missing)}")
+            raise missing_error(missing)
         with self._lock:
             if self._models is None:
                 self._models = self._load()
@@ -137,9 +182,11 @@ def find(model: str) -> ClipInterrogator | DeepbooruInterrogator:
     """The interrogator for an API ``model`` name ("clip" or "deepdanbooru"), with its files checked."""
     name = (model or "clip").strip().lower()
     if name == "clip":
+        from modules.loading import model_catalog
+
         missing = missing_files()
-        if missing:
-            raise InterrogatorFilesMissing(f"CLIP interrogator files are missing: {', '.join(missing)}")
+        if missing and not model_catalog.downloads_enabled():  # else the job downloads them
+            raise missing_error(missing)
         return clip_interrogator
     if name == "deepdanbooru":
         from modules import deepbooru

@@ -3,6 +3,7 @@ settings, queue behaviour and the login middleware."""
 from __future__ import annotations
 
 import base64
+import os
 import io
 import json
 import re
@@ -622,3 +623,47 @@ def test_face_detailer_runs_from_alwayson_scripts(client, fake_face):
     assert diff[far].max() <= 2  # what is far from it was not
     bad = post(alwayson_scripts={"Face detailer": {"args": [True, "strong"]}})
     assert bad.status_code == 422 and "Face detailer" in bad.json()["detail"]
+
+
+def test_interrogate_downloads_its_models_and_term_lists_on_first_use(client, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    from modules import interrogate, paths
+    from modules.loading import model_catalog
+    from tests.weights import write_interrogator
+
+    source = tmp_path / "hub"
+    write_interrogator(str(source), {"flavors.txt": ["red", "blue"]})
+    monkeypatch.setattr(paths, "models_path", str(tmp_path / "models"))
+    monkeypatch.setattr(interrogate, "clip_interrogator", interrogate.ClipInterrogator())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    fetched = []
+
+    def snapshot_download(repo, local_dir, allow_patterns):  # the hub, served from the tiny folders
+        fetched.append(repo)
+        shutil.copytree(source / dict((r, s) for s, r in interrogate.HUB_MODELS)[repo], local_dir)
+        return local_dir
+
+    def download(weights, report=None):
+        fetched.append(weights.url)
+        os.makedirs(os.path.dirname(weights.path()), exist_ok=True)
+        shutil.copy(source / "flavors.txt", weights.path())
+        return weights.path()
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(model_catalog, "download", download)
+    response = client.post(f"{BASE}/interrogate", json={"image": b64(noise_image(32, 32)), "model": "clip"})
+    assert response.status_code == 200, response.text
+    assert fetched[:2] == ["Salesforce/blip-image-captioning-large", "openai/clip-vit-large-patch14"]
+    assert fetched[2:] == [f"{interrogate.TERM_LISTS_URL}/{name}" for name in interrogate.TERM_LISTS]
+    assert not interrogate.missing_files()
+    assert response.json()["caption"].split(", ")[-1] in ("red", "blue")
+
+    monkeypatch.setattr(paths, "models_path", str(tmp_path / "offline"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    failed = client.post(f"{BASE}/interrogate", json={"image": b64(noise_image(32, 32)), "model": "clip"})
+    assert failed.status_code == 503
+    assert "could not be downloaded (OSError: unreachable); get blip/ from https://huggingface.co/Salesforce" in \
+        failed.json()["detail"]

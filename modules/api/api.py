@@ -110,6 +110,8 @@ def job_outcome(job: job_queue.Job) -> Any:
         raise UserInputError(job.error)
     if job.error_out_of_memory:
         raise HTTPException(503, job.error)
+    if job.error_status:  # an error that names its status (weights missing: 503)
+        raise HTTPException(job.error_status, job.error)
     raise HTTPException(500, f"job {job.id} failed: {job.error}")
 
 

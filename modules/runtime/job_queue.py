@@ -54,6 +54,7 @@ class Job:
     error: str | None = None
     error_is_user_input: bool = False
     error_out_of_memory: bool = False
+    error_status: int | None = None  # the HTTP status an error class names (``status_code``: missing weights, 503)
     client: str = ""
     meta: dict = field(default_factory=dict)  # what the submitter needs to answer later (e.g. the API's echo)
     final_progress: dict | None = None
@@ -241,6 +242,8 @@ class JobQueue:
                 job.status = FAILED
                 job.error_is_user_input = isinstance(e, errors.UserInputError)
                 job.error_out_of_memory = devices.is_out_of_memory(e)
+                if type(e).__module__.startswith("modules."):  # only the project's errors name an HTTP status
+                    job.error_status = getattr(e, "status_code", None)
                 if job.error_out_of_memory:
                     job.error = (f"Out of memory ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}). "
                                  f"The memory was freed; try a smaller size or batch size (the job had already tried "
@@ -248,8 +251,8 @@ class JobQueue:
                     errors.report(f"job {job.id}: {job.error}")
                     devices.torch_gc()  # only here and on unload: what the failed job held goes back to the device
                 else:
-                    job.error = str(e) if job.error_is_user_input else f"{type(e).__name__}: {e}"
-                if not job.error_is_user_input and not job.error_out_of_memory:
+                    job.error = str(e) if job.error_is_user_input or job.error_status else f"{type(e).__name__}: {e}"
+                if not job.error_is_user_input and not job.error_out_of_memory and not job.error_status:
                     errors.report(f"job {job.id} failed:\n{traceback.format_exc()}")
             finally:
                 self._finish(job)
