@@ -12,6 +12,7 @@ from modules import (devices, errors, extra_networks, images, infotext_utils, pa
 from modules.engine import denoiser, sampling
 from modules.errors import UserInputError
 from modules.masking import apply_color_correction, create_binary_mask, setup_color_correction  # noqa: F401 (script API)
+from modules.imaging import content_filter
 from modules.runtime import atomic_files, background_writer
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs, PostprocessMaskOverlayArgs,
                              PostSampleArgs)
@@ -1068,6 +1069,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     subseed = get_fixed_seed(p.subseed)
     p.seed, p.subseed = seeds or seed, subseed
     p.setup_prompts()
+    if opts.prompt_blocklist:
+        content_filter.check_prompts(p.all_prompts, opts.prompt_blocklist)
     count = len(p.all_prompts)
     frozen = bool(getattr(p, "stochastic_freeze", False))
     if seeds is not None:
@@ -1182,7 +1185,14 @@ def _run_batch(p: StableDiffusionProcessing, n: int, model, writer, output_image
         p.batch_index = i
         image = _postprocess_image(p, n * p.batch_size + i, image)
         image = _composite(p, n * p.batch_size + i, i, image)
+        hidden = False
+        if opts.content_filter:
+            image, hidden = content_filter.apply(image)
+        if hidden:
+            p.comment(f"Content filter: image {n * p.batch_size + i + 1} was hidden")
+            p.extra_generation_params[content_filter.INFOTEXT_KEY] = "image hidden"
         text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
+        p.extra_generation_params.pop(content_filter.INFOTEXT_KEY, None)
         if opts.samples_save and not p.do_not_save_samples:
             _save_or_comment(p, "image", lambda: images.save_image(
                 image, p.outpath_samples, "", p.seeds[i], p.prompts[i], opts.samples_format, info=text, p=p,

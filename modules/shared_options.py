@@ -146,6 +146,13 @@ options_templates.update(options_section(("ui", "Live previews and UI"), {
                                      "the top of the page)").needs_reload_ui(),
 }))
 
+options_templates.update(options_section(("content-filter", "Content filter"), {
+    "content_filter": OptionInfo(False, "Content filter: replace images the safety checker (CompVis, diffusers' "
+                                 "StableDiffusionSafetyChecker) flags with a notice; live previews are not shown"),
+    "prompt_blocklist": OptionInfo("", "Prompt blocklist: refuse jobs whose prompt contains any of these words "
+                                   "(comma-separated, whole words, any case)"),
+}))
+
 options_templates.update(options_section(("server", "Server limits"), {
     "max_sampling_steps": OptionInfo(
         1000, "Most sampling steps (and hires steps) a job may ask for; the UI slider stops at 150, the API at this",

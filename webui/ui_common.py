@@ -59,7 +59,7 @@ def stream_job(run, description: str):
         preview = gr.skip()
         job_state = job_queue.queue.state_of(job)  # with --gpus: the state of the worker running it
         if (job.status == job_queue.RUNNING and job_state.id_live_preview != last_preview
-                and job_state.current_latent is not None):
+                and job_state.current_latent is not None and not shared.opts.content_filter):
             last_preview = job_state.id_live_preview
             image = previews.current_preview(job_state, sd_models.current_model(job_queue.queue.slot_of(job)),
                                              shared.opts.show_progress_type)

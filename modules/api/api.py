@@ -315,7 +315,8 @@ class Api:
                     "textinfo": job_state.textinfo, "queued": pending}
         progress = job_queue.queue.progress(current)
         image = None
-        preview = None if skip_current_image else previews.current_preview(
+        hide = skip_current_image or opts.content_filter  # no unfiltered preview while the filter is on
+        preview = None if hide else previews.current_preview(
             job_state, sd_models.current_model(job_queue.queue.slot_of(current)), opts.show_progress_type)
         if preview is not None:
             image = encoding.encode_image(preview, "png")
