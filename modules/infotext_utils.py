@@ -75,6 +75,11 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
                 res[k] = v
         except Exception:
             pass
+    hypernet = res.pop("Hypernet", None)
+    if hypernet:  # older A1111 images: the hypernetwork became a prompt tag
+        strength = res.pop("Hypernet strength", "1.0")
+        prompt += f"<hypernet:{hypernet}:{strength}>"
+    res.pop("Hypernet hash", None)
     res["Prompt"] = prompt
     res["Negative prompt"] = negative_prompt
     defaults = {

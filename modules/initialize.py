@@ -10,7 +10,7 @@ from typing import Any
 
 from modules import esrgan_model, extra_networks, interrogate, sd_models, shared, upscaler
 from modules.families import detection, sd1, sd2, sdxl
-from modules.networks import extra_networks_lora
+from modules.networks import extra_networks_hypernet, extra_networks_lora
 
 
 def initialize(options: Any) -> None:
@@ -24,6 +24,8 @@ def register_builtin_features() -> None:
     detection.register(*sd1.FAMILIES, *sd2.FAMILIES, *sdxl.FAMILIES)
     if "lora" not in extra_networks.extra_network_registry:
         extra_networks_lora.register()
+    if "hypernet" not in extra_networks.extra_network_registry:
+        extra_networks_hypernet.register()
     upscaler.register_model_source(esrgan_model.model_upscalers)
     shared.sd_model_provider = sd_models.get_sd_model
     shared.interrogator = interrogate.clip_interrogator

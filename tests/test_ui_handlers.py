@@ -59,7 +59,8 @@ def test_styles_apply_and_save(tiny_model, tmp_path):
 def test_extra_network_cards_insert_into_the_prompt(tiny_model):
     assert txt2img_tab.add_lora_to_prompt(["detail"], "a cat") == "a cat, <lora:detail:1>"
     assert txt2img_tab.add_embedding_to_prompt(["myemb"], "") == "myemb"
-    loras, embeddings, skipped = txt2img_tab.refresh_extra_networks()
+    assert txt2img_tab.add_hypernetwork_to_prompt(["anime"], "a cat") == "a cat, <hypernet:anime:1>"
+    loras, hypernetworks, embeddings, skipped = txt2img_tab.refresh_extra_networks()
     assert isinstance(skipped, str)
 
 

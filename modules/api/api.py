@@ -403,7 +403,9 @@ class Api:
         return [{"model_name": name, "filename": path} for name, path in sd_vae.vae_dict.items()]
 
     def get_hypernetworks(self) -> list[dict]:
-        return []  # hypernetworks are not supported; the list stays empty, as on an A1111 without any
+        from modules.networks import hypernetwork
+
+        return [{"name": name, "path": path} for name, path in hypernetwork.list_hypernetworks().items()]
 
     def get_face_restorers(self) -> list[dict]:
         from modules import face_restoration

@@ -108,14 +108,26 @@ def _embedding_samples(force: bool) -> tuple[list[list[str]], str]:
     return [[name] for name in usable.word_embeddings], "".join(f"<div class='skipped'>{p}</div>" for p in problems)
 
 
+def _hypernetwork_samples() -> list[list[str]]:
+    from modules.networks import hypernetwork
+
+    return [[name] for name in hypernetwork.list_hypernetworks()]
+
+
 def refresh_extra_networks(force: bool = True):
-    """The LoRA and embedding lists: rereading every file for the refresh button, only changed ones on page load."""
+    """The LoRA, hypernetwork and embedding lists: rereading every file for the refresh button, only changed ones
+    on page load."""
     embeddings, skipped = _embedding_samples(force)
-    return gr.Dataset(samples=_lora_samples(force)), gr.Dataset(samples=embeddings), skipped
+    return (gr.Dataset(samples=_lora_samples(force)), gr.Dataset(samples=_hypernetwork_samples()),
+            gr.Dataset(samples=embeddings), skipped)
 
 
 def add_lora_to_prompt(sample: list | None, prompt: str) -> str:
     return _append(prompt, f"<lora:{sample[0]}:1>") if sample else gr.skip()
+
+
+def add_hypernetwork_to_prompt(sample: list | None, prompt: str) -> str:
+    return _append(prompt, f"<hypernet:{sample[0]}:1>") if sample else gr.skip()
 
 
 def add_embedding_to_prompt(sample: list | None, prompt: str) -> str:
@@ -241,6 +253,10 @@ def create_tab(sampler_names: list[str], schedule_labels: list[str]) -> dict:
         with gr.Tab("Lora", elem_id="txt2img_lora_tab"):
             c["lora_cards"] = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
                                          label="Click a LoRA to add it to the prompt", elem_id="txt2img_lora_cards")
+        with gr.Tab("Hypernetworks", elem_id="txt2img_hypernetworks_tab"):
+            c["hypernetwork_cards"] = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
+                                                 label="Click a hypernetwork to add it to the prompt",
+                                                 elem_id="txt2img_hypernetwork_cards")
         with gr.Tab("Textual Inversion", elem_id="txt2img_textual_inversion_tab"):
             c["embedding_cards"] = gr.Dataset(components=["text"], samples=[], samples_per_page=50,
                                               label="Click an embedding to add it to the prompt",
@@ -257,10 +273,12 @@ def wire_tab(c: dict, demo: gr.Blocks) -> None:
     c["style_save"].click(save_style, [c["style_name"], c["prompt"], c["negative_prompt"]], [c["styles"], c["style_status"]],
                           queue=False)
     c["styles_refresh"].click(refresh_styles, None, [c["styles"]], queue=False)
-    extra_networks_lists = [c["lora_cards"], c["embedding_cards"], c["skipped"]]
+    extra_networks_lists = [c["lora_cards"], c["hypernetwork_cards"], c["embedding_cards"], c["skipped"]]
     c["extra_refresh"].click(refresh_extra_networks, None, extra_networks_lists, queue=False)
     demo.load(lambda: refresh_extra_networks(force=False), None, extra_networks_lists, queue=False)
     c["lora_cards"].click(add_lora_to_prompt, [c["lora_cards"], c["prompt"]], [c["prompt"]], queue=False)
+    c["hypernetwork_cards"].click(add_hypernetwork_to_prompt, [c["hypernetwork_cards"], c["prompt"]], [c["prompt"]],
+                                  queue=False)
     c["embedding_cards"].click(add_embedding_to_prompt, [c["embedding_cards"], c["prompt"]], [c["prompt"]], queue=False)
 
 
