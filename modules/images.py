@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from modules.imaging import grid_annotations
+from modules.imaging.png_info import read_info_from_image  # noqa: F401  (A1111's name for it)
 from modules.runtime import atomic_files, background_writer
 
 # grid labels live in their own module; these are the A1111 names scripts import from here
@@ -266,6 +267,7 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
         save_image_with_geninfo(image, info, fullfn, extension, existing, pnginfo_section_name)
         if txt_fullfn is not None:
             atomic_files.write_text(txt_fullfn, info + "\n")
+        _record_in_history(fullfn, info)
         script_callbacks.image_saved_callback(params)
 
     image.already_saved_as = fullfn
@@ -274,6 +276,17 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
     else:
         writer.submit("grid" if grid else "image", write, fullfn)
     return fullfn, txt_fullfn
+
+
+def _record_in_history(path: str, info: str | None) -> None:
+    """Add a saved image to the History index; an index that cannot be written never fails the save."""
+    from modules import errors
+    from modules.history import index
+
+    try:
+        index.history().record(path, info)
+    except Exception as e:  # noqa: BLE001 - the image is saved; the History notices it at its next refresh
+        errors.report(f"History index: could not record {path}: {type(e).__name__}: {e}")
 
 
 MAX_IMAGE_PIXELS = 200_000_000  # A1111's img_max_size_mp default: 200 megapixels
@@ -297,37 +310,6 @@ def read(fp) -> Image.Image:
     except (OSError, ValueError) as e:
         raise UserInputError(f"image: the file is damaged or truncated ({e})") from None
     return image
-
-
-def read_info_from_image(image: Image.Image) -> tuple[str | None, dict]:
-    """The infotext stored in an image (PNG chunk, EXIF UserComment or GIF comment) and its other info items."""
-    items = dict(image.info or {})
-    geninfo = items.pop("parameters", None)
-    if geninfo is None and "exif" in items:
-        comment = image.getexif().get_ifd(0x8769).get(0x9286)
-        if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
-            body = comment[8:]
-            geninfo = body.decode("utf-16-be" if body[:1] == b"\0" else "utf-16-le", errors="ignore")
-        elif isinstance(comment, bytes) and comment.startswith(b"ASCII\0\0\0"):
-            geninfo = comment[8:].decode("ascii", errors="ignore")
-        elif isinstance(comment, str):
-            geninfo = comment
-    if geninfo is None and "comment" in items:
-        comment = items["comment"]
-        geninfo = comment.decode("utf8", errors="ignore") if isinstance(comment, bytes) else comment
-    if items.get("Software") == "NovelAI" and "Comment" in items:
-        geninfo = _novelai_to_infotext(items)
-    return geninfo, items
-
-
-def _novelai_to_infotext(items: dict) -> str:
-    import json
-
-    data = json.loads(items["Comment"])
-    sampler = {"k_euler_ancestral": "Euler a", "k_euler": "Euler", "k_lms": "LMS", "ddim": "DDIM"}.get(data.get("sampler"), "Euler a")
-    return (f"{items.get('Description', '')}\nNegative prompt: {data.get('uc', '')}\n"
-            f"Steps: {data.get('steps')}, Sampler: {sampler}, CFG scale: {data.get('scale')}, Seed: {data.get('seed')}, "
-            f"Size: {items.get('Width', 0)}x{items.get('Height', 0)}, Clip skip: 2, ENSD: 31337")
 
 
 def image_grid(imgs: list[Image.Image], batch_size: int = 1, rows: int | None = None) -> Image.Image:

@@ -391,3 +391,37 @@ def test_settings_tab_search_apply_and_reload_ui(server):
         assert page.locator("#quicksettings #setting_CLIP_stop_at_last_layers input[type=number]").input_value() == "2"
         page.wait_for_selector("#txt2img_generate")
         browser.close()
+
+
+def test_history_tab_searches_and_sends_to_txt2img(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_history import write_png
+
+    write_png(tmp_path / "outputs" / "txt2img-images" / "old" / "00001-5.png", "a red cat on a sofa", 5)
+    write_png(tmp_path / "outputs" / "txt2img-images" / "old" / "00002-6.png", "a lighthouse at dusk", 6,
+              negative="blurry")
+    proc, port, log = _start(tmp_path, "--demo")
+    try:
+        with sync_playwright() as pw:
+            browser, page = _open_page(pw, f"http://127.0.0.1:{port}")
+            page.get_by_role("tab", name="History").click()
+            page.wait_for_function("document.querySelector('#history_status').innerText.includes('2 images')",
+                                   timeout=60_000)
+            page.fill("#history_query textarea, #history_query input", "lighthouse")
+            page.click("#history_search")
+            page.wait_for_function("document.querySelector('#history_status').innerText.includes('1 image ')",
+                                   timeout=30_000)
+            page.locator("#history_gallery img").first.click()
+            page.wait_for_function("document.querySelector('#history_info').innerText.includes('Seed: 6')",
+                                   timeout=30_000)
+            page.click("#history_send_txt2img")
+            page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a lighthouse at dusk'",
+                                   timeout=30_000)
+            assert page.locator("#txt2img_neg_prompt textarea").input_value() == "blurry"
+            assert page.locator("#txt2img_seed input").input_value() == "6"
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()

@@ -200,7 +200,7 @@ def test_skip_abandons_only_the_current_batch(engine_model, monkeypatch):
     calls = act_on_unet_call(monkeypatch, engine_model, 2, state.skip)
     result = txt2img(steps=5, n_iter=2)
     assert len(calls) == 2 + 5  # batch 1 stops after the step in flight, batch 2 runs in full
-    assert len(result.images) == 3  # grid + two images
+    assert len(result.images) == 2  # both images (no grid: the job saves none)
 
 
 def test_live_previews_every_n_steps(engine_model):

@@ -115,7 +115,7 @@ def test_always_on_hooks_run_in_the_reference_order_with_their_ui_values(ext_roo
                                                                            "postprocess_image", "postprocess",
                                                                            "postprocess_image_after_composite"))
     assert dict((c[0], c[2]) for c in cls.calls)["process_batch"] == ["batch_number", "prompts", "seeds", "subseeds"]
-    assert len(processed.images) == 3  # grid + 2
+    assert len(processed.images) == 2  # no grid: the job saves none
 
 
 def test_inpainting_calls_mask_blend_every_step_and_the_overlay_hook(ext_root, tiny_model):

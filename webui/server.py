@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 
 from modules import cmd_args, devices, extensions, initialize, paths, script_callbacks, scripts, sd_models, sd_vae, shared
 from modules.loading import model_download
@@ -124,7 +125,6 @@ def api_enabled(opts) -> bool:
 
 def serve_api_only(opts, host: str, port: int, credentials: list[tuple[str, str]], policy):
     """--nowebui: the API and the routes extensions add, on uvicorn without the page; returns the server."""
-    import threading
     import time
 
     import uvicorn
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Running on local URL: {local_url}", flush=True)
     if api_enabled(opts):
         print(f"API: {local_url}/sdapi/v1 (docs at {local_url}/docs)", flush=True)
+    threading.Thread(target=reconcile_history, name="history-index", daemon=True).start()
     if sd_models.checkpoints_list and not opts.skip_load_model_at_start:
         job_queue.queue.submit(sd_models.reload_model_weights, "load model")
     try:
@@ -212,6 +213,18 @@ def main(argv: list[str] | None = None) -> None:
         demo.close()
     if api_server is not None:
         api_server.should_exit = True
+
+
+def reconcile_history() -> None:
+    """At start, off the main thread: the History index notices files added or removed while the server was off."""
+    from modules.history import index
+
+    try:
+        added, removed = index.history().reconcile()
+        if added or removed:
+            log.info("History index: %d image(s) added, %d removed", added, removed)
+    except Exception as e:  # noqa: BLE001 - the History is a convenience; the server starts anyway
+        log.warning("History index could not be built: %s: %s", type(e).__name__, e)
 
 
 def reload_webui(demo, opts, host: str, port: int, credentials: list[tuple[str, str]], policy):

@@ -13,6 +13,7 @@ from modules.shared import opts
 from webui import gradio_compat
 from webui.tabs import extensions as extensions_tab
 from webui.tabs import extras as extras_tab
+from webui.tabs import history as history_tab
 from webui.tabs import img2img as img2img_tab
 from webui.tabs import pnginfo as pnginfo_tab
 from webui.tabs import settings as settings_tab
@@ -148,16 +149,23 @@ def extension_ui_tabs() -> list[tuple]:
 def _wire_send_buttons(tabs: gr.Tabs, t2i: dict, i2i: dict, extras: dict, png: dict) -> None:
     """Send to: from the txt2img gallery and from PNG Info into the tab that receives it."""
     t2i["send_extras"].click(extras_tab.receive_result, [t2i["result"]], [tabs, extras["image"]], queue=False)
-    png["send_extras"].click(extras_tab.receive_png, [png["image"]], [tabs, extras["image"]], queue=False)
     into_img2img = [tabs, *img2img_tab.mode_outputs(i2i)]
     for target in ("img2img", "inpaint"):
         t2i[f"send_{target}"].click(lambda r, target=target: img2img_tab.receive_result(r, target), [t2i["result"]],
                                     [*into_img2img, *(i2i[name] for name in img2img_tab.SEND_FIELDS)], queue=False)
-        png[f"send_{target}"].click(lambda path, text, target=target: img2img_tab.receive_png(path, text, target),
-                                    [png["image"], png["text"]], [*into_img2img, *img2img_tab.paste_outputs(i2i)],
-                                    queue=False)
-    png["send_txt2img"].click(txt2img_tab.receive_infotext, [png["text"]], [tabs, *txt2img_tab.paste_outputs(t2i)],
-                              queue=False)
+    _wire_send_buttons_from_file(tabs, t2i, i2i, extras, png["image"], png["text"], png)
+
+
+def _wire_send_buttons_from_file(tabs: gr.Tabs, t2i: dict, i2i: dict, extras: dict, path: gr.components.Component,
+                                 text: gr.components.Component, source: dict) -> None:
+    """Send to from a saved file and its infotext (PNG Info, History): ``source`` holds the send buttons."""
+    source["send_extras"].click(extras_tab.receive_png, [path], [tabs, extras["image"]], queue=False)
+    into_img2img = [tabs, *img2img_tab.mode_outputs(i2i)]
+    for target in ("img2img", "inpaint"):
+        source[f"send_{target}"].click(lambda file, info, target=target: img2img_tab.receive_png(file, info, target),
+                                       [path, text], [*into_img2img, *img2img_tab.paste_outputs(i2i)], queue=False)
+    source["send_txt2img"].click(txt2img_tab.receive_infotext, [text], [tabs, *txt2img_tab.paste_outputs(t2i)],
+                                 queue=False)
 
 
 PASTE_TARGETS = ("txt2img", "img2img", "inpaint", "extras")
@@ -280,6 +288,8 @@ def create_ui() -> gr.Blocks:
                 installed = extensions_tab.create_tab()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo_tab.create_tab()
+            with gr.Tab("History", id="history", elem_id="tab_history") as history_page:
+                history = history_tab.create_tab()
 
         txt2img_tab.wire_tab(t2i, demo)
         img2img_tab.wire_tab(i2i)
@@ -287,7 +297,9 @@ def create_ui() -> gr.Blocks:
         extensions_tab.wire_tab(installed)
         settings_tab.wire_tab(settings_page)
         pnginfo_tab.wire_tab(png)
+        history_tab.wire_tab(history, history_page)
         _wire_send_buttons(tabs, t2i, i2i, extras, png)
+        _wire_send_buttons_from_file(tabs, t2i, i2i, extras, history["path"], history["text"], history)
         _connect_paste_buttons(demo, tabs, t2i, i2i, extras)
         size = [t2i["width"], t2i["height"]]
         checkpoint.input(change_checkpoint, [checkpoint], [model_status, notice, checkpoint], concurrency_limit=None

@@ -226,6 +226,7 @@ class Api:
         get("/script-info", self.get_script_info)
         get("/extensions", self.get_extensions_list)
         get("/memory", self.get_memory)
+        get("/history", self.get_history)  # ours: not an A1111 route
         post("/refresh-checkpoints", self.refresh_checkpoints)
         post("/refresh-embeddings", self.refresh_embeddings)
         post("/refresh-vae", self.refresh_vae)
@@ -401,6 +402,17 @@ class Api:
 
     def get_sd_vaes(self) -> list[dict]:
         return [{"model_name": name, "filename": path} for name, path in sd_vae.vae_dict.items()]
+
+    def get_history(self, query: str = "", page: int = 1, per_page: int = 36, refresh: bool = False) -> dict:
+        """Saved images, newest first, found by the History's search text (``modules/history/index.py``)."""
+        from modules.history import index
+
+        history = index.history()
+        if refresh:
+            history.reconcile()
+        total, entries = history.search(query, page, per_page)
+        return {"total": total, "page": max(1, page), "per_page": max(1, min(per_page, 500)),
+                "items": [entry.as_dict() for entry in entries]}
 
     def get_hypernetworks(self) -> list[dict]:
         from modules.networks import hypernetwork
