@@ -20,6 +20,7 @@ options_templates.update(options_section(("saving-images", "Saving images/grids"
     "save_txt": OptionInfo(False, "Create a text file next to every image with generation parameters."),
     "jpeg_quality": OptionInfo(80, "Quality for saved jpeg and avif images"),
     "return_grid": OptionInfo(True, "Show grid in gallery"),
+    "img_max_size_mp": OptionInfo(200, "Maximum grid size in megapixels (A1111's X/Y/Z plot script checks it)"),
     "font": OptionInfo("", "Font for image grids that have text (a .ttf or .otf path; empty: the bundled font)"),
     "grid_text_active_color": OptionInfo("#000000", "Text color for image grids"),
     "grid_text_inactive_color": OptionInfo("#999999", "Inactive text color for image grids"),
