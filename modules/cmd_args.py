@@ -42,6 +42,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("--embeddings-dir", type=str, default=None, help="extra directory scanned for textual-inversion embeddings")
     add("--lora-dir", type=str, default=None, help="extra directory scanned for LoRA networks")
     add("--hypernetwork-dir", type=str, default=None, help="extra directory scanned for hypernetworks (.pt)")
+    add("--controlnet-dir", type=str, default=None, help="extra directory scanned for ControlNet models")
     for family in ("esrgan", "realesrgan", "codeformer", "gfpgan"):
         add(f"--{family}-models-path", type=str, default=None, help=f"folder of {family} weights (default: models/<family>)")
     add("--img2img-batch-root", type=str, action="append", default=None,

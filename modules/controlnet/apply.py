@@ -1,0 +1,64 @@
+"""ControlNet units on the denoiser seam: a ``before_unet`` hook adds every active unit's residuals to the UNet call.
+
+A unit is active for a model call when the run's progress (model call / calls in the run) lies between its
+guidance start and end, as in the A1111 extension; its residuals are scaled by its weight, and the residuals of
+several units add. A unit of weight 0 is left out entirely, so the image is bit for bit the one without it. Calls
+of a UNet with another text width than the unit's (the SDXL refiner) get no residuals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class ControlUnit:
+    """One unit ready for the engine: the ControlNet on the compute device and its hint image."""
+    name: str
+    controlnet: Any  # diffusers ControlNetModel
+    hint: Any  # (1, C, H, W) float in 0..1 at the image's pixel size, on the device
+    weight: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+
+    def active(self, step: int, total_steps: int) -> bool:
+        progress = step / max(total_steps, 1)
+        return self.weight != 0 and self.guidance_start <= progress <= self.guidance_end
+
+
+def hint_tensor(image: Any, width: int, height: int, device: Any, dtype: Any) -> Any:
+    """A PIL hint image as the (1, 3, H, W) 0..1 tensor the ControlNet takes (resized to the job's size)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    picture = image.convert("RGB")
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.LANCZOS)
+    array = np.asarray(picture, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+
+
+def residuals_hook(units: list[ControlUnit]) -> Callable[[Any], None]:
+    """The ``before_unet`` hook for ``units`` (see the module docstring)."""
+    def add_residuals(call) -> None:
+        context = call.kwargs["encoder_hidden_states"]
+        down, mid = None, None
+        for unit in units:
+            net = unit.controlnet
+            if not unit.active(call.step, call.total_steps) or context.shape[-1] != net.config.cross_attention_dim:
+                continue
+            rows = call.x.shape[0]
+            extra = {"added_cond_kwargs": call.kwargs["added_cond_kwargs"]} if "added_cond_kwargs" in call.kwargs else {}
+            unit_down, unit_mid = net(call.x[:, :net.config.in_channels], call.timestep, encoder_hidden_states=context,
+                                      controlnet_cond=unit.hint.expand(rows, -1, -1, -1), conditioning_scale=unit.weight,
+                                      return_dict=False, **extra)
+            if down is None:
+                down, mid = list(unit_down), unit_mid
+            else:
+                down = [total + part for total, part in zip(down, unit_down)]
+                mid = mid + unit_mid
+        if down is not None:
+            call.kwargs = {**call.kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    return add_residuals

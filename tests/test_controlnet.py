@@ -1,0 +1,174 @@
+"""ControlNet (issue 21, first part): model files in the original LDM layout and as diffusers folders, found in
+models/ControlNet, and their residuals on the denoiser seam (weight, guidance start/end, several units)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from modules.errors import UserInputError
+from tests.conftest import noise_image, pixels
+
+HINT_CHANNELS = ((3, 16), (16, 16), (16, 32), (32, 32), (32, 96), (96, 96), (96, 256))  # the official hint encoder
+
+
+def controlnet_shapes(arch=None) -> dict:
+    """The LDM ``control_model.*`` shapes of a ControlNet for the UNet ``arch`` (default: the tests' tiny SD 1)."""
+    from modules.families import sd1_layout
+
+    unet = (arch or sd1_layout.TINY).unet
+    shapes = {}
+    for key, shape in sd1_layout.unet_shapes(unet).items():
+        name = key[len(sd1_layout.UNET):]
+        if name.startswith(("input_blocks.", "middle_block.", "time_embed.")):
+            shapes["control_model." + name] = shape
+    outputs = []  # the channels after each input block
+    i = 0
+    while f"control_model.input_blocks.{i}.0.weight" in shapes or f"control_model.input_blocks.{i}.0.op.weight" in shapes \
+            or f"control_model.input_blocks.{i}.0.out_layers.3.weight" in shapes:
+        for suffix in ("0.weight", "0.op.weight", "0.out_layers.3.weight"):
+            if f"control_model.input_blocks.{i}.{suffix}" in shapes:
+                outputs.append(shapes[f"control_model.input_blocks.{i}.{suffix}"][0])
+        i += 1
+    for i, channels in enumerate(outputs):
+        shapes[f"control_model.zero_convs.{i}.0.weight"] = (channels, channels, 1, 1)
+        shapes[f"control_model.zero_convs.{i}.0.bias"] = (channels,)
+    middle = shapes["control_model.middle_block.2.out_layers.3.weight"][0]
+    shapes["control_model.middle_block_out.0.weight"] = (middle, middle, 1, 1)
+    shapes["control_model.middle_block_out.0.bias"] = (middle,)
+    for index, (cin, cout) in enumerate(HINT_CHANNELS):
+        shapes[f"control_model.input_hint_block.{2 * index}.weight"] = (cout, cin, 3, 3)
+        shapes[f"control_model.input_hint_block.{2 * index}.bias"] = (cout,)
+    shapes["control_model.input_hint_block.14.weight"] = (unet.model_channels, 256, 3, 3)
+    shapes["control_model.input_hint_block.14.bias"] = (unet.model_channels,)
+    return shapes
+
+
+def write_controlnet(path: str, seed: int = 0, shapes: dict | None = None) -> str:
+    from modules.loading import demo_model
+
+    return demo_model.write_checkpoint(path, shapes=shapes or controlnet_shapes(), seed=seed)
+
+
+@pytest.fixture()
+def controlnet_dir(tiny_model, data_dir):
+    from modules import paths
+
+    folder = os.path.join(paths.models_path, "ControlNet")
+    os.makedirs(folder, exist_ok=True)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _job(units=(), watch=None, **overrides):
+    from modules import processing
+    from modules.controlnet import apply
+    from modules.shared import state
+
+    params = dict(prompt="a cat", negative_prompt="", seed=11, steps=4, width=64, height=64, sampler_name="Euler",
+                  do_not_save_samples=True, do_not_save_grid=True)
+    p = processing.StableDiffusionProcessingTxt2Img(**{**params, **overrides})
+    if units:
+        p.denoiser_hooks.before_unet.append(apply.residuals_hook(list(units)))
+    if watch is not None:  # sees each UNet call after the ControlNet hook
+        p.denoiser_hooks.before_unet.append(watch)
+    state.begin("test")
+    return processing.process_images(p)
+
+
+def _unit(path: str, name: str = "canny", **options):
+    from modules import sd_models
+    from modules.controlnet import apply, models
+
+    model = sd_models.get_sd_model()
+    net = models.load(path, model.dtype).to(model.device)
+    hint = apply.hint_tensor(noise_image(64, 64, seed=5), 64, 64, model.device, model.dtype)
+    return apply.ControlUnit(name, net, hint, **options)
+
+
+def test_original_and_diffusers_layouts_are_found_and_load_to_the_same_network(controlnet_dir):
+    from modules.controlnet import models
+
+    single = write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    net = models.load(single, torch.float32)
+    assert type(net).__name__ == "ControlNetModel" and net.config.cross_attention_dim == 32
+    assert net.config.conditioning_channels == 3
+    net.save_pretrained(os.path.join(controlnet_dir, "tiny-canny-diffusers"))
+    listed = models.list_models()
+    assert list(listed) == ["control_tiny_canny", "tiny-canny-diffusers"]
+    assert models.find("control_tiny_canny [abcdef12]") == single  # with or without the hash
+    assert models.title("control_tiny_canny", single).startswith("control_tiny_canny [")
+    folder = models.load(listed["tiny-canny-diffusers"], torch.float32)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, folder.state_dict()[key]), key
+    with pytest.raises(UserInputError, match="ControlNet model 'nope' not found"):
+        models.find("nope")
+    torch.save({"control_model.time_embed.0.weight": torch.zeros(2, 2)}, os.path.join(controlnet_dir, "broken.pth"))
+    with pytest.raises(UserInputError, match="not a ControlNet"):
+        models.load(os.path.join(controlnet_dir, "broken.pth"), torch.float32)
+
+
+def test_weight_zero_is_no_controlnet_bit_for_bit_and_a_unit_changes_the_image(controlnet_dir):
+    path = write_controlnet(os.path.join(controlnet_dir, "canny.safetensors"))
+    plain = pixels(_job().images[0])
+    assert (pixels(_job([_unit(path, weight=0.0)]).images[0]) == plain).all()
+    controlled = pixels(_job([_unit(path, weight=1.0)]).images[0])
+    assert (controlled != plain).any()
+
+
+def test_residuals_reach_the_unet_only_between_guidance_start_and_end(controlnet_dir):
+    from modules import sd_models
+
+    path = write_controlnet(os.path.join(controlnet_dir, "canny.safetensors"))
+    unit = _unit(path, guidance_start=0.25, guidance_end=0.5)
+    calls = []
+    forward = unit.controlnet.forward
+    unit.controlnet.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    seen = []
+    _job([unit], watch=lambda call: seen.append("down_block_additional_residuals" in call.kwargs), steps=8)
+    del unit.controlnet.forward
+    with_residuals = seen
+    assert with_residuals == [0.25 <= step / 8 <= 0.5 for step in range(8)]  # calls 2, 3 and 4 of 8
+    assert len(calls) == 3
+    assert sd_models.get_sd_model().unet is not None
+
+
+def test_two_units_add_their_residuals(controlnet_dir):
+    from modules.controlnet import apply
+
+    first = _unit(write_controlnet(os.path.join(controlnet_dir, "a.safetensors"), seed=1), "a")
+    second = _unit(write_controlnet(os.path.join(controlnet_dir, "b.safetensors"), seed=2), "b")
+    captured = {}
+
+    def capture(units, key):
+        hook = apply.residuals_hook(units)
+
+        def run(call):
+            hook(call)
+            captured.setdefault(key, [t.clone() for t in call.kwargs["down_block_additional_residuals"]])
+        return run
+
+    from modules import processing
+    from modules.shared import state
+
+    for key, units in (("a", [first]), ("b", [second]), ("both", [first, second])):
+        p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=11, steps=2, width=64, height=64,
+                                                        sampler_name="Euler", do_not_save_samples=True,
+                                                        do_not_save_grid=True)
+        p.denoiser_hooks.before_unet.append(capture(units, key))
+        state.begin("test")
+        processing.process_images(p)
+    for a, b, both in zip(captured["a"], captured["b"], captured["both"]):
+        assert torch.allclose(a + b, both, atol=1e-5)
+
+
+def test_a_controlnet_of_another_family_is_refused_naming_both(controlnet_dir, use_checkpoint_dir, sdxl_dir):
+    from modules.controlnet import models
+
+    net = models.load(write_controlnet(os.path.join(controlnet_dir, "sd1.safetensors")), torch.float32)
+    sdxl = use_checkpoint_dir(sdxl_dir, "tiny-sdxl.safetensors")
+    with pytest.raises(UserInputError, match=r"ControlNet sd1 is for a model with 32-wide text conditioning, not for "
+                                             r"this SDXL checkpoint \(80-wide\)"):  # the tiny SDXL's width
+        models.check_family(net, sdxl, "sd1")
