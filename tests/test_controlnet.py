@@ -172,3 +172,36 @@ def test_a_controlnet_of_another_family_is_refused_naming_both(controlnet_dir, u
     with pytest.raises(UserInputError, match=r"ControlNet sd1 is for a model with 32-wide text conditioning, not for "
                                              r"this SDXL checkpoint \(80-wide\)"):  # the tiny SDXL's width
         models.check_family(net, sdxl, "sd1")
+
+
+def test_control_modes_scale_as_the_extension_does(controlnet_dir):
+    from modules import processing
+    from modules.controlnet import apply
+    from modules.shared import state
+
+    path = write_controlnet(os.path.join(controlnet_dir, "canny.safetensors"))
+    captured = {}
+    for mode in apply.CONTROL_MODES:
+        unit = _unit(path, control_mode=mode)
+        hook = apply.residuals_hook([unit])
+
+        def capture(call, mode=mode, hook=hook):
+            hook(call)
+            captured.setdefault(mode, ([t.clone() for t in call.kwargs["down_block_additional_residuals"]],
+                                       call.kwargs["mid_block_additional_residual"].clone(), len(call.rows)))
+
+        p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=11, steps=2, width=64, height=64,
+                                                        sampler_name="Euler", do_not_save_samples=True,
+                                                        do_not_save_grid=True)
+        p.denoiser_hooks.before_unet.append(capture)
+        state.begin("test")
+        processing.process_images(p)
+    balanced, balanced_mid, images = captured["Balanced"]
+    prompt, prompt_mid, _ = captured["My prompt is more important"]
+    control, control_mid, _ = captured["ControlNet is more important"]
+    count = len(balanced) + 1
+    for i, (plain, soft, strong) in enumerate(zip(balanced, prompt, control)):
+        assert torch.allclose(soft, plain * 0.825 ** (count - 1 - i), atol=1e-6)
+        assert torch.allclose(strong[:-images], soft[:-images], atol=1e-6)
+        assert (strong[-images:] == 0).all()  # the negative prompt's rows get no control
+    assert torch.allclose(prompt_mid, balanced_mid) and (control_mid[-images:] == 0).all()

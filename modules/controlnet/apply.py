@@ -2,7 +2,10 @@
 
 A unit is active for a model call when the run's progress (model call / calls in the run) lies between its
 guidance start and end, as in the A1111 extension; its residuals are scaled by its weight, and the residuals of
-several units add. A unit of weight 0 is left out entirely, so the image is bit for bit the one without it. Calls
+several units add. Control modes, as the extension's: "Balanced" adds them as they are; "My prompt is more
+important" scales the i-th of n residuals by 0.825^(n-1-i) (the shallow ones least: the original ControlNet's guess
+mode scales); "ControlNet is more important" does the same and gives the negative prompt's rows none, so
+classifier-free guidance pushes towards the control. A unit of weight 0 is left out entirely, so the image is bit for bit the one without it. Calls
 of a UNet with another text width than the unit's (the SDXL refiner) get no residuals.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ class ControlUnit:
     weight: float = 1.0
     guidance_start: float = 0.0
     guidance_end: float = 1.0
+    control_mode: str = "Balanced"
 
     def active(self, step: int, total_steps: int) -> bool:
         progress = step / max(total_steps, 1)
@@ -39,6 +43,25 @@ def hint_tensor(image: Any, width: int, height: int, device: Any, dtype: Any) ->
     return torch.from_numpy(array).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
 
 
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+SOFT_INJECTION_BASE = 0.825
+
+
+def _shaped(unit: ControlUnit, down: list, mid: Any, call) -> tuple[list, Any]:
+    """The unit's residuals after its control mode (see the module docstring)."""
+    if unit.control_mode == CONTROL_MODES[0]:
+        return down, mid
+    count = len(down) + 1
+    down = [residual * SOFT_INJECTION_BASE ** (count - 1 - i) for i, residual in enumerate(down)]
+    if unit.control_mode == CONTROL_MODES[2] and call.guided:
+        keep = call.x.new_ones(call.x.shape[0])
+        keep[-len(call.rows):] = 0  # the negative prompt's rows, one per image, come last
+        shape = (-1, 1, 1, 1)
+        down = [residual * keep.view(shape).to(residual.dtype) for residual in down]
+        mid = mid * keep.view(shape).to(mid.dtype)
+    return down, mid
+
+
 def residuals_hook(units: list[ControlUnit]) -> Callable[[Any], None]:
     """The ``before_unet`` hook for ``units`` (see the module docstring)."""
     def add_residuals(call) -> None:
@@ -53,6 +76,7 @@ def residuals_hook(units: list[ControlUnit]) -> Callable[[Any], None]:
             unit_down, unit_mid = net(call.x[:, :net.config.in_channels], call.timestep, encoder_hidden_states=context,
                                       controlnet_cond=unit.hint.expand(rows, -1, -1, -1), conditioning_scale=unit.weight,
                                       return_dict=False, **extra)
+            unit_down, unit_mid = _shaped(unit, list(unit_down), unit_mid, call)
             if down is None:
                 down, mid = list(unit_down), unit_mid
             else:
