@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from modules.errors import UserInputError
 from tests.conftest import noise_image, pixels
@@ -205,3 +206,114 @@ def test_control_modes_scale_as_the_extension_does(controlnet_dir):
         assert torch.allclose(strong[:-images], soft[:-images], atol=1e-6)
         assert (strong[-images:] == 0).all()  # the negative prompt's rows get no control
     assert torch.allclose(prompt_mid, balanced_mid) and (control_mid[-images:] == 0).all()
+
+
+# ---- the A1111 extension's API ------------------------------------------------------------------------------
+
+@pytest.fixture()
+def api_client(controlnet_dir):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules import scripts
+    from modules.api.api import Api
+
+    scripts.reload_scripts()
+    app = FastAPI()
+    Api(app)
+    return TestClient(app)
+
+
+def _b64(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+SMALL = {"prompt": "a cat", "seed": 11, "steps": 4, "width": 64, "height": 64, "sampler_name": "Euler"}
+
+
+def test_the_extensions_unit_through_alwayson_scripts(api_client, controlnet_dir, astronaut):
+    import json
+
+    from modules.api import encoding
+    from modules.infotext_utils import parse_generation_parameters
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    picture = _b64(Image.fromarray(astronaut).resize((64, 64)))
+    plain = api_client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    unit = {"input_image": picture, "module": "canny", "model": "control_tiny_canny [00000000]", "weight": 1.0,
+            "resize_mode": 1, "control_mode": "Balanced", "processor_res": 64, "threshold_a": 100, "threshold_b": 200}
+    answer = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 200, answer.text
+    infotext = json.loads(answer.json()["info"])["infotexts"][0]
+    entry = parse_generation_parameters(infotext)["ControlNet 0"]
+    assert entry.startswith("Module: canny, Model: control_tiny_canny [") and "Weight: 1.0" in entry
+    assert "Resize Mode: Crop and Resize, Processor Res: 64, Threshold A: 100.0, Threshold B: 200.0" in entry
+    controlled = pixels(encoding.decode_image(answer.json()["images"][0]))
+    assert (controlled != pixels(encoding.decode_image(plain["images"][0]))).any()
+    off = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "weight": 0}]}}}).json()
+    assert (pixels(encoding.decode_image(off["images"][0])) == pixels(encoding.decode_image(plain["images"][0]))).all()
+
+
+@pytest.mark.parametrize("unit, message", [
+    ({"model": "nowhere", "module": "canny"}, "ControlNet model 'nowhere' not found"),
+    ({"model": "control_tiny_canny", "module": "canny", "control_mode": 7},
+     "controlnet unit 0: control_mode 7 is not one of Balanced"),
+    ({"model": "control_tiny_canny", "module": "canny", "weight": "strong"}, "controlnet unit 0: weight 'strong'"),
+    ({"model": "control_tiny_canny", "module": "blur"}, "preprocessor 'blur' is not available"),
+    ({"model": "control_tiny_canny", "module": "canny", "guidance_start": 0.8, "guidance_end": 0.2},
+     "guidance_start 0.8 and guidance_end 0.2"),
+])
+def test_bad_units_get_422_naming_the_unit_and_field(api_client, controlnet_dir, astronaut, unit, message):
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    unit = {"input_image": _b64(Image.fromarray(astronaut).resize((64, 64))), **unit}
+    answer = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+
+
+def test_the_extensions_routes_and_detect_match_opencv(api_client, controlnet_dir, astronaut):
+    import cv2
+    import numpy as np
+
+    from modules.api import encoding
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    assert api_client.get("/controlnet/version").json() == {"version": 2}
+    assert api_client.get("/controlnet/model_list").json()["model_list"][0].startswith("control_tiny_canny [")
+    modules = api_client.get("/controlnet/module_list").json()
+    assert {"none", "canny", "invert (from white bg & black line)"} <= set(modules["module_list"])
+    assert [s["name"] for s in modules["module_detail"]["canny"]["sliders"]] == \
+        ["Preprocessor Resolution", "Low Threshold", "High Threshold"]
+    picture = Image.fromarray(astronaut).resize((128, 128))
+    answer = api_client.post("/controlnet/detect", json={
+        "controlnet_module": "canny", "controlnet_input_images": [_b64(picture)], "controlnet_processor_res": 128,
+        "controlnet_threshold_a": 80, "controlnet_threshold_b": 160}).json()
+    edges = np.asarray(encoding.decode_image(answer["images"][0]).convert("L"))
+    assert (edges == cv2.Canny(np.asarray(picture.convert("RGB")), 80, 160)).all()  # OpenCV's own output
+    bad = api_client.post("/controlnet/detect", json={"controlnet_module": "canny",
+                                                        "controlnet_input_images": ["not base64"]})
+    assert bad.status_code == 422 and "controlnet_input_images[0]" in bad.json()["detail"]
+
+
+def test_img2img_uses_its_input_and_the_hires_pass_gets_a_hint_of_its_size(api_client, controlnet_dir, astronaut):
+    import json
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    unit = {"module": "canny", "model": "control_tiny_canny", "processor_res": 64}
+    source = _b64(Image.fromarray(astronaut).resize((64, 64)))
+    answer = api_client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [source], "denoising_strength": 0.6,
+                                                        "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 200, answer.text  # no unit image: the img2img input is the hint's picture
+    assert "ControlNet 0" in json.loads(answer.json()["info"])["infotexts"][0]
+    missing = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert missing.status_code == 422 and "controlnet unit 0: no image given" in missing.json()["detail"]
+    hires = api_client.post("/sdapi/v1/txt2img", json={
+        **SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.5,
+        "hr_second_pass_steps": 2, "alwayson_scripts": {"controlnet": {"args": [{**unit, "image": source}]}}})
+    assert hires.status_code == 200, hires.text  # residuals of the 96x96 pass: a 64x64 hint would not add up
+    assert json.loads(hires.json()["info"])["width"] == 64

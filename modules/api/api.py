@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 
 from modules import (errors, extensions, images, infotext_utils, postprocessing, processing, script_callbacks, scripts,
                      sd_models, sd_samplers, sd_schedulers, sd_vae, shared, upscaler)
-from modules.api import encoding, models
+from modules.api import controlnet, encoding, models
 from modules.engine import previews
 from modules.errors import UserInputError
 from modules.runtime import job_queue, settings_change
@@ -233,6 +233,7 @@ class Api:
         post("/refresh-loras", self.refresh_loras)
         post("/unload-checkpoint", self.unloadapi)
         post("/reload-checkpoint", self.reloadapi)
+        self.router.routes.extend(controlnet.build_router(ApiRoute).routes)  # the ControlNet extension's /controlnet
         if app is not None:
             app.include_router(self.router)
 
