@@ -425,3 +425,43 @@ def test_history_tab_searches_and_sends_to_txt2img(tmp_path):
         proc.terminate()
         proc.wait(20)
         log.close()
+
+
+def test_a_controlnet_unit_in_the_page_previews_canny_and_conditions_the_image(tmp_path):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_controlnet import write_controlnet
+
+    from modules import hashes
+
+    model_file = write_controlnet(str(tmp_path / "models" / "ControlNet" / "control_tiny_canny.safetensors"))
+    model_title = f"control_tiny_canny [{hashes.legacy_model_hash(model_file)}]"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "hint.png")
+    with Image.open(tmp_path / "hint.png") as picture:
+        picture.paste((0, 0, 0), (16, 16, 48, 48))
+        picture.save(tmp_path / "hint.png")
+    proc, port, log = _start(tmp_path, "--demo")
+    unit = "script_txt2img_controlnet_unit0_"
+    try:
+        with sync_playwright() as pw:
+            browser, page = _open_page(pw, f"http://127.0.0.1:{port}")
+            _set_number(page, "txt2img_width", 64)
+            _set_number(page, "txt2img_height", 64)
+            _set_number(page, "txt2img_steps", 2)
+            page.locator("#script_txt2img_controlnet_accordion").get_by_text("ControlNet", exact=True).first.click()
+            page.wait_for_selector(f"#{unit}image", state="visible")
+            page.locator(f"#{unit}image input[type=file]").set_input_files(str(tmp_path / "hint.png"))
+            page.wait_for_selector(f"#{unit}image img", timeout=30_000)
+            page.locator(f"#{unit}enabled input").check()
+            _choose(page, f"{unit}module", "canny")
+            _choose(page, f"{unit}model", model_title)
+            page.click(f"#{unit}run_preview")
+            page.wait_for_selector(f"#{unit}preview img", timeout=30_000)
+            info, _ = _generate(page, "ControlNet 0")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+    assert 'ControlNet 0: "Module: canny, Model: control_tiny_canny [' in info

@@ -91,10 +91,16 @@ def parse(value: Any, index: int, decode_image) -> UnitRequest | None:
     if isinstance(image, dict):  # the extension's {"image": ..., "mask": ...}
         data["mask"] = data.get("mask") or image.get("mask")
         image = image.get("image")
-    unit.image = decode_image(image, f"{where}: image") if isinstance(image, str) and image else None
-    mask = data.get("mask")
-    unit.mask = decode_image(mask, f"{where}: mask") if isinstance(mask, str) and mask else None
+    unit.image = _picture(image, f"{where}: image", decode_image)
+    unit.mask = _picture(data.get("mask"), f"{where}: mask", decode_image)
     return unit
+
+
+def _picture(value: Any, field: str, decode_image) -> Any:
+    """A PIL image from the page (already one) or the API (base64 text); None when there is none."""
+    if isinstance(value, str):
+        return decode_image(value, field) if value else None
+    return value if hasattr(value, "convert") else None
 
 
 def pixel_perfect_resolution(picture_size: tuple[int, int], target: tuple[int, int], resize_mode: str) -> int:

@@ -1,7 +1,8 @@
-"""ControlNet as the A1111 extension runs it (issue 21, in progress): units through the API's
-``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``, their residuals added on the denoiser seam for every
-sampling pass (the hint resized for the hires pass), and the extension's ``ControlNet N`` infotext entries.
-The page's unit controls are not built yet: each unit is a hidden value the API fills."""
+"""ControlNet as the A1111 extension runs it (issue 21, in progress): units in the page (an accordion per unit, as
+the extension's) and through the API's ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``, their residuals
+added on the denoiser seam for every sampling pass (the hint resized for the hires pass), and the extension's
+``ControlNet N`` infotext entries. As in the extension, each unit is one script argument: a value holding the
+unit's fields, which the page's controls keep up to date and the API sets directly."""
 import gradio as gr
 
 import modules.scripts as scripts
@@ -20,7 +21,67 @@ class Script(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return [gr.State(None) for _ in range(UNIT_COUNT)]
+        values = []
+        with gr.Accordion("ControlNet", open=False, elem_id=self.elem_id("accordion")):
+            for index in range(UNIT_COUNT):
+                with gr.Accordion(f"ControlNet Unit {index}", open=index == 0):
+                    values.append(self._unit_controls(index))
+        return values
+
+    def _unit_controls(self, index: int):
+        def elem(name: str) -> str:
+            return self.elem_id(f"unit{index}_{name}")
+
+        value = gr.State(None)
+        with gr.Row():
+            image = gr.Image(label="Image (empty: the img2img input)", type="pil", sources=["upload", "clipboard"],
+                             elem_id=elem("image"))
+            preview = gr.Image(label="Preprocessor preview", type="pil", interactive=False, elem_id=elem("preview"))
+        with gr.Row():
+            enabled = gr.Checkbox(label="Enable", value=False, elem_id=elem("enabled"))
+            pixel_perfect = gr.Checkbox(label="Pixel Perfect", value=False, elem_id=elem("pixel_perfect"))
+        with gr.Row():
+            module = gr.Dropdown(list(preprocessors.PREPROCESSORS), value="none", label="Preprocessor",
+                                 elem_id=elem("module"))
+            model = gr.Dropdown(["None", *self._model_titles()], value="None", label="Model", elem_id=elem("model"))
+            refresh = gr.Button("🔄", elem_id=elem("refresh"), scale=0, min_width=40)
+            run_preview = gr.Button("💥 Preview", elem_id=elem("run_preview"), scale=0, min_width=90)
+        with gr.Row():
+            weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control Weight", elem_id=elem("weight"))
+            start = gr.Slider(0, 1, value=0.0, step=0.01, label="Starting Control Step", elem_id=elem("guidance_start"))
+            end = gr.Slider(0, 1, value=1.0, step=0.01, label="Ending Control Step", elem_id=elem("guidance_end"))
+        with gr.Row():
+            resolution = gr.Slider(64, 2048, value=512, step=1, label="Preprocessor Resolution",
+                                   elem_id=elem("processor_res"))
+            threshold_a = gr.Slider(1, 255, value=100, step=1, label="Threshold A", elem_id=elem("threshold_a"))
+            threshold_b = gr.Slider(1, 255, value=200, step=1, label="Threshold B", elem_id=elem("threshold_b"))
+        control_mode = gr.Radio(list(units.CONTROL_MODES), value=units.CONTROL_MODES[0], label="Control Mode",
+                                elem_id=elem("control_mode"))
+        resize_mode = gr.Radio(list(units.RESIZE_MODES), value="Crop and Resize", label="Resize Mode",
+                               elem_id=elem("resize_mode"))
+        fields = {"enabled": enabled, "image": image, "module": module, "model": model, "weight": weight,
+                  "guidance_start": start, "guidance_end": end, "processor_res": resolution,
+                  "threshold_a": threshold_a, "threshold_b": threshold_b, "control_mode": control_mode,
+                  "resize_mode": resize_mode, "pixel_perfect": pixel_perfect}
+        names, controls = list(fields), list(fields.values())
+        for control in controls:
+            control.change(lambda *given: dict(zip(names, given)), controls, [value], queue=False)
+        refresh.click(lambda: gr.update(choices=["None", *self._model_titles()]), None, [model], queue=False)
+        run_preview.click(self._preview, [image, module, resolution, threshold_a, threshold_b], [preview])
+        return value
+
+    @staticmethod
+    def _model_titles() -> list:
+        return [models.title(name, path) for name, path in models.list_models().items()]
+
+    @staticmethod
+    def _preview(image, module, resolution, threshold_a, threshold_b):
+        if image is None:
+            raise gr.Error("ControlNet: upload an image to preview its preprocessor")
+        try:
+            return preprocessors.run(module, image, int(resolution), threshold_a, threshold_b)
+        except UserInputError as e:
+            raise gr.Error(str(e)) from None
 
     def process(self, p, *values):
         p.controlnet_units = []
