@@ -73,6 +73,15 @@ def _open_page(pw, url: str):
     return browser, page
 
 
+def _open_small_job(pw, url: str):
+    """``_open_page``, with txt2img set to a 64x64, 2-step job."""
+    browser, page = _open_page(pw, url)
+    _set_number(page, "txt2img_width", 64)
+    _set_number(page, "txt2img_height", 64)
+    _set_number(page, "txt2img_steps", 2)
+    return browser, page
+
+
 def _set_number(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -339,10 +348,7 @@ def test_an_extension_written_for_gradio_3_works_in_the_page(tmp_path):
     prefix = "script_txt2img_gradio_3_idioms_"
     try:
         with sync_playwright() as pw:
-            browser, page = _open_page(pw, f"http://127.0.0.1:{port}")
-            _set_number(page, "txt2img_width", 64)
-            _set_number(page, "txt2img_height", 64)
-            _set_number(page, "txt2img_steps", 2)
+            browser, page = _open_small_job(pw, f"http://127.0.0.1:{port}")
             assert not page.locator(f"#{prefix}shown").is_visible()
             page.locator(f"#{prefix}enabled input").check()
             page.wait_for_selector(f"#{prefix}shown", state="visible")  # gr.Textbox.update(visible=True)
@@ -445,10 +451,7 @@ def test_a_controlnet_unit_in_the_page_previews_canny_and_conditions_the_image(t
     unit = "script_txt2img_controlnet_unit0_"
     try:
         with sync_playwright() as pw:
-            browser, page = _open_page(pw, f"http://127.0.0.1:{port}")
-            _set_number(page, "txt2img_width", 64)
-            _set_number(page, "txt2img_height", 64)
-            _set_number(page, "txt2img_steps", 2)
+            browser, page = _open_small_job(pw, f"http://127.0.0.1:{port}")
             page.locator("#script_txt2img_controlnet_accordion").get_by_text("ControlNet", exact=True).first.click()
             page.wait_for_selector(f"#{unit}image", state="visible")
             page.locator(f"#{unit}image input[type=file]").set_input_files(str(tmp_path / "hint.png"))
