@@ -77,6 +77,22 @@ def tiny_model(registry):
     opts.set("sd_model_checkpoint", info.title)
 
 
+@contextlib.contextmanager
+def models_subdir(name: str):
+    """An empty ``models/<name>`` folder of the session's data dir for one test, removed afterwards."""
+    import shutil
+
+    from modules import paths
+
+    folder = os.path.join(paths.models_path, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def txt2img(**overrides):
     """Run a small txt2img job through process_images (nothing saved unless asked)."""
     from modules import processing

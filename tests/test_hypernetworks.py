@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
 
 from modules.errors import UserInputError
-from tests.conftest import pixels, txt2img
+from tests.conftest import models_subdir, pixels, txt2img
 
 
 class NotAWeight:  # a pickled object that weights_only loading must refuse
@@ -40,12 +39,8 @@ def write_hypernetwork(path: str, widths=(32, 64), seed: int = 0, scale: float =
 
 @pytest.fixture()
 def hypernetwork_dir(tiny_model, data_dir):
-    from modules import paths
-
-    folder = os.path.join(paths.models_path, "hypernetworks")
-    os.makedirs(folder, exist_ok=True)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with models_subdir("hypernetworks") as folder:
+        yield folder
 
 
 def test_a1111_layer_order_with_layer_norm_dropout_and_output_activation(tmp_path):

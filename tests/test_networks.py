@@ -2,36 +2,28 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
 
-from modules import extra_networks, paths
+from modules import extra_networks
 from modules.engine import conditioning
 from modules.networks import lora
 from modules.errors import UserInputError
 from modules.textual_inversion import textual_inversion
-from tests.conftest import pixels, txt2img, write_embedding, write_kohya_lora, write_lora_shapes
-
-
-def _empty_models_subdir(name: str):
-    folder = os.path.join(paths.models_path, name)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    return folder
+from tests.conftest import models_subdir, pixels, txt2img, write_embedding, write_kohya_lora, write_lora_shapes
 
 
 @pytest.fixture()
 def embeddings_dir(tiny_model):
-    yield _empty_models_subdir("embeddings")
-    shutil.rmtree(os.path.join(paths.models_path, "embeddings"), ignore_errors=True)
+    with models_subdir("embeddings") as folder:
+        yield folder
 
 
 @pytest.fixture()
 def lora_dir(tiny_model):
-    yield _empty_models_subdir("Lora")
-    shutil.rmtree(os.path.join(paths.models_path, "Lora"), ignore_errors=True)
+    with models_subdir("Lora") as folder:
+        yield folder
     lora.applied_networks().restore()
 
 

@@ -57,6 +57,14 @@ def scale_to_resolution(image: np.ndarray, resolution: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
 
 
+def thresholds(name: str, threshold_a: float | None, threshold_b: float | None) -> tuple[float, float]:
+    """The thresholds a preprocessor runs with: the given ones, or its defaults for missing or negative ones."""
+    preprocessor = find(name)
+    a = threshold_a if threshold_a is not None and threshold_a >= 0 else (preprocessor.threshold_a or (0, 0, 0, 0))[3]
+    b = threshold_b if threshold_b is not None and threshold_b >= 0 else (preprocessor.threshold_b or (0, 0, 0, 0))[3]
+    return float(a), float(b)
+
+
 def run(name: str, picture: Any, resolution: int = 512, threshold_a: float | None = None,
         threshold_b: float | None = None):
     """The hint image (PIL RGB) of ``picture`` (PIL) for preprocessor ``name``."""
@@ -66,6 +74,5 @@ def run(name: str, picture: Any, resolution: int = 512, threshold_a: float | Non
     image = np.asarray(picture.convert("RGB"))
     if preprocessor.uses_resolution and resolution and resolution > 0:
         image = scale_to_resolution(image, int(resolution))
-    a = threshold_a if threshold_a is not None and threshold_a >= 0 else (preprocessor.threshold_a or (0, 0, 0, 0))[3]
-    b = threshold_b if threshold_b is not None and threshold_b >= 0 else (preprocessor.threshold_b or (0, 0, 0, 0))[3]
+    a, b = thresholds(name, threshold_a, threshold_b)
     return Image.fromarray(np.ascontiguousarray(preprocessor.run(image, a, b)))

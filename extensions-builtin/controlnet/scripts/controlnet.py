@@ -100,6 +100,8 @@ class Script(scripts.Script):
             resolution = unit.processor_res
             if unit.pixel_perfect:
                 resolution = units.pixel_perfect_resolution(picture.size, (p.width, p.height), unit.resize_mode)
+            unit.threshold_a, unit.threshold_b = preprocessors.thresholds(unit.module, unit.threshold_a,
+                                                                          unit.threshold_b)  # the infotext's
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b)
             p.controlnet_units.append((unit, net.to(model.device), hint))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, models.title(name, path), resolution)
