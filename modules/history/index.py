@@ -100,6 +100,7 @@ class HistoryIndex:
         self.root = os.path.abspath(root)
         self._lock = threading.RLock()  # one writer at a time; SQLite's WAL lets readers go on
         self._set_aside_now = False  # a damaged file was just set aside: rebuild from the folder before using it
+        self._checked = False  # the schema exists and the file reads: checked once, not at every saved image
 
     def _connect(self) -> sqlite3.Connection:
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
@@ -116,6 +117,8 @@ class HistoryIndex:
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+        if self._checked and os.path.exists(self.db_path):
+            return connection
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
@@ -123,9 +126,11 @@ class HistoryIndex:
         except sqlite3.DatabaseError:
             connection.close()
             raise
+        self._checked = True
         return connection
 
     def _set_aside(self) -> None:
+        self._checked = False
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.db_path + suffix):
                 os.replace(self.db_path + suffix, self.db_path + suffix + ".damaged")
