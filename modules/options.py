@@ -75,7 +75,6 @@ class Options:
         job_values = threading.local()  # per thread: the running job's override_settings (see overridden)
         object.__setattr__(self, "data_labels", dict(templates))
         object.__setattr__(self, "data", _SettingsData({k: v.default for k, v in templates.items()}, job_values))
-        object.__setattr__(self, "_job_values", job_values)
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_onchange", {})
 
@@ -124,7 +123,7 @@ class Options:
         if is_api and info.restrict_api:
             return False
         value = self.cast_value(key, value)
-        overlay = getattr(self._job_values, "values", None)
+        overlay = getattr(self.data.job_values, "values", None)
         if overlay is not None and key in overlay:  # a job's own setting stays the job's
             changed = overlay[key] != value
             overlay[key] = value
@@ -142,14 +141,14 @@ class Options:
     def overridden(self, values: dict[str, Any]):
         """Within the block, on this thread only, the known settings in ``values`` read as given (a job's
         ``override_settings``): two jobs running at once on two GPUs each see their own, and nothing is saved."""
-        previous = getattr(self._job_values, "values", None)
+        previous = getattr(self.data.job_values, "values", None)
         layer = dict(previous or {})
         layer.update({key: self.cast_value(key, value) for key, value in values.items() if key in self.data_labels})
-        self._job_values.values = layer
+        self.data.job_values.values = layer
         try:
             yield
         finally:
-            self._job_values.values = previous
+            self.data.job_values.values = previous
 
     def onchange(self, key: str, func: Callable, call: bool = True) -> None:
         self._onchange.setdefault(key, []).append(func)
