@@ -160,6 +160,11 @@ options_templates.update(options_section(("server", "Server limits"), {
         restrict_api=True),
 }))
 
+options_templates.update(options_section(("control_net", "ControlNet"), {
+    "control_net_unit_count": OptionInfo(3, "Multi-ControlNet: ControlNet unit number", "Slider",
+                                         {"minimum": 1, "maximum": 10, "step": 1}).needs_reload_ui(),
+}))
+
 options_templates.update(options_section(("extensions", "Extensions"), {
     "disabled_extensions": OptionInfo([], "Disabled extensions (folder names)").needs_restart(),
     "disable_all_extensions": OptionInfo("none", "Disable extensions: none, extra (all but built-in) or all"

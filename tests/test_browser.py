@@ -457,7 +457,9 @@ def test_a_controlnet_unit_in_the_page_previews_canny_and_conditions_the_image(t
             page.locator(f"#{unit}image input[type=file]").set_input_files(str(tmp_path / "hint.png"))
             page.wait_for_selector(f"#{unit}image img", timeout=30_000)
             page.locator(f"#{unit}enabled input").check()
+            assert not page.locator(f"#{unit}threshold_a").is_visible()  # "none" has no thresholds
             _choose(page, f"{unit}module", "canny")
+            page.locator(f"#{unit}threshold_a").get_by_text("Low Threshold").wait_for(timeout=10_000)
             _choose(page, f"{unit}model", model_title)
             page.click(f"#{unit}run_preview")
             page.wait_for_selector(f"#{unit}preview img", timeout=30_000)

@@ -276,9 +276,14 @@ def test_the_extensions_routes_and_detect_match_opencv(api_client, controlnet_di
 
     write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
     assert api_client.get("/controlnet/version").json() == {"version": 2}
+    assert api_client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
     assert api_client.get("/controlnet/model_list").json()["model_list"][0].startswith("control_tiny_canny [")
     modules = api_client.get("/controlnet/module_list").json()
-    assert {"none", "canny", "invert (from white bg & black line)"} <= set(modules["module_list"])
+    assert {"none", "canny", "invert (from white bg & black line)", "depth_midas", "depth_anything_v2", "normal_midas",
+            "openpose", "seg_segformer_ade20k", "scribble_xdog", "lineart_standard (from white bg & black line)",
+            "tile_resample", "inpaint", "inpaint_only"} <= set(modules["module_list"])
+    assert modules["module_detail"]["normal_midas"]["sliders"][1] == {
+        "name": "Normal Background Threshold", "min": 0, "max": 1, "value": 0.4}
     assert [s["name"] for s in modules["module_detail"]["canny"]["sliders"]] == \
         ["Preprocessor Resolution", "Low Threshold", "High Threshold"]
     picture = Image.fromarray(astronaut).resize((128, 128))
@@ -310,3 +315,44 @@ def test_img2img_uses_its_input_and_the_hires_pass_gets_a_hint_of_its_size(api_c
         "hr_second_pass_steps": 2, "alwayson_scripts": {"controlnet": {"args": [{**unit, "image": source}]}}})
     assert hires.status_code == 200, hires.text  # residuals of the 96x96 pass: a 64x64 hint would not add up
     assert json.loads(hires.json()["info"])["width"] == 64
+
+
+def test_the_inpaint_controlnet_gets_the_masked_pixels_as_minus_one(api_client, controlnet_dir, astronaut, monkeypatch):
+    import json
+
+    from modules.controlnet import apply
+
+    write_controlnet(os.path.join(controlnet_dir, "control_v11p_sd15_inpaint.safetensors"))
+    hints = []
+    original = apply.hint_tensor
+    monkeypatch.setattr(apply, "hint_tensor", lambda *args: hints.append(original(*args)) or hints[-1])
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (0, 0, 32, 64))  # the left half is repainted
+    source = _b64(Image.fromarray(astronaut).resize((64, 64)))
+    unit = {"module": "inpaint_only", "model": "control_v11p_sd15_inpaint", "resize_mode": "Just Resize"}
+    answer = api_client.post("/sdapi/v1/img2img", json={
+        **SMALL, "init_images": [source], "mask": _b64(mask), "denoising_strength": 0.75, "inpainting_fill": 1,
+        "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 200, answer.text  # no unit image: the img2img input and its mask
+    assert 'Module: inpaint_only, Model: control_v11p_sd15_inpaint [' in json.loads(answer.json()["info"])["infotexts"][0]
+    hint = hints[-1][0]
+    assert (hint[:, :, :31] == -1).all() and (hint[:, :, 33:] >= 0).all()
+    own_mask = Image.new("L", (64, 64))
+    own_mask.paste(255, (0, 48, 64, 64))  # a unit's own image and mask win
+    hints.clear()
+    answer = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "module": "inpaint", "image": {"image": source, "mask": _b64(own_mask)}}]}}})
+    assert answer.status_code == 200, answer.text
+    assert (hints[-1][0][:, 49:] == -1).all() and (hints[-1][0][:, :47] >= 0).all()
+
+
+def test_an_alias_runs_its_preprocessor_and_the_infotext_names_what_ran(api_client, controlnet_dir, astronaut):
+    import json
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    unit = {"module": "lineart_standard", "model": "control_tiny_canny", "image": _b64(Image.fromarray(astronaut)),
+            "processor_res": 64}
+    answer = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 200, answer.text
+    infotext = json.loads(answer.json()["info"])["infotexts"][0]
+    assert 'ControlNet 0: "Module: lineart_standard (from white bg & black line), Model: control_tiny_canny [' in infotext

@@ -48,15 +48,19 @@ def build_router(route_class: Any) -> APIRouter:
 
     @router.get("/settings")
     def settings() -> dict:
-        return {"control_net_unit_count": 3}
+        from modules.shared import opts
+
+        return {"control_net_unit_count": int(opts.control_net_unit_count)}
 
     @router.post("/detect")
     def detect(request: DetectRequest) -> dict:
         results = []
         for index, text in enumerate(request.controlnet_input_images):
             picture = encoding.decode_image(text, f"controlnet_input_images[{index}]")
+            masks = request.controlnet_masks or []
+            mask = encoding.decode_image(masks[index], f"controlnet_masks[{index}]") if index < len(masks) else None
             hint = preprocessors.run(request.controlnet_module, picture, request.controlnet_processor_res,
-                                     request.controlnet_threshold_a, request.controlnet_threshold_b)
+                                     request.controlnet_threshold_a, request.controlnet_threshold_b, mask)
             results.append(encoding.encode_image(hint, "png"))
         return {"images": results, "info": "Success"}
 

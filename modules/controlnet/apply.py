@@ -31,16 +31,20 @@ class ControlUnit:
 
 
 def hint_tensor(image: Any, width: int, height: int, device: Any, dtype: Any) -> Any:
-    """A PIL hint image as the (1, 3, H, W) 0..1 tensor the ControlNet takes (resized to the job's size)."""
+    """A PIL hint image as the (1, 3, H, W) 0..1 tensor the ControlNet takes (resized to the job's size). An RGBA hint
+    (the inpaint preprocessors') has its transparent pixels at -1: the inpaint ControlNet's masked input."""
     import numpy as np
     import torch
     from PIL import Image
 
-    picture = image.convert("RGB")
+    picture = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
     if picture.size != (width, height):
         picture = picture.resize((width, height), Image.LANCZOS)
     array = np.asarray(picture, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+    values = array[:, :, :3].copy()
+    if picture.mode == "RGBA":
+        values[array[:, :, 3] < 0.5] = -1.0
+    return torch.from_numpy(values).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
 
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")

@@ -1,8 +1,11 @@
 """ControlNet preprocessors (the A1111 extension's "modules"): an input picture -> the hint image a ControlNet takes.
 
-Built so far: ``none``, ``invert (from white bg & black line)`` (alias ``invert``) and ``canny`` (OpenCV; thresholds
-A and B are its low and high thresholds, 100 and 200 by default). The picture is first scaled so that its short side
-is the preprocessor resolution, as the extension does.
+OpenCV ones here: ``none``, ``invert``, ``canny`` (thresholds A and B are OpenCV's low and high thresholds),
+``scribble_xdog`` (difference of Gaussians, threshold A), ``lineart_standard`` (a picture's dark lines against its
+blur), ``tile_resample`` (downsampled by threshold A), ``inpaint``/``inpaint_only`` (the masked pixels marked -1,
+the inpaint ControlNet's input rule: an RGBA hint whose transparent pixels are the masked ones). The neural ones
+(depth, normal map, pose, segmentation) are in :mod:`modules.controlnet.annotators`. The picture is first scaled so
+that its short side is the preprocessor resolution, as the extension does.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from modules.errors import UserInputError
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
-    run: Callable[[np.ndarray, float, float], np.ndarray]  # (H, W, 3) uint8 RGB, threshold a, b -> (H, W, 3) uint8
+    run: Callable[..., np.ndarray]  # (H, W, 3) uint8 RGB, threshold a, b (masked: the mask) -> (H, W, 3 or 4) uint8
     uses_resolution: bool = True
     threshold_a: tuple[str, float, float, float] | None = None  # (label, minimum, maximum, default)
     threshold_b: tuple[str, float, float, float] | None = None
+    masked: bool = False  # run takes (image, mask) instead: the inpaint rule
+    downloads: tuple[str, ...] = ()  # the annotator models it needs (annotators.MODELS keys)
 
 
 def _canny(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -30,12 +35,80 @@ def _canny(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.repeat(edges[:, :, None], 3, axis=2)
 
 
+def _scribble_xdog(image: np.ndarray, threshold: float, _b: float) -> np.ndarray:
+    """White where the difference of two Gaussian blurs (sigma 0.5 and 5) darkens a channel by more than half the
+    threshold, black elsewhere."""
+    import cv2
+
+    pixels = image.astype(np.float32)
+    fine, coarse = cv2.GaussianBlur(pixels, (0, 0), 0.5), cv2.GaussianBlur(pixels, (0, 0), 5.0)
+    darkening = np.clip(-np.min(coarse - fine, axis=2), 0, 255).astype(np.uint8).astype(np.float32)
+    lines = np.where(2 * darkening > threshold, 255, 0).astype(np.uint8)
+    return np.repeat(lines[:, :, None], 3, axis=2)
+
+
+def _lineart_standard(image: np.ndarray, _a: float, _b: float) -> np.ndarray:
+    """How much darker each pixel is than its blur (sigma 6), scaled so the median line is mid-grey."""
+    import cv2
+
+    pixels = image.astype(np.float32)
+    intensity = np.min(cv2.GaussianBlur(pixels, (0, 0), 6.0) - pixels, axis=2).clip(0, 255)
+    lines = intensity[intensity > 8]
+    intensity = intensity / max(16.0, float(np.median(lines)) if lines.size else 0.0) * 127
+    return np.repeat(intensity.clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _tile_resample(image: np.ndarray, rate: float, _b: float) -> np.ndarray:
+    import cv2
+
+    if rate < 1.1:
+        return image
+    height, width = image.shape[:2]
+    return cv2.resize(image, (max(1, int(width / rate)), max(1, int(height / rate))), interpolation=cv2.INTER_AREA)
+
+
+def _inpaint(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """RGBA: the picture, transparent where the mask is set (the pixels the inpaint ControlNet gets as -1)."""
+    alpha = np.full(image.shape[:2], 255, dtype=np.uint8)
+    if mask is not None:
+        alpha[mask > 127] = 0
+    return np.concatenate([image[:, :, :3], alpha[:, :, None]], axis=2)
+
+
+def _annotator(function: str, *arguments) -> Callable[[np.ndarray, float, float], np.ndarray]:
+    def run(image: np.ndarray, a: float, _b: float) -> np.ndarray:
+        from modules.controlnet import annotators
+
+        return getattr(annotators, function)(image, *[a if argument is THRESHOLD_A else argument
+                                                      for argument in arguments])
+    return run
+
+
+THRESHOLD_A = object()  # stands for threshold A in an annotator's arguments
+
 PREPROCESSORS = {p.name: p for p in (
     Preprocessor("none", lambda image, a, b: image, uses_resolution=False),
     Preprocessor("invert (from white bg & black line)", lambda image, a, b: 255 - image),
     Preprocessor("canny", _canny, threshold_a=("Low Threshold", 1, 255, 100), threshold_b=("High Threshold", 1, 255, 200)),
+    Preprocessor("depth_midas", _annotator("depth_map", "depth_midas"), downloads=("depth_midas",)),
+    Preprocessor("depth_anything_v2", _annotator("depth_map", "depth_anything_v2"), downloads=("depth_anything_v2",)),
+    Preprocessor("normal_midas", _annotator("normal_map", THRESHOLD_A), downloads=("depth_midas",),
+                 threshold_a=("Normal Background Threshold", 0, 1, 0.4)),
+    Preprocessor("openpose", _annotator("openpose"), downloads=("person_detector", "vitpose")),
+    Preprocessor("seg_segformer_ade20k", _annotator("segmentation"), downloads=("segformer_ade20k",)),
+    Preprocessor("scribble_xdog", _scribble_xdog, threshold_a=("XDoG Threshold", 1, 64, 32)),
+    Preprocessor("lineart_standard (from white bg & black line)", _lineart_standard),
+    Preprocessor("tile_resample", _tile_resample, uses_resolution=False,
+                 threshold_a=("Down Sampling Rate", 1, 8, 1)),
+    Preprocessor("inpaint", _inpaint, uses_resolution=False, masked=True),
+    Preprocessor("inpaint_only", _inpaint, uses_resolution=False, masked=True),
 )}
-ALIASES = {"invert": "invert (from white bg & black line)"}
+# the extension's other names for these; its seg_ofade20k (OneFormer) and seg_ufade20k (UniFormer) run SegFormer here,
+# which paints the same ADE20k palette
+ALIASES = {"invert": "invert (from white bg & black line)", "depth": "depth_midas", "normal_map": "normal_midas",
+           "depth_anything": "depth_anything_v2", "segmentation": "seg_segformer_ade20k",
+           "seg_ofade20k": "seg_segformer_ade20k", "seg_ufade20k": "seg_segformer_ade20k",
+           "lineart_standard": "lineart_standard (from white bg & black line)"}
 
 
 def find(name: str) -> Preprocessor:
@@ -65,14 +138,23 @@ def thresholds(name: str, threshold_a: float | None, threshold_b: float | None) 
     return float(a), float(b)
 
 
+def canonical(name: str) -> str:
+    return find(name).name
+
+
 def run(name: str, picture: Any, resolution: int = 512, threshold_a: float | None = None,
-        threshold_b: float | None = None):
-    """The hint image (PIL RGB) of ``picture`` (PIL) for preprocessor ``name``."""
+        threshold_b: float | None = None, mask: Any = None):
+    """The hint image of ``picture`` (PIL) for preprocessor ``name``: PIL RGB, or RGBA for the inpaint ones
+    (``mask``: PIL, white = masked)."""
     from PIL import Image
 
     preprocessor = find(name)
     image = np.asarray(picture.convert("RGB"))
     if preprocessor.uses_resolution and resolution and resolution > 0:
         image = scale_to_resolution(image, int(resolution))
+    if preprocessor.masked:
+        size = (image.shape[1], image.shape[0])
+        mask_array = None if mask is None else np.asarray(mask.convert("L").resize(size, Image.NEAREST))
+        return Image.fromarray(np.ascontiguousarray(preprocessor.run(image, mask_array)), "RGBA")
     a, b = thresholds(name, threshold_a, threshold_b)
     return Image.fromarray(np.ascontiguousarray(preprocessor.run(image, a, b)))

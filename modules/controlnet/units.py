@@ -128,7 +128,7 @@ def fit(hint: Any, width: int, height: int, resize_mode: str):
     scale = (max if resize_mode == "Crop and Resize" else min)(width / hint.width, height / hint.height)
     size = (max(1, round(hint.width * scale)), max(1, round(hint.height * scale)))
     resized = hint.resize(size, Image.LANCZOS)
-    canvas = Image.new("RGB", (width, height))
+    canvas = Image.new(hint.mode, (width, height))  # RGBA: the filled border is transparent, masked (outpainting)
     canvas.paste(resized, ((width - size[0]) // 2, (height - size[1]) // 2))
     return canvas
 

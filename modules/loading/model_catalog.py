@@ -146,3 +146,47 @@ def download(weights: OfficialWeights, report: Callable[[int, int], None] | None
         raise
     shared.state.textinfo = None
     return target
+
+
+@dataclass(frozen=True)
+class HubFolder:
+    """A transformers model kept as a folder under ``models/`` (config, preprocessor config, weights), fetched from
+    the Hugging Face hub on first use (``huggingface_hub.snapshot_download``)."""
+    name: str
+    folder: str  # under models/
+    repo: str
+    weights: tuple[str, ...] = ("model.safetensors",)  # any one of them is enough
+
+    def path(self) -> str:
+        return folder_path(self.folder)
+
+    def present(self) -> bool:
+        path = self.path()
+        return os.path.isfile(os.path.join(path, "config.json")) and any(
+            os.path.isfile(os.path.join(path, name)) for name in self.weights)
+
+
+def ensure_folder(model: HubFolder) -> str:
+    """The folder of ``model``, downloaded first when missing and downloads are on; otherwise (or when the download
+    fails) a UserInputError naming the folder and the hub repository to get it from."""
+    from modules.loading import model_download
+
+    path = model.path()
+    if model.present():
+        return path
+    where = f"https://huggingface.co/{model.repo}"
+    if not downloads_enabled():
+        why = "HF_HUB_OFFLINE is set" if model_download.hub_offline() else \
+            "downloads are off (Settings: download_official_weights)"
+        raise UserInputError(f"{model.name}: the model folder {path} is missing and {why}; download the json files and "
+                             f"{' or '.join(model.weights)} of {where} into it")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(model.repo, local_dir=path, allow_patterns=["*.json", *model.weights])
+    except Exception as e:  # offline, hub unreachable, disk full: huggingface_hub raises many kinds
+        raise UserInputError(f"{model.name}: could not download {where} ({type(e).__name__}); download its json files "
+                             f"and {' or '.join(model.weights)} into {path}") from None
+    if not model.present():
+        raise UserInputError(f"{model.name}: {where} has none of {', '.join(model.weights)}")
+    return path

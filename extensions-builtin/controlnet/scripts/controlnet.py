@@ -9,8 +9,7 @@ import modules.scripts as scripts
 from modules.api import encoding
 from modules.controlnet import apply, models, preprocessors, units
 from modules.errors import UserInputError
-
-UNIT_COUNT = 3
+from modules.shared import opts
 
 
 class Script(scripts.Script):
@@ -23,7 +22,7 @@ class Script(scripts.Script):
     def ui(self, is_img2img):
         values = []
         with gr.Accordion("ControlNet", open=False, elem_id=self.elem_id("accordion")):
-            for index in range(UNIT_COUNT):
+            for index in range(max(1, int(opts.control_net_unit_count))):
                 with gr.Accordion(f"ControlNet Unit {index}", open=index == 0):
                     values.append(self._unit_controls(index))
         return values
@@ -53,8 +52,11 @@ class Script(scripts.Script):
         with gr.Row():
             resolution = gr.Slider(64, 2048, value=512, step=1, label="Preprocessor Resolution",
                                    elem_id=elem("processor_res"))
-            threshold_a = gr.Slider(1, 255, value=100, step=1, label="Threshold A", elem_id=elem("threshold_a"))
-            threshold_b = gr.Slider(1, 255, value=200, step=1, label="Threshold B", elem_id=elem("threshold_b"))
+            # shown with the chosen preprocessor's labels, ranges and defaults (none has no thresholds)
+            threshold_a = gr.Slider(1, 255, value=100, step=1, label="Threshold A", visible=False,
+                                    elem_id=elem("threshold_a"))
+            threshold_b = gr.Slider(1, 255, value=200, step=1, label="Threshold B", visible=False,
+                                    elem_id=elem("threshold_b"))
         control_mode = gr.Radio(list(units.CONTROL_MODES), value=units.CONTROL_MODES[0], label="Control Mode",
                                 elem_id=elem("control_mode"))
         resize_mode = gr.Radio(list(units.RESIZE_MODES), value="Crop and Resize", label="Resize Mode",
@@ -66,9 +68,27 @@ class Script(scripts.Script):
         names, controls = list(fields), list(fields.values())
         for control in controls:
             control.change(lambda *given: dict(zip(names, given)), controls, [value], queue=False)
+        module.change(self._sliders_of, [module], [resolution, threshold_a, threshold_b], queue=False)
         refresh.click(lambda: gr.update(choices=["None", *self._model_titles()]), None, [model], queue=False)
         run_preview.click(self._preview, [image, module, resolution, threshold_a, threshold_b], [preview])
         return value
+
+    @staticmethod
+    def _sliders_of(module):
+        """The resolution and threshold sliders as the chosen preprocessor takes them (hidden when it has none)."""
+        try:
+            preprocessor = preprocessors.find(module)
+        except UserInputError:
+            return gr.update(), gr.update(), gr.update()
+        thresholds = []
+        for slider in (preprocessor.threshold_a, preprocessor.threshold_b):
+            if slider is None:
+                thresholds.append(gr.update(visible=False))
+            else:
+                label, low, high, default = slider
+                thresholds.append(gr.update(visible=True, label=label, minimum=low, maximum=high, value=default,
+                                            step=1 if high > 8 else 0.01))
+        return gr.update(visible=preprocessor.uses_resolution), *thresholds
 
     @staticmethod
     def _model_titles() -> list:
@@ -94,15 +114,18 @@ class Script(scripts.Script):
             name = unit.model.split(" [")[0]
             net = models.load(path, model.dtype)
             models.check_family(net, model, name)
-            picture = unit.image or (p.init_images[0] if getattr(p, "init_images", None) else None)
+            picture, mask = unit.image, unit.mask
+            if picture is None and getattr(p, "init_images", None):  # the img2img input, and its inpaint mask
+                picture, mask = p.init_images[0], mask or getattr(p, "image_mask", None)
             if picture is None:
                 raise UserInputError(f"controlnet unit {index}: no image given (and no img2img input to use)")
+            unit.module = preprocessors.canonical(unit.module)  # the name of what runs, for the infotext
             resolution = unit.processor_res
             if unit.pixel_perfect:
                 resolution = units.pixel_perfect_resolution(picture.size, (p.width, p.height), unit.resize_mode)
             unit.threshold_a, unit.threshold_b = preprocessors.thresholds(unit.module, unit.threshold_a,
                                                                           unit.threshold_b)  # the infotext's
-            hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b)
+            hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
             p.controlnet_units.append((unit, net.to(model.device), hint))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, models.title(name, path), resolution)
 

@@ -1,0 +1,195 @@
+"""ControlNet preprocessors (issue 21): the OpenCV ones on the astronaut photo, and the neural ones (depth, normal
+map, pose, segmentation) through the real loading code on tiny random transformers models saved in their official
+folder layouts under models/annotator."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modules.errors import UserInputError
+from tests.conftest import models_subdir
+
+
+def _gray(image) -> bool:
+    array = np.asarray(image)
+    return array.ndim == 3 and array.shape[2] == 3 and (array[:, :, 0] == array[:, :, 1]).all() and \
+        (array[:, :, 1] == array[:, :, 2]).all()
+
+
+def test_opencv_preprocessors_on_the_astronaut(astronaut):
+    from modules.controlnet import apply, preprocessors
+
+    picture = Image.fromarray(astronaut)  # 512x512
+    scribble = preprocessors.run("scribble_xdog", picture, 256, 32)
+    array = np.asarray(scribble)
+    assert scribble.size == (256, 256) and _gray(scribble) and set(np.unique(array)) == {0, 255}
+    assert 0.02 < (array[:, :, 0] == 255).mean() < 0.5  # lines, not a blank or a flood
+    fewer = np.asarray(preprocessors.run("scribble_xdog", picture, 256, 64))
+    assert (fewer == 255).sum() < (array == 255).sum()  # a higher threshold keeps fewer lines
+    assert (np.asarray(preprocessors.run("scribble_xdog", picture, 256, 32)) == array).all()  # deterministic
+
+    lineart = preprocessors.run("lineart_standard", picture, 256)
+    assert lineart.size == (256, 256) and _gray(lineart) and np.asarray(lineart).max() == 255
+    flat = preprocessors.run("lineart_standard (from white bg & black line)", Image.new("RGB", (64, 64), "white"), 64)
+    assert np.asarray(flat).max() == 0  # no lines in a blank picture
+
+    assert preprocessors.run("tile_resample", picture, 512, 2).size == (256, 256)
+    assert preprocessors.run("tile_resample", picture, 512, 1).size == (512, 512)
+    assert (np.asarray(preprocessors.run("invert", picture, 512)) == 255 - astronaut).all()
+
+    mask = Image.new("L", (512, 512))
+    mask.paste(255, (0, 0, 256, 512))  # the left half is masked
+    hint = preprocessors.run("inpaint_only", picture, 512, mask=mask)
+    assert hint.mode == "RGBA" and hint.size == (512, 512)
+    values = apply.hint_tensor(hint, 64, 64, "cpu", torch.float32)[0]
+    assert (values[:, :, :31] == -1).all() and (values[:, :, 33:] >= 0).all()  # the inpaint ControlNet's input rule
+    assert torch.allclose(values[:, :, 40:], apply.hint_tensor(picture, 64, 64, "cpu", torch.float32)[0][:, :, 40:])
+
+
+def write_annotators(root: str) -> None:
+    """Tiny random models for every annotator, as ``save_pretrained`` writes them, in models/annotator/..."""
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTConfig,
+                              DPTForDepthEstimation, DPTImageProcessorPil, RTDetrConfig, RTDetrForObjectDetection,
+                              RTDetrImageProcessorPil, RTDetrResNetConfig, SegformerConfig,
+                              SegformerForSemanticSegmentation, SegformerImageProcessorPil, VitPoseBackboneConfig,
+                              VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessorPil)
+
+    from modules.controlnet import annotators
+
+    torch.manual_seed(0)
+    built = {
+        "depth_midas": (DPTForDepthEstimation(DPTConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=32,
+            patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16,
+            reassemble_factors=[4, 2, 1, 0.5])), DPTImageProcessorPil(size={"height": 32, "width": 32})),
+        "depth_anything_v2": (DepthAnythingForDepthEstimation(DepthAnythingConfig(
+            backbone_config=Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                                         intermediate_size=32, image_size=28, patch_size=14,
+                                         out_features=["stage1", "stage2", "stage3", "stage4"],
+                                         reshape_hidden_states=False),
+            neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16, head_hidden_size=8, reassemble_hidden_size=16,
+            patch_size=14)), DPTImageProcessorPil(size={"height": 28, "width": 28}, ensure_multiple_of=14)),
+        "segformer_ade20k": (SegformerForSemanticSegmentation(SegformerConfig(
+            num_labels=150, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2],
+            decoder_hidden_size=16)), SegformerImageProcessorPil(size={"height": 32, "width": 32})),
+        "person_detector": (RTDetrForObjectDetection(RTDetrConfig(
+            backbone_config=RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                               out_features=["stage2", "stage3", "stage4"]),
+            d_model=16, encoder_hidden_dim=16, encoder_in_channels=[16, 24, 32], encoder_ffn_dim=32,
+            encoder_attention_heads=2, decoder_ffn_dim=32, decoder_attention_heads=2, decoder_layers=1,
+            encoder_layers=1, num_queries=10, id2label={0: "person", 1: "cat"}, label2id={"person": 0, "cat": 1},
+            decoder_in_channels=[16, 16, 16], decoder_n_points=2, use_pretrained_backbone=False)), RTDetrImageProcessorPil(size={"height": 64, "width": 64})),
+        "vitpose": (VitPoseForPoseEstimation(VitPoseConfig(backbone_config=VitPoseBackboneConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=[64, 48],
+            patch_size=[16, 16], out_indices=[2]), num_labels=17)), VitPoseImageProcessorPil(size={"height": 64, "width": 48})),
+    }
+    for key, (model, processor) in built.items():
+        folder = annotators.MODELS[key].path()
+        assert folder.startswith(root + os.sep)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def annotator_models(data_dir):
+    with models_subdir("annotator") as folder:
+        write_annotators(folder)
+        yield folder
+
+
+def test_depth_and_normal_maps_in_the_format_the_controlnets_take(annotator_models, astronaut):
+    from modules.controlnet import annotators, preprocessors
+
+    picture = Image.fromarray(astronaut).resize((96, 64))
+    for name in ("depth_midas", "depth_anything_v2", "depth"):
+        depth = preprocessors.run(name, picture, 64)
+        assert depth.size == (96, 64) and _gray(depth), name  # the short side at the preprocessor resolution
+        assert np.asarray(depth).min() == 0 and np.asarray(depth).max() == 255, name  # near = white, min-max
+    raw = annotators.raw_depth(np.asarray(picture))
+    expected = ((raw - raw.min()) / (raw.max() - raw.min()) * 255).clip(0, 255).astype(np.uint8)
+    assert (np.asarray(preprocessors.run("depth_midas", picture, 64))[:, :, 0] == expected).all()
+
+    flat = np.asarray(preprocessors.run("normal_midas", picture, 64, 1.0))  # everything is background: z only
+    assert flat.shape == (64, 96, 3) and (flat == (127, 127, 255)).all()
+    ramp = np.tile(np.arange(96, dtype=np.float32) * 10, (64, 1))  # depth rising to the right: normals tilt in x
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(annotators, "raw_depth", lambda image, key="depth_midas": ramp)
+        normal = np.asarray(preprocessors.run("normal_midas", picture, 64, 0.0))
+    vector = np.array([10 * 8, 0, 2 * np.pi])  # a 3x3 Sobel of slope 10 is 80; z is 2 pi
+    expected = (vector / np.linalg.norm(vector) * 127.5 + 127.5).astype(np.uint8)
+    assert (normal[1:-1, 1:-1] == expected).all()
+
+
+def test_segmentation_paints_the_ade20k_palette(annotator_models, astronaut):
+    from modules.controlnet import annotators, preprocessors
+
+    palette = annotators.ADE20K_PALETTE
+    assert palette.shape == (150, 3) and tuple(palette[0]) == (120, 120, 120) and tuple(palette[-1]) == (92, 0, 255)
+    assert tuple(palette[12]) == (150, 5, 61)  # person
+    seg = np.asarray(preprocessors.run("seg_ofade20k", Image.fromarray(astronaut), 64))
+    assert seg.shape == (64, 64, 3)
+    palette = {tuple(colour) for colour in annotators.ADE20K_PALETTE}
+    assert {tuple(colour) for colour in seg.reshape(-1, 3)} <= palette
+
+
+def test_pose_draws_openpose_skeletons_of_the_people_found(annotator_models, astronaut, monkeypatch):
+    from modules.controlnet import annotators, preprocessors
+
+    skeleton = np.zeros((18, 3), dtype=np.float32)
+    skeleton[:, 2] = 1
+    skeleton[:, 0] = np.linspace(10, 90, 18)
+    skeleton[:, 1] = 50
+    skeleton[0] = (20, 20, 1)  # nose
+    skeleton[1] = (20, 60, 1)  # neck
+    drawn = annotators.draw_openpose([skeleton], 100, 100)
+    assert tuple(drawn[20, 20]) == (255, 0, 0) and tuple(drawn[60, 20]) == (255, 85, 0)  # the points' colours
+    assert tuple(drawn[40, 20]) == tuple(int(c * 0.6) for c in annotators.OPENPOSE_COLOURS[12])  # neck-nose limb
+    assert drawn[5:15, 50:60].max() == 0  # black elsewhere
+
+    picture = Image.fromarray(astronaut).resize((64, 64))
+    monkeypatch.setattr(annotators, "PERSON_THRESHOLD", 1.01)  # nobody found: a black picture
+    assert np.asarray(preprocessors.run("openpose", picture, 64)).max() == 0
+    monkeypatch.setattr(annotators, "PERSON_THRESHOLD", 0.0)  # random weights: take every box as a person
+    monkeypatch.setattr(annotators, "KEYPOINT_THRESHOLD", 0.0)
+    people = annotators.openpose_points(np.asarray(picture))
+    assert people and all(person.shape == (18, 3) for person in people)
+    assert np.allclose(people[0][1, :2], (people[0][2, :2] + people[0][5, :2]) / 2)  # the neck: between the shoulders
+    pose = np.asarray(preprocessors.run("openpose", picture, 64))
+    assert pose.shape == (64, 64, 3) and pose.max() > 0
+
+
+def test_a_missing_annotator_names_its_folder_and_hub_repository(data_dir, monkeypatch, astronaut):
+    import dataclasses
+
+    from modules.controlnet import annotators, preprocessors
+    from modules.loading import model_catalog
+    from modules.shared import opts
+
+    picture = Image.fromarray(astronaut).resize((64, 64))
+    for key in annotators.MODELS:
+        monkeypatch.setitem(annotators.MODELS, key, dataclasses.replace(annotators.MODELS[key],
+                                                                        folder=f"annotator-missing/{key}"))
+    with pytest.raises(UserInputError, match=r"MiDaS \(DPT hybrid\): the model folder .* is missing and HF_HUB_OFFLINE "
+                                             r"is set; download the json files and model.safetensors or "
+                                             r"pytorch_model.bin of https://huggingface.co/Intel/dpt-hybrid-midas"):
+        preprocessors.run("depth_midas", picture, 64)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def unreachable(repo, **kwargs):
+        raise OSError("no route to host")
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(UserInputError, match="could not download https://huggingface.co/Intel/dpt-hybrid-midas"):
+        preprocessors.run("normal_midas", picture, 64)
+    opts.set("download_official_weights", False)
+    try:
+        with pytest.raises(UserInputError, match=r"downloads are off \(Settings: download_official_weights\)"):
+            model_catalog.ensure_folder(annotators.MODELS["vitpose"])
+    finally:
+        opts.set("download_official_weights", True)
+    assert not os.path.exists(os.path.dirname(annotators.MODELS["vitpose"].path()))
