@@ -112,6 +112,11 @@ class Script:
     def setup(self, p, *args):
         pass
 
+    def args_from_infotext(self, params: dict) -> list | None:
+        """(This project's addition to the script API.) An always-on script's arguments from a parsed infotext, for an
+        API request that gives ``infotext`` and no ``alwayson_scripts`` entry for the script; None keeps its defaults."""
+        return None
+
     def before_process(self, p, *args):
         pass
 
@@ -533,12 +538,21 @@ class ScriptRunner:
     # --- arguments from requests ----------------------------------------------------------------------------
 
     def build_args(self, script_name: str | None = None, script_args: list | dict | None = None,
-                   alwayson_scripts: dict | None = None) -> list:
+                   alwayson_scripts: dict | None = None, infotext_params: dict | None = None) -> list:
         """The flat argument list of a request: defaults for every script, the selected script's ``script_args``
         (a list in the order of its controls, or an object keyed by control label or elem_id) and each
-        ``alwayson_scripts[title]["args"]`` (a shorter list replaces only a prefix). Titles match case-insensitively;
-        unknown titles and too many arguments raise ``UserInputError``."""
+        ``alwayson_scripts[title]["args"]`` (a shorter list replaces only a prefix); always-on scripts the request
+        does not name take their arguments from the request's parsed infotext where they read it
+        (``args_from_infotext``). Titles match case-insensitively; unknown titles and too many arguments raise
+        ``UserInputError``."""
         args = self.ensure_args()
+        if infotext_params:
+            named = {str(title).lower() for title in alwayson_scripts or {}}
+            for script in self.alwayson_scripts:
+                if script.title().lower() not in named:
+                    values = script.args_from_infotext(infotext_params)
+                    if values is not None:
+                        self._place(args, script, values, f"infotext ({script.title()})")
         if script_name:
             script = self.script(script_name)
             if script is None or script.alwayson:

@@ -273,3 +273,35 @@ def test_nowebui_serves_the_api_alone(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_webuiapi_controlnet_units_and_detect(api, live, astronaut):
+    import cv2
+    import webuiapi
+
+    from modules import hashes
+    from tests.test_controlnet import write_controlnet
+
+    model_file = write_controlnet(str(live[1] / "models" / "ControlNet" / "control_tiny_canny.safetensors"))
+    title = f"control_tiny_canny [{hashes.legacy_model_hash(model_file)}]"
+    assert api.controlnet_version() == 2
+    assert api.controlnet_model_list() == [title]
+    assert {"none", "canny", "depth_midas", "openpose", "inpaint_only"} <= set(api.controlnet_module_list())
+    picture = Image.fromarray(astronaut).resize((64, 64))
+    detected = api.controlnet_detect([picture], module="canny", processor_res=64, threshold_a=100, threshold_b=200)
+    edges = np.asarray(detected.images[0].convert("L"))
+    assert (edges == cv2.Canny(np.asarray(picture), 100, 200)).all()  # OpenCV's own output
+
+    unit = webuiapi.ControlNetUnit(image=picture, module="canny", model=title, threshold_a=100, threshold_b=200,
+                                   processor_res=64, weight=1.5)
+    job = dict(prompt="a red fox", seed=123, width=64, height=64)
+    controlled = api.txt2img(**job, controlnet_units=[unit])
+    entry = controlled.info["infotexts"][0].split("ControlNet 0: ")[1]
+    assert entry.startswith(f'"Module: canny, Model: {title}, Weight: 1.5, Resize Mode: Resize and Fill, '
+                            f'Processor Res: 64, Threshold A: 100.0, Threshold B: 200.0')
+    plain = api.txt2img(**job, alwayson_scripts={})  # webuiapi's own default dict keeps the last call's units
+    assert "ControlNet 0" not in plain.info["infotexts"][0]
+    assert (pixels(controlled.image) != pixels(plain.image)).any()
+    with pytest.raises(RuntimeError, match=r"^\(422, .*controlnet unit 0: resize_mode .{1,3}Stretch"):
+        api.txt2img(**job, controlnet_units=[webuiapi.ControlNetUnit(image=picture, model=title,
+                                                                     resize_mode="Stretch")])

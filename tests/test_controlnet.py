@@ -356,3 +356,49 @@ def test_an_alias_runs_its_preprocessor_and_the_infotext_names_what_ran(api_clie
     assert answer.status_code == 200, answer.text
     infotext = json.loads(answer.json()["info"])["infotexts"][0]
     assert 'ControlNet 0: "Module: lineart_standard (from white bg & black line), Model: control_tiny_canny [' in infotext
+
+
+def test_an_infotexts_units_are_pasted_into_the_page_and_read_by_the_api(api_client, controlnet_dir, astronaut):
+    import json
+
+    import gradio as gr
+
+    from modules import scripts
+    from modules.api import encoding
+    from modules.shared import opts
+    from webui import ui_common
+    from webui.tabs import txt2img as txt2img_tab
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    source = _b64(Image.fromarray(astronaut).resize((64, 64)))
+    unit = {"module": "scribble_xdog", "model": "control_tiny_canny", "processor_res": 64, "threshold_a": 20,
+            "weight": 0.7, "guidance_end": 0.8, "control_mode": "My prompt is more important"}
+    job = {**SMALL, "init_images": [source], "denoising_strength": 0.6}
+    first = api_client.post("/sdapi/v1/img2img", json={**job, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    infotext = json.loads(first.json()["info"])["infotexts"][0]
+    assert 'Weight: 0.7' in infotext and 'Threshold A: 20.0' in infotext
+
+    again = api_client.post("/sdapi/v1/img2img", json={**job, "infotext": infotext})  # the units from the infotext
+    assert again.status_code == 200, again.text
+    assert json.loads(again.json()["info"])["infotexts"][0] == infotext
+    assert (pixels(encoding.decode_image(again.json()["images"][0])) ==
+            pixels(encoding.decode_image(first.json()["images"][0]))).all()
+
+    saved = opts.control_net_unit_count
+    opts.set("control_net_unit_count", 2)
+    try:
+        with gr.Blocks():
+            scripts.scripts_txt2img.setup_ui()
+    finally:
+        opts.set("control_net_unit_count", saved)
+    controlnet = scripts.scripts_txt2img.script("ControlNet")
+    assert controlnet.args_to - controlnet.args_from == 2  # the unit-count setting
+    updates = txt2img_tab.paste_parameters(infotext)[len(txt2img_tab.PASTE_FIELDS) + 1:]
+    pasted = {component.elem_id: update.get("value") for component, update
+              in zip(ui_common.script_paste_components("txt2img"), updates) if "value" in update}
+    prefix = "script_txt2img_controlnet_unit0_"
+    assert pasted[prefix + "enabled"] is True and pasted[prefix + "module"] == "scribble_xdog"
+    assert pasted[prefix + "model"].startswith("control_tiny_canny [")
+    assert pasted[prefix + "weight"] == 0.7 and pasted[prefix + "threshold_a"] == 20
+    assert pasted[prefix + "guidance_end"] == 0.8 and pasted[prefix + "control_mode"] == "My prompt is more important"
+    assert not any(key.startswith("script_txt2img_controlnet_unit1_") for key in pasted)  # no entry: left alone

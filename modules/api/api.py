@@ -124,9 +124,8 @@ async def run_job(func: Callable[[], Any], description: str, request: Request) -
 # --- building processing objects from requests ------------------------------------------------------------
 
 
-def _fields_from_infotext(text: str, is_img2img: bool, model: type) -> tuple[dict, dict]:
-    """(request fields, settings overrides) an infotext carries."""
-    params = infotext_utils.parse_generation_parameters(text)
+def _fields_from_infotext(params: dict, text: str, is_img2img: bool, model: type) -> tuple[dict, dict]:
+    """(request fields, settings overrides) a parsed infotext carries."""
     script_callbacks.infotext_pasted_callback(text, params)
     found = (infotext_utils.img2img_fields_from_infotext if is_img2img else infotext_utils.txt2img_fields_from_infotext)(params)
     overrides = infotext_utils.override_settings_from_infotext(params)
@@ -140,8 +139,9 @@ def build_processing(request: models.ApiModel, is_img2img: bool, user: str | Non
     model = type(request)
     fields = request.model_dump()
     overrides: dict[str, Any] = {}
-    if request.infotext:
-        found, overrides = _fields_from_infotext(request.infotext, is_img2img, model)
+    params = infotext_utils.parse_generation_parameters(request.infotext) if request.infotext else None
+    if params is not None:
+        found, overrides = _fields_from_infotext(params, request.infotext, is_img2img, model)
         given = {k for k in request.model_fields_set if fields.get(k) is not None}  # null counts as not given
         fields.update({k: v for k, v in found.items() if k not in given})
     overrides.update(fields.get("override_settings") or {})
@@ -169,7 +169,7 @@ def build_processing(request: models.ApiModel, is_img2img: bool, user: str | Non
         p.do_not_save_samples = p.do_not_save_grid = True
     p.validate()
     runner = scripts.runner_for(is_img2img)
-    args = runner.build_args(request.script_name, request.script_args, request.alwayson_scripts)
+    args = runner.build_args(request.script_name, request.script_args, request.alwayson_scripts, params)
     return p, runner, args
 
 

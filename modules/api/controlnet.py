@@ -15,6 +15,7 @@ VERSION = 2  # the extension's API version these routes follow
 class DetectRequest(BaseModel):
     controlnet_module: str = "none"
     controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_images: list[str] | None = None  # what webuiapi's controlnet_detect sends instead
     controlnet_masks: list[str] | None = None
     controlnet_processor_res: int = 512
     controlnet_threshold_a: float = -1
@@ -55,8 +56,9 @@ def build_router(route_class: Any) -> APIRouter:
     @router.post("/detect")
     def detect(request: DetectRequest) -> dict:
         results = []
-        for index, text in enumerate(request.controlnet_input_images):
-            picture = encoding.decode_image(text, f"controlnet_input_images[{index}]")
+        field_name = "controlnet_input_images" if request.controlnet_input_images else "controlnet_images"
+        for index, text in enumerate(request.controlnet_input_images or request.controlnet_images or []):
+            picture = encoding.decode_image(text, f"{field_name}[{index}]")
             masks = request.controlnet_masks or []
             mask = encoding.decode_image(masks[index], f"controlnet_masks[{index}]") if index < len(masks) else None
             hint = preprocessors.run(request.controlnet_module, picture, request.controlnet_processor_res,

@@ -2,6 +2,7 @@
 the fields, the value names and indices real clients send, sizing the hint to the job, and the infotext entry."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -141,3 +142,32 @@ def infotext(unit: UnitRequest, model_title: str, processor_res: int) -> str:
              ("Guidance End", unit.guidance_end), ("Pixel Perfect", unit.pixel_perfect),
              ("Control Mode", unit.control_mode)]
     return ", ".join(f"{key}: {value}" for key, value in parts)
+
+
+INFOTEXT_FIELDS = {"Module": "module", "Model": "model", "Weight": "weight", "Resize Mode": "resize_mode",
+                   "Processor Res": "processor_res", "Threshold A": "threshold_a", "Threshold B": "threshold_b",
+                   "Guidance Start": "guidance_start", "Guidance End": "guidance_end", "Pixel Perfect": "pixel_perfect",
+                   "Control Mode": "control_mode"}
+_ENTRY_PART = re.compile(r"\s*([A-Za-z][A-Za-z ]*?):\s*(.*?)\s*(?:,(?=\s*[A-Za-z][A-Za-z ]*:)|$)")
+
+
+def from_infotext(entry: Any) -> dict | None:
+    """The API unit (the extension's field names) a ``ControlNet N`` infotext value describes; None when there is no
+    entry. Values stay text where the unit parser takes text; unknown parts are ignored, as the extension does."""
+    if not entry:
+        return None
+    unit: dict[str, Any] = {"enabled": True}
+    for key, value in _ENTRY_PART.findall(str(entry)):
+        field_name = INFOTEXT_FIELDS.get(key.strip())
+        if field_name is None:
+            continue
+        if field_name == "pixel_perfect":
+            unit[field_name] = value.lower() == "true"
+        elif field_name in ("weight", "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end"):
+            try:
+                unit[field_name] = float(value) if field_name != "processor_res" else int(float(value))
+            except ValueError:
+                continue
+        else:
+            unit[field_name] = value
+    return unit

@@ -21,6 +21,7 @@ class Script(scripts.Script):
 
     def ui(self, is_img2img):
         values = []
+        self.infotext_fields = []  # each unit's controls, filled from its "ControlNet N" entry by paste and Send to
         with gr.Accordion("ControlNet", open=False, elem_id=self.elem_id("accordion")):
             for index in range(max(1, int(opts.control_net_unit_count))):
                 with gr.Accordion(f"ControlNet Unit {index}", open=index == 0):
@@ -69,13 +70,18 @@ class Script(scripts.Script):
         for control in controls:
             control.change(lambda *given: dict(zip(names, given)), controls, [value], queue=False)
         module.change(self._sliders_of, [module], [resolution, threshold_a, threshold_b], queue=False)
+        module.input(self._threshold_defaults, [module], [threshold_a, threshold_b], queue=False)  # not on paste
+        for name, control in fields.items():
+            if name != "image":
+                self.infotext_fields.append((control, self._pasted(index, name)))
         refresh.click(lambda: gr.update(choices=["None", *self._model_titles()]), None, [model], queue=False)
         run_preview.click(self._preview, [image, module, resolution, threshold_a, threshold_b], [preview])
         return value
 
     @staticmethod
     def _sliders_of(module):
-        """The resolution and threshold sliders as the chosen preprocessor takes them (hidden when it has none)."""
+        """The resolution and threshold sliders as the chosen preprocessor takes them (hidden when it has none); their
+        values are left alone, so that pasted thresholds stay."""
         try:
             preprocessor = preprocessors.find(module)
         except UserInputError:
@@ -85,10 +91,37 @@ class Script(scripts.Script):
             if slider is None:
                 thresholds.append(gr.update(visible=False))
             else:
-                label, low, high, default = slider
-                thresholds.append(gr.update(visible=True, label=label, minimum=low, maximum=high, value=default,
+                label, low, high, _ = slider
+                thresholds.append(gr.update(visible=True, label=label, minimum=low, maximum=high,
                                             step=1 if high > 8 else 0.01))
         return gr.update(visible=preprocessor.uses_resolution), *thresholds
+
+    @staticmethod
+    def _threshold_defaults(module):
+        """The chosen preprocessor's default thresholds (when the user picks it)."""
+        preprocessor = preprocessors.find(module)
+        return tuple(gr.update(value=slider[3]) if slider else gr.update()
+                     for slider in (preprocessor.threshold_a, preprocessor.threshold_b))
+
+    def _pasted(self, index: int, name: str):
+        """The value of a unit's control from a pasted infotext's ``ControlNet {index}`` entry (left alone when the
+        infotext has none; a model is matched by name to the one here)."""
+        def value(params):
+            unit = units.from_infotext(params.get(f"ControlNet {index}"))
+            if unit is None:
+                return gr.skip()
+            if name == "enabled":
+                return True
+            if name not in unit:
+                return gr.skip()
+            if name == "model":
+                bare = unit["model"].split(" [")[0]
+                titles = {title.split(" [")[0]: title for title in self._model_titles()}
+                return titles.get(bare, gr.skip())
+            if name == "module":
+                return preprocessors.canonical(unit["module"])
+            return unit[name]
+        return value
 
     @staticmethod
     def _model_titles() -> list:
@@ -102,6 +135,11 @@ class Script(scripts.Script):
             return preprocessors.run(module, image, int(resolution), threshold_a, threshold_b)
         except UserInputError as e:
             raise gr.Error(str(e)) from None
+
+    def args_from_infotext(self, params):
+        """The units of an API request's ``infotext`` (their images: the img2img input, or none)."""
+        found = [units.from_infotext(params.get(f"ControlNet {index}")) for index in range(self.args_to - self.args_from)]
+        return found if any(found) else None
 
     def process(self, p, *values):
         p.controlnet_units = []
