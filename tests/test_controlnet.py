@@ -14,15 +14,15 @@ from tests.conftest import models_subdir, noise_image, pixels
 HINT_CHANNELS = ((3, 16), (16, 16), (16, 32), (32, 32), (32, 96), (96, 96), (96, 256))  # the official hint encoder
 
 
-def controlnet_shapes(arch=None) -> dict:
-    """The LDM ``control_model.*`` shapes of a ControlNet for the UNet ``arch`` (default: the tests' tiny SD 1)."""
+def controlnet_shapes(unet=None) -> dict:
+    """The LDM ``control_model.*`` shapes of a ControlNet for the UNet ``unet`` (default: the tests' tiny SD 1)."""
     from modules.families import sd1_layout
 
-    unet = (arch or sd1_layout.TINY).unet
+    unet = unet or sd1_layout.TINY.unet
     shapes = {}
     for key, shape in sd1_layout.unet_shapes(unet).items():
         name = key[len(sd1_layout.UNET):]
-        if name.startswith(("input_blocks.", "middle_block.", "time_embed.")):
+        if name.startswith(("input_blocks.", "middle_block.", "time_embed.", "label_emb.")):
             shapes["control_model." + name] = shape
     outputs = []  # the channels after each input block
     i = 0
@@ -402,3 +402,44 @@ def test_an_infotexts_units_are_pasted_into_the_page_and_read_by_the_api(api_cli
     assert pasted[prefix + "weight"] == 0.7 and pasted[prefix + "threshold_a"] == 20
     assert pasted[prefix + "guidance_end"] == 0.8 and pasted[prefix + "control_mode"] == "My prompt is more important"
     assert not any(key.startswith("script_txt2img_controlnet_unit1_") for key in pasted)  # no entry: left alone
+
+
+def test_sdxl_controlnets_in_every_layout_condition_an_sdxl_image(controlnet_dir, use_checkpoint_dir, sdxl_dir):
+    from safetensors.torch import save_file
+
+    from modules.controlnet import models
+    from modules.families import sdxl
+
+    model = use_checkpoint_dir(sdxl_dir, "tiny-sdxl.safetensors")
+    original = write_controlnet(os.path.join(controlnet_dir, "xl_original.safetensors"),
+                                shapes=controlnet_shapes(sdxl.TINY_BASE[0]))
+    net = models.load(original, torch.float32, like=model.unet.config)
+    assert net.config.addition_embed_type == "text_time" and net.config.cross_attention_dim == 80
+    assert net.config.addition_time_embed_dim == model.unet.config.addition_time_embed_dim
+    net.save_pretrained(os.path.join(controlnet_dir, "xl-diffusers"))  # a folder with its config.json
+    save_file(net.state_dict(), os.path.join(controlnet_dir, "diffusers_xl_keys.safetensors"))  # keys, no config
+    for name in ("xl-diffusers", "diffusers_xl_keys"):
+        other = models.load(models.find(name), torch.float32, like=model.unet.config)
+        assert {k: v.shape for k, v in other.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
+        assert all(torch.equal(v, other.state_dict()[k]) for k, v in net.state_dict().items()), name
+        assert other.config.attention_head_dim == net.config.attention_head_dim, name
+    plain = pixels(_job().images[0])
+    calls = []
+    unit = _unit(original, "xl")
+    controlled = pixels(_job([unit], watch=lambda call: calls.append("down_block_additional_residuals" in call.kwargs))
+                        .images[0])
+    assert calls and all(calls) and (controlled != plain).any()
+    off = _unit(original, "xl", weight=0.0)
+    assert (pixels(_job([off]).images[0]) == plain).all()
+    keys_net = models.load(models.find("diffusers_xl_keys"), model.dtype, like=model.unet.config)
+    same = apply_unit(keys_net)
+    assert (pixels(_job([same]).images[0]) == controlled).all()  # the same network from diffusers' keys
+
+
+def apply_unit(net):
+    from modules import sd_models
+    from modules.controlnet import apply
+
+    model = sd_models.get_sd_model()
+    hint = apply.hint_tensor(noise_image(64, 64, seed=5), 64, 64, model.device, model.dtype)
+    return apply.ControlUnit("xl", net.to(model.device), hint)

@@ -150,7 +150,7 @@ class Script(scripts.Script):
                 continue
             path = models.find(unit.model)
             name = unit.model.split(" [")[0]
-            net = models.load(path, model.dtype)
+            net = models.load(path, model.dtype, like=model.unet.config)
             models.check_family(net, model, name)
             picture, mask = unit.image, unit.mask
             if picture is None and getattr(p, "init_images", None):  # the img2img input, and its inpaint mask
