@@ -420,6 +420,11 @@ class StableDiffusionProcessing:
         grey masked image); None for ordinary models."""
         import torch
 
+        from modules.families import sd2
+
+        if sd2.is_depth_model(self.model):
+            raise UserInputError(f"{self.model.family.label}: a depth-to-image checkpoint makes an image from an input "
+                                 f"image's depth; use it in img2img")
         if not is_inpainting_model(self.model):
             return None
         grey = torch.full((x.shape[0], 3, height or self.height, width or self.width), 0.5)
@@ -819,10 +824,15 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
     def img2img_image_conditioning(self, source_image, latent_image, image_mask=None):
         """The extra UNet input of a 9-channel inpainting model: the (rounded) mask and the latents of the
-        image with the masked area grey; with no mask everything counts as masked. None for ordinary models."""
+        image with the masked area grey; with no mask everything counts as masked. A depth-to-image model's: the
+        image's depth. None for ordinary models."""
         import numpy as np
         import torch
 
+        from modules.families import sd2
+
+        if sd2.is_depth_model(self.model):
+            return sd2.depth_conditioning(source_image, tuple(latent_image.shape[-2:]))
         if not is_inpainting_model(self.model):
             return None
         if image_mask is None:

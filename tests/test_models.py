@@ -93,10 +93,12 @@ def test_family_detection_from_keys_and_shapes(data_dir, tmp_path):
 def test_unsupported_family_is_refused_with_its_name(tmp_path):
     import torch
 
-    path = tmp_path / "depth.safetensors"
-    write_header_only_safetensors(path, {sd1_layout.UNET + "input_blocks.0.0.weight": (4, 5, 3, 3),
-                                         "cond_stage_model.model.ln_final.weight": (4,)})
-    with pytest.raises(model_loader.ModelNotSupported, match="depth-to-image .* depth-to-image support is coming"):
+    path = tmp_path / "pix2pix.safetensors"
+    shapes = sd1_layout.checkpoint_shapes(sd1_layout.TINY)
+    shapes[sd1_layout.UNET + "input_blocks.0.0.weight"] = (32, 8, 3, 3)
+    write_header_only_safetensors(path, shapes)
+    with pytest.raises(model_loader.ModelNotSupported,
+                       match=r"pix2pix.safetensors is a SD 1.x InstructPix2Pix \(8-channel UNet\) checkpoint: .*support is coming"):
         model_loader.load_components(str(path), torch.float32)
 
 

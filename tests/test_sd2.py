@@ -21,7 +21,7 @@ def test_sd2_is_recognised_from_names_and_shapes(data_dir):
     inpaint = sd2.checkpoint_shapes(dataclasses.replace(sd2.TINY[0], in_channels=9), *sd2.TINY[1:])
     assert detection.family_from_shapes(inpaint) is sd2.SD2_INPAINT
     depth = sd2.checkpoint_shapes(dataclasses.replace(sd2.TINY[0], in_channels=5), *sd2.TINY[1:])
-    assert detection.family_from_shapes(depth) is sd2.SD2_DEPTH and not sd2.SD2_DEPTH.supported
+    assert detection.family_from_shapes(depth) is sd2.SD2_DEPTH and sd2.SD2_DEPTH.supported
     sgm = {key.replace(open_clip.SD2_PREFIX, sd2.SGM_PREFIX): shape for key, shape in shapes.items()}
     assert detection.family_from_shapes(sgm) is sd2.SD2  # SD-Turbo style: the SDXL code's layout
     refiner = dict(sgm, **{sd1_layout.UNET + "label_emb.0.0.weight": (128, 64)})
@@ -205,3 +205,53 @@ def test_the_checkpoint_list_shows_each_family_and_its_yaml(sd2_dir, use_checkpo
     labels = dict((value, label) for label, value in ui._checkpoint_choices())
     assert labels[infos["tiny-sd2-v"].title] == infos["tiny-sd2-v"].title + " · SD 2.x"
     assert labels[infos["tiny"].title].endswith(" · SD 1.x")
+
+
+def test_depth_to_image_conditions_img2img_on_the_input_images_depth(sd2_dir, use_checkpoint_dir, astronaut):
+    """A 5-channel SD 2 depth checkpoint (with the ``depth_model.*`` keys of the real file) in img2img: the UNet's
+    5th input channel is the MiDaS depth of the input image at the latent size, scaled to -1..1 (A1111's
+    depth2img); txt2img is refused with a message."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from modules import processing
+    from modules.controlnet import annotators
+    from modules.errors import UserInputError
+    from modules.families import sd2
+    from modules.loading import demo_model
+    from modules.shared import state
+    from tests.conftest import models_subdir, save_diffusers_folder
+    from tests.test_controlnet_preprocessors import write_annotators
+
+    unet, vae, text = sd2.TINY
+    demo_model.write_checkpoint(str(sd2_dir / "tiny-sd2-depth.safetensors"), seed=8,
+                                shapes=sd2.checkpoint_shapes(dataclasses.replace(unet, in_channels=5), vae, text),
+                                extra={"depth_model.model.pretrained.act_postprocess3.0.project.0.bias": torch.zeros(4)})
+    save_diffusers_folder(str(sd2_dir / "tiny-sd2-depth.safetensors"), str(sd2_dir / "tiny-sd2-depth-diffusers"))
+    folder_model = use_checkpoint_dir(sd2_dir, "tiny-sd2-depth-diffusers")
+    assert folder_model.family is sd2.SD2_DEPTH and folder_model.unet.config.in_channels == 5
+    model = use_checkpoint_dir(sd2_dir, "tiny-sd2-depth.safetensors")
+    assert model.family is sd2.SD2_DEPTH and model.unet.config.in_channels == 5
+    assert model.scheduler_config["prediction_type"] == "epsilon"
+    source = Image.fromarray(astronaut).resize((64, 64))
+    with models_subdir("annotator") as folder:
+        write_annotators(folder)
+        seen = []
+        p = processing.StableDiffusionProcessingImg2Img(
+            init_images=[source], prompt="a portrait", seed=3, steps=3, width=64, height=64, denoising_strength=0.7,
+            sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
+        p.denoiser_hooks.before_unet.append(lambda call: seen.append(call.x.detach().clone()))
+        state.begin("test")
+        result = processing.process_images(p)
+        assert result.images[0].size == (64, 64)
+        depth = torch.from_numpy(annotators.raw_depth(np.asarray(source), "depth_midas", size=(8, 8)))
+        expected = 2 * (depth - depth.min()) / (depth.max() - depth.min()) - 1
+        assert seen and all(x.shape[1] == 5 for x in seen)
+        assert torch.allclose(seen[0][:, 4], expected.expand_as(seen[0][:, 4]), atol=1e-5)
+        assert seen[0][:, 4].min() == -1 and seen[0][:, 4].max() == 1
+        txt2img = processing.StableDiffusionProcessingTxt2Img(prompt="a portrait", steps=2, width=64, height=64,
+                                                              do_not_save_samples=True, do_not_save_grid=True)
+        with pytest.raises(UserInputError, match="depth-to-image checkpoint .* use it in img2img"):
+            processing.process_images(txt2img)

@@ -67,14 +67,14 @@ def _pil(image: np.ndarray):
     return Image.fromarray(image[:, :, :3])
 
 
-def raw_depth(image: np.ndarray, key: str = "depth_midas") -> np.ndarray:
-    """The model's relative inverse depth (larger = nearer) at the image's size, float32 (H, W)."""
+def raw_depth(image: np.ndarray, key: str = "depth_midas", size: tuple[int, int] | None = None) -> np.ndarray:
+    """The model's relative inverse depth (larger = nearer), float32 (H, W) at ``size`` or the image's size."""
     import torch
 
     model, processor = _load(key, "AutoModelForDepthEstimation")
     predicted = _run(model, processor(images=_pil(image), return_tensors="pt")).predicted_depth
-    resized = torch.nn.functional.interpolate(predicted[:, None].float().cpu(), size=image.shape[:2], mode="bicubic",
-                                              align_corners=False)
+    resized = torch.nn.functional.interpolate(predicted[:, None].float().cpu(), size=size or image.shape[:2],
+                                              mode="bicubic", align_corners=False)
     return resized[0, 0].numpy()
 
 

@@ -93,7 +93,7 @@ def prediction_type(path: str, shapes: Mapping[str, tuple], unet) -> str:
         return "v_prediction" if any(pattern.search(text) for pattern in V_PREDICTION_CONFIG) else "epsilon"
     if "v_pred" in shapes:
         return "v_prediction"
-    if unet.config.in_channels == 9:
+    if unet.config.in_channels in (5, 9):  # inpainting and depth: A1111's configs for them are epsilon
         return "epsilon"
     return "v_prediction" if _predicts_velocity(unet) else "epsilon"
 
@@ -137,9 +137,8 @@ SD2_INPAINT = dataclasses.replace(
     matches_checkpoint=lambda shapes: checkpoint_in_channels(shapes) == 9,
     matches_diffusers=lambda unet: diffusers_in_channels(unet) == 9,
 )
-SD2_DEPTH = dataclasses.replace(
-    SD2, key="sd2-depth", label="SD 2.x depth-to-image (5-channel UNet)", unet_in_channels=5, supported=False,
-    note="depth-to-image support is coming",
+SD2_DEPTH = dataclasses.replace(  # img2img only: the 5th input channel is the input image's depth (depth2img)
+    SD2, key="sd2-depth", label="SD 2.x depth-to-image (5-channel UNet)", unet_in_channels=5,
     matches_checkpoint=lambda shapes: checkpoint_in_channels(shapes) == 5,
     matches_diffusers=lambda unet: diffusers_in_channels(unet) == 5,
 )
@@ -156,3 +155,23 @@ FULL_SIZE = (sd1_layout.UNetArch(context_dim=1024, attention_levels=(True, True,
                                  head_channels=64), sd1_layout.VAEArch(), open_clip.OpenClipArch())
 TINY = (dataclasses.replace(sd1_layout.TINY.unet, context_dim=32, linear_projection=True, head_channels=32),
         sd1_layout.TINY.vae, open_clip.OpenClipArch(width=32, layers=3, projection_dim=24))
+
+
+def is_depth_model(model: Any) -> bool:
+    return getattr(model.unet.config, "in_channels", 4) == SD2_DEPTH.unet_in_channels
+
+
+def depth_conditioning(source_image: Any, latent_size: tuple[int, int]) -> Any:
+    """The 5th UNet input of a depth-to-image model, as A1111 makes it: MiDaS (DPT hybrid) depth of the batch's first
+    input image (B, 3, H, W in 0..1), at the latent size (bicubic), scaled to -1..1, the same for every image.
+    The checkpoint's own ``depth_model.*`` copy of MiDaS is not used: transformers' DPT port of the same network
+    is (models/annotator, fetched on first use, as the ControlNet depth preprocessor)."""
+    import torch
+
+    from modules.controlnet import annotators
+
+    first = (source_image[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    depth = torch.from_numpy(annotators.raw_depth(first, "depth_midas", size=latent_size))
+    low, high = depth.min(), depth.max()
+    scaled = 2 * (depth - low) / (high - low) - 1 if high > low else torch.zeros_like(depth)
+    return scaled[None, None].expand(source_image.shape[0], 1, *latent_size).contiguous()
