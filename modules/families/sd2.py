@@ -160,18 +160,3 @@ TINY = (dataclasses.replace(sd1_layout.TINY.unet, context_dim=32, linear_project
 def is_depth_model(model: Any) -> bool:
     return getattr(model.unet.config, "in_channels", 4) == SD2_DEPTH.unet_in_channels
 
-
-def depth_conditioning(source_image: Any, latent_size: tuple[int, int]) -> Any:
-    """The 5th UNet input of a depth-to-image model, as A1111 makes it: MiDaS (DPT hybrid) depth of the batch's first
-    input image (B, 3, H, W in 0..1), at the latent size (bicubic), scaled to -1..1, the same for every image.
-    The checkpoint's own ``depth_model.*`` copy of MiDaS is not used: transformers' DPT port of the same network
-    is (models/annotator, fetched on first use, as the ControlNet depth preprocessor)."""
-    import torch
-
-    from modules.controlnet import annotators
-
-    first = (source_image[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    depth = torch.from_numpy(annotators.raw_depth(first, "depth_midas", size=latent_size))
-    low, high = depth.min(), depth.max()
-    scaled = 2 * (depth - low) / (high - low) - 1 if high > low else torch.zeros_like(depth)
-    return scaled[None, None].expand(source_image.shape[0], 1, *latent_size).contiguous()
