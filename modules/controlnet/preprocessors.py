@@ -25,6 +25,7 @@ class Preprocessor:
     threshold_a: tuple[str, float, float, float] | None = None  # (label, minimum, maximum, default)
     threshold_b: tuple[str, float, float, float] | None = None
     masked: bool = False  # run takes (image, mask) instead: the inpaint rule
+    embeds: bool = False  # an IP-Adapter image encoder: makes embeddings, not a hint image
     downloads: tuple[str, ...] = ()  # the annotator models it needs (annotators.MODELS keys)
 
 
@@ -102,13 +103,18 @@ PREPROCESSORS = {p.name: p for p in (
                  threshold_a=("Down Sampling Rate", 1, 8, 1)),
     Preprocessor("inpaint", _inpaint, uses_resolution=False, masked=True),
     Preprocessor("inpaint_only", _inpaint, uses_resolution=False, masked=True),
+    Preprocessor("ip-adapter_clip_h", lambda image, a, b: image, uses_resolution=False, embeds=True),
+    Preprocessor("ip-adapter_clip_g", lambda image, a, b: image, uses_resolution=False, embeds=True),
 )}
 # the extension's other names for these; its seg_ofade20k (OneFormer) and seg_ufade20k (UniFormer) run SegFormer here,
 # which paints the same ADE20k palette
 ALIASES = {"invert": "invert (from white bg & black line)", "depth": "depth_midas", "normal_map": "normal_midas",
            "depth_anything": "depth_anything_v2", "segmentation": "seg_segformer_ade20k",
            "seg_ofade20k": "seg_segformer_ade20k", "seg_ufade20k": "seg_segformer_ade20k",
-           "lineart_standard": "lineart_standard (from white bg & black line)"}
+           "lineart_standard": "lineart_standard (from white bg & black line)",
+           # the extension's IP-Adapter encoder names
+           "ip-adapter_clip_sd15": "ip-adapter_clip_h", "ip-adapter_clip_sdxl_plus_vith": "ip-adapter_clip_h",
+           "ip-adapter_clip_sdxl": "ip-adapter_clip_g", "ip-adapter_clip_bigg": "ip-adapter_clip_g"}
 
 
 def find(name: str) -> Preprocessor:
@@ -149,6 +155,9 @@ def run(name: str, picture: Any, resolution: int = 512, threshold_a: float | Non
     from PIL import Image
 
     preprocessor = find(name)
+    if preprocessor.embeds:
+        raise UserInputError(f"{preprocessor.name} makes image embeddings for an IP-Adapter model, not a hint image "
+                             f"to preview")
     image = np.asarray(picture.convert("RGB"))
     if preprocessor.uses_resolution and resolution and resolution > 0:
         image = scale_to_resolution(image, int(resolution))

@@ -156,9 +156,11 @@ class HubFolder:
     folder: str  # under models/
     repo: str
     weights: tuple[str, ...] = ("model.safetensors",)  # any one of them is enough
+    subfolder: str = ""  # of the hub repository (kept under the same relative path here)
 
     def path(self) -> str:
-        return folder_path(self.folder)
+        return os.path.join(folder_path(self.folder), *self.subfolder.split("/")) if self.subfolder else \
+            folder_path(self.folder)
 
     def present(self) -> bool:
         path = self.path()
@@ -174,7 +176,7 @@ def ensure_folder(model: HubFolder) -> str:
     path = model.path()
     if model.present():
         return path
-    where = f"https://huggingface.co/{model.repo}"
+    where = f"https://huggingface.co/{model.repo}" + (f"/tree/main/{model.subfolder}" if model.subfolder else "")
     if not downloads_enabled():
         why = "HF_HUB_OFFLINE is set" if model_download.hub_offline() else \
             "downloads are off (Settings: download_official_weights)"
@@ -183,7 +185,9 @@ def ensure_folder(model: HubFolder) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(model.repo, local_dir=path, allow_patterns=["*.json", *model.weights])
+        prefix = f"{model.subfolder}/" if model.subfolder else ""
+        snapshot_download(model.repo, local_dir=folder_path(model.folder),
+                          allow_patterns=[prefix + pattern for pattern in ("*.json", *model.weights)])
     except Exception as e:  # offline, hub unreachable, disk full: huggingface_hub raises many kinds
         raise UserInputError(f"{model.name}: could not download {where} ({type(e).__name__}); download its json files "
                              f"and {' or '.join(model.weights)} into {path}") from None

@@ -7,8 +7,9 @@ import gradio as gr
 
 import modules.scripts as scripts
 from modules.api import encoding
-from modules.controlnet import apply, models, preprocessors, units
+from modules.controlnet import apply, ip_adapter, models, preprocessors, units
 from modules.errors import UserInputError
+from modules.families.spec import family_of_context_width
 from modules.shared import opts
 
 
@@ -144,20 +145,32 @@ class Script(scripts.Script):
     def process(self, p, *values):
         p.controlnet_units = []
         model = p.sd_model
+        ip_adapter.detach(model.unet)  # an adapter a failed job left attached
+        adapters, states, names = [], [], []
         for index, value in enumerate(values):
             unit = units.parse(value, index, encoding.decode_image)
             if unit is None or not unit.uses_model:
                 continue
             path = models.find(unit.model)
             name = unit.model.split(" [")[0]
-            net = models.load(path, model.dtype, like=model.unet.config)
-            models.check_family(net, model, name)
             picture, mask = unit.image, unit.mask
             if picture is None and getattr(p, "init_images", None):  # the img2img input, and its inpaint mask
                 picture, mask = p.init_images[0], mask or getattr(p, "image_mask", None)
             if picture is None:
                 raise UserInputError(f"controlnet unit {index}: no image given (and no img2img input to use)")
             unit.module = preprocessors.canonical(unit.module)  # the name of what runs, for the infotext
+            title = models.title(name, path)
+            if ip_adapter.is_ip_adapter(path) or ip_adapter.encoder_name(unit.module):
+                state = self._ip_adapter_state(index, unit, path, name, model)
+                positive, negative = ip_adapter.embed(unit.module, state, picture, name)
+                adapters.append(ip_adapter.Adapter(positive, negative, unit.weight, unit.guidance_start,
+                                                   unit.guidance_end))
+                states.append(state)
+                names.append(name)
+                p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, unit.processor_res)
+                continue
+            net = models.load(path, model.dtype, like=model.unet.config)
+            models.check_family(net, model, name)
             resolution = unit.processor_res
             if unit.pixel_perfect:
                 resolution = units.pixel_perfect_resolution(picture.size, (p.width, p.height), unit.resize_mode)
@@ -165,7 +178,30 @@ class Script(scripts.Script):
                                                                           unit.threshold_b)  # the infotext's
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
             p.controlnet_units.append((unit, net.to(model.device), hint))
-            p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, models.title(name, path), resolution)
+            p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
+        if adapters:
+            ip_adapter.attach(model.unet, states, names)
+            p.denoiser_hooks.before_unet.append(ip_adapter.embeds_hook(model.unet, adapters))
+
+    @staticmethod
+    def _ip_adapter_state(index: int, unit, path: str, name: str, model) -> dict:
+        """The adapter's weights, refused (naming the unit) when model and preprocessor do not go together or the
+        adapter is for another family than the checkpoint."""
+        if not ip_adapter.is_ip_adapter(path):
+            raise UserInputError(f"controlnet unit {index}: the {unit.module} preprocessor makes embeddings for an "
+                                 f"IP-Adapter model; {name} is a ControlNet")
+        if not ip_adapter.encoder_name(unit.module):
+            raise UserInputError(f"controlnet unit {index}: {name} is an IP-Adapter; its preprocessor must be one of "
+                                 f"{', '.join(ip_adapter.ENCODERS)}, not {unit.module}")
+        state = ip_adapter.read(path)
+        width, wanted = ip_adapter.context_width(state), model.unet.config.cross_attention_dim
+        if width != wanted:
+            raise UserInputError(f"IP-Adapter {name} is for {family_of_context_width(width)}, not for this "
+                                 f"{model.family.label} checkpoint ({wanted}-wide)")
+        return state
+
+    def postprocess(self, p, processed, *values):
+        ip_adapter.detach(p.sd_model.unet)
 
     def process_before_every_sampling(self, p, *values, **kwargs):
         resolved = getattr(p, "controlnet_units", None)
