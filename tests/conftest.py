@@ -394,3 +394,25 @@ def engine_model(request, tiny_model, use_checkpoint_dir):
     if request.param == "sd1":
         return tiny_model
     return use_checkpoint_dir(request.getfixturevalue("sdxl_dir"), "tiny-sdxl.safetensors")
+
+
+@pytest.fixture()
+def controlnet_dir(tiny_model, data_dir):
+    """An empty models/ControlNet folder, with the tiny model loaded."""
+    with models_subdir("ControlNet") as folder:
+        yield folder
+
+
+@pytest.fixture()
+def api_client(controlnet_dir):
+    """The HTTP API (with the extensions' routes and scripts freshly loaded) over a test client."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules import scripts
+    from modules.api.api import Api
+
+    scripts.reload_scripts()
+    app = FastAPI()
+    Api(app)
+    return TestClient(app)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from modules.errors import UserInputError
-from tests.conftest import models_subdir, noise_image, pixels
+from tests.conftest import noise_image, pixels
 
 HINT_CHANNELS = ((3, 16), (16, 16), (16, 32), (32, 32), (32, 96), (96, 96), (96, 256))  # the official hint encoder
 
@@ -50,12 +50,6 @@ def write_controlnet(path: str, seed: int = 0, shapes: dict | None = None) -> st
     from modules.loading import demo_model
 
     return demo_model.write_checkpoint(path, shapes=shapes or controlnet_shapes(), seed=seed)
-
-
-@pytest.fixture()
-def controlnet_dir(tiny_model, data_dir):
-    with models_subdir("ControlNet") as folder:
-        yield folder
 
 
 def _job(units=(), watch=None, **overrides):
@@ -201,20 +195,6 @@ def test_control_modes_scale_as_the_extension_does(controlnet_dir):
 
 
 # ---- the A1111 extension's API ------------------------------------------------------------------------------
-
-@pytest.fixture()
-def api_client(controlnet_dir):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from modules import scripts
-    from modules.api.api import Api
-
-    scripts.reload_scripts()
-    app = FastAPI()
-    Api(app)
-    return TestClient(app)
-
 
 def _b64(image) -> str:
     import base64

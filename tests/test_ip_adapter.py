@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import models_subdir, pixels
-from tests.test_controlnet import SMALL, _b64, api_client, controlnet_dir  # noqa: F401 (fixtures)
+from tests.test_controlnet import SMALL, _b64
 
 
 def adapter_state(unet, clip_width: int = 16, seed: int = 0) -> dict:
@@ -72,7 +72,7 @@ def write_encoder() -> None:
 
 
 @pytest.fixture()
-def adapters(api_client, controlnet_dir):  # noqa: F811
+def adapters(api_client, controlnet_dir):
     from safetensors.torch import save_file
 
     from modules import sd_models
