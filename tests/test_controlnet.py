@@ -423,3 +423,27 @@ def apply_unit(net):
     model = sd_models.get_sd_model()
     hint = apply.hint_tensor(noise_image(64, 64, seed=5), 64, 64, model.device, model.dtype)
     return apply.ControlUnit("xl", net.to(model.device), hint)
+
+
+@pytest.mark.parametrize("option, per_pass", [("Both", [1, 1]), ("Low res only", [1, 0]), ("High res only", [0, 1])])
+def test_the_hires_fix_option_picks_the_passes_a_unit_applies_to(api_client, controlnet_dir, astronaut, monkeypatch,
+                                                                 option, per_pass):
+    import json
+
+    from modules.controlnet import apply
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    counts = []
+    original = apply.residuals_hook
+    monkeypatch.setattr(apply, "residuals_hook", lambda units: counts.append(len(units)) or original(units))
+    unit = {"module": "canny", "model": "control_tiny_canny", "processor_res": 64, "hr_option": option,
+            "image": _b64(Image.fromarray(astronaut).resize((64, 64)))}
+    answer = api_client.post("/sdapi/v1/txt2img", json={
+        **SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.5,
+        "hr_second_pass_steps": 2, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 200, answer.text
+    assert counts == per_pass
+    assert f"Hr Option: {option}" in json.loads(answer.json()["info"])["infotexts"][0]
+    bad = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "hr_option": "Sometimes"}]}}})
+    assert bad.status_code == 422 and "controlnet unit 0: hr_option 'Sometimes'" in bad.json()["detail"]

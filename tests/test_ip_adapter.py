@@ -126,8 +126,8 @@ def test_the_prompt_rows_get_the_images_embedding_and_the_negative_rows_a_blank_
     seen = []
     original = ip_adapter.embeds_hook
 
-    def watching(unet, units):
-        hook = original(unet, units)
+    def watching(unet, units, *more):
+        hook = original(unet, units, *more)
 
         def run(call):
             hook(call)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from modules.errors import UserInputError
 from modules.loading import model_files
@@ -112,10 +112,12 @@ class Adapter:
     weight: float
     guidance_start: float
     guidance_end: float
+    applies_to: Callable[[bool], bool] = lambda hires_pass: True  # the unit's hires fix option
 
-    def active(self, step: int, total_steps: int) -> bool:
+    def active(self, step: int, total_steps: int, hires_pass: bool = False) -> bool:
         progress = step / max(total_steps, 1)
-        return self.weight != 0 and self.guidance_start <= progress <= self.guidance_end
+        return self.weight != 0 and self.guidance_start <= progress <= self.guidance_end and \
+            self.applies_to(hires_pass)
 
 
 def embed(module: str, state: dict, picture: Any, name: str) -> tuple[Any, Any]:
@@ -181,14 +183,16 @@ def _ip_processors(unet: Any) -> list:
     return [processor for processor in unet.attn_processors.values() if hasattr(processor, "to_k_ip")]
 
 
-def embeds_hook(unet: Any, adapters: list[Adapter]):
+def embeds_hook(unet: Any, adapters: list[Adapter], hires_pass: Callable[[], bool] = lambda: False):
     """The ``before_unet`` hook: each adapter's embeddings for every row (the negative prompt's rows, one per image,
-    come last when guided) and its scale for this step."""
+    come last when guided) and its scale for this step (0 outside its steps and hires fix passes)."""
     import torch
 
-    processors = _ip_processors(unet)
+    processors: list = []  # the IP attention processors, found at the first call (attach comes after this)
 
     def add_embeds(call) -> None:
+        if not processors:
+            processors.extend(_ip_processors(unet))
         rows = call.x.shape[0]
         negatives = len(call.rows) if call.guided else 0
         embeds = []
@@ -197,7 +201,8 @@ def embeds_hook(unet: Any, adapters: list[Adapter]):
             negative = adapter.negative.to(call.x.device, call.x.dtype)
             embeds.append(torch.cat([positive.expand(rows - negatives, *positive.shape[1:]),
                                      negative.expand(negatives, *negative.shape[1:])]))
-        scales = [adapter.weight if adapter.active(call.step, call.total_steps) else 0.0 for adapter in adapters]
+        hires = hires_pass()
+        scales = [adapter.weight if adapter.active(call.step, call.total_steps, hires) else 0.0 for adapter in adapters]
         for processor in processors:
             processor.scale = scales
         added = dict(call.kwargs.get("added_cond_kwargs") or {}, image_embeds=embeds)

@@ -12,6 +12,7 @@ RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 RESIZE_ALIASES = {"Envelope (Outer Fit)": "Resize and Fill", "Scale to Fit (Inner Fit)": "Crop and Resize",
                   "Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill"}
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+HR_OPTIONS = ("Both", "Low res only", "High res only")  # which hires fix passes a unit applies to
 
 
 @dataclass
@@ -31,11 +32,15 @@ class UnitRequest:
     control_mode: str = "Balanced"
     pixel_perfect: bool = False
     low_vram: bool = False
+    hr_option: str = "Both"
     extra: dict = field(default_factory=dict)  # fields of newer extension versions, accepted and not used
 
     @property
     def uses_model(self) -> bool:
         return self.enabled and str(self.model or "None") != "None"
+
+    def applies_to(self, hires_pass: bool) -> bool:
+        return self.hr_option == "Both" or (self.hr_option == "High res only") == hires_pass
 
 
 def _choice(value: Any, names: tuple, aliases: dict, what: str) -> str:
@@ -85,6 +90,7 @@ def parse(value: Any, index: int, decode_image) -> UnitRequest | None:
                                f"{where}: resize_mode")
     unit.control_mode = _choice(data.get("control_mode", unit.control_mode), CONTROL_MODES, {},
                                 f"{where}: control_mode")
+    unit.hr_option = _choice(data.get("hr_option", unit.hr_option), HR_OPTIONS, {}, f"{where}: hr_option")
     if not 0 <= unit.guidance_start <= unit.guidance_end <= 1:
         raise UserInputError(f"{where}: guidance_start {unit.guidance_start} and guidance_end {unit.guidance_end} must "
                              f"satisfy 0 <= start <= end <= 1")
@@ -140,14 +146,14 @@ def infotext(unit: UnitRequest, model_title: str, processor_res: int) -> str:
              ("Resize Mode", unit.resize_mode), ("Processor Res", processor_res), ("Threshold A", unit.threshold_a),
              ("Threshold B", unit.threshold_b), ("Guidance Start", unit.guidance_start),
              ("Guidance End", unit.guidance_end), ("Pixel Perfect", unit.pixel_perfect),
-             ("Control Mode", unit.control_mode)]
+             ("Control Mode", unit.control_mode), ("Hr Option", unit.hr_option)]
     return ", ".join(f"{key}: {value}" for key, value in parts)
 
 
 INFOTEXT_FIELDS = {"Module": "module", "Model": "model", "Weight": "weight", "Resize Mode": "resize_mode",
                    "Processor Res": "processor_res", "Threshold A": "threshold_a", "Threshold B": "threshold_b",
                    "Guidance Start": "guidance_start", "Guidance End": "guidance_end", "Pixel Perfect": "pixel_perfect",
-                   "Control Mode": "control_mode"}
+                   "Control Mode": "control_mode", "Hr Option": "hr_option"}
 _ENTRY_PART = re.compile(r"\s*([A-Za-z][A-Za-z ]*?):\s*(.*?)\s*(?:,(?=\s*[A-Za-z][A-Za-z ]*:)|$)")
 
 

@@ -63,10 +63,11 @@ class Script(scripts.Script):
                                 elem_id=elem("control_mode"))
         resize_mode = gr.Radio(list(units.RESIZE_MODES), value="Crop and Resize", label="Resize Mode",
                                elem_id=elem("resize_mode"))
+        hr_option = gr.Radio(list(units.HR_OPTIONS), value="Both", label="Hires-Fix Option", elem_id=elem("hr_option"))
         fields = {"enabled": enabled, "image": image, "module": module, "model": model, "weight": weight,
                   "guidance_start": start, "guidance_end": end, "processor_res": resolution,
                   "threshold_a": threshold_a, "threshold_b": threshold_b, "control_mode": control_mode,
-                  "resize_mode": resize_mode, "pixel_perfect": pixel_perfect}
+                  "resize_mode": resize_mode, "pixel_perfect": pixel_perfect, "hr_option": hr_option}
         names, controls = list(fields), list(fields.values())
         for control in controls:
             control.change(lambda *given: dict(zip(names, given)), controls, [value], queue=False)
@@ -164,7 +165,7 @@ class Script(scripts.Script):
                 state = self._ip_adapter_state(index, unit, path, name, model)
                 positive, negative = ip_adapter.embed(unit.module, state, picture, name)
                 adapters.append(ip_adapter.Adapter(positive, negative, unit.weight, unit.guidance_start,
-                                                   unit.guidance_end))
+                                                   unit.guidance_end, unit.applies_to))
                 states.append(state)
                 names.append(name)
                 p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, unit.processor_res)
@@ -179,9 +180,10 @@ class Script(scripts.Script):
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
             p.controlnet_units.append((unit, net.to(model.device), hint))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
-        if adapters:
+        if adapters:  # attached last: nothing that can fail comes between attaching and the hook that feeds it
+            hook = ip_adapter.embeds_hook(model.unet, adapters, lambda: p.is_hr_pass)
             ip_adapter.attach(model.unet, states, names)
-            p.denoiser_hooks.before_unet.append(ip_adapter.embeds_hook(model.unet, adapters))
+            p.denoiser_hooks.before_unet.append(hook)
 
     @staticmethod
     def _ip_adapter_state(index: int, unit, path: str, name: str, model) -> dict:
@@ -215,6 +217,8 @@ class Script(scripts.Script):
         height, width = (side * p.latent_format.downscale for side in latent.shape[-2:])
         engine_units = []
         for unit, net, hint in resolved:
+            if not unit.applies_to(p.is_hr_pass):
+                continue
             sized = units.fit(hint, width, height, unit.resize_mode)
             engine_units.append(apply.ControlUnit(unit.model, net, apply.hint_tensor(sized, width, height, net.device,
                                                                                     net.dtype),
