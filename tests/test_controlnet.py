@@ -93,6 +93,10 @@ def test_original_and_diffusers_layouts_are_found_and_load_to_the_same_network(c
     folder = models.load(listed["tiny-canny-diffusers"], torch.float32)
     for key, value in net.state_dict().items():
         assert torch.equal(value, folder.state_dict()[key]), key
+    assert models.load(single, torch.float32, device="cpu") is net  # kept, one copy per device
+    elsewhere = models.load(single, torch.float32, device="meta")  # another worker's device (--gpus)
+    assert elsewhere is not net and next(elsewhere.parameters()).device.type == "meta"
+    assert next(net.parameters()).device.type == "cpu"  # the first device's copy stays where it is
     with pytest.raises(UserInputError, match="ControlNet model 'nope' not found"):
         models.find("nope")
     torch.save({"control_model.time_embed.0.weight": torch.zeros(2, 2)}, os.path.join(controlnet_dir, "broken.pth"))

@@ -27,7 +27,7 @@ LDM_PREFIX = "control_model."
 HINT_CHANNELS_KEY = "input_hint_block.0.weight"
 
 _lock = threading.Lock()
-_loaded: dict[str, tuple[tuple, Any]] = {}  # path -> (size and mtime, model in RAM)
+_loaded: dict[tuple[str, str], tuple[tuple, Any]] = {}  # (path, device) -> (size, mtime and dtype; model)
 
 
 def folders() -> list[str]:
@@ -174,18 +174,22 @@ def _load_folder(path: str, dtype) -> Any:
     return ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True).eval().requires_grad_(False)
 
 
-def load(path: str, dtype, like: Any = None) -> Any:
-    """The ControlNet at ``path`` in RAM (kept while its file is unchanged); the caller moves it to the device.
-    ``like``: the base UNet's config, for what a single file does not show (SDXL's size-embedding width)."""
+def load(path: str, dtype, like: Any = None, device: Any = None) -> Any:
+    """The ControlNet at ``path``, kept while its file is unchanged: one copy per device (``--gpus`` workers each
+    get their own; without ``device``, the one in RAM). ``like``: the base UNet's config, for what a single file does
+    not show (SDXL's size-embedding width)."""
     stat = os.stat(path)
+    key = (path, str(device or "cpu"))
     signature = (stat.st_size, stat.st_mtime_ns, str(dtype))
     with _lock:
-        cached = _loaded.get(path)
+        cached = _loaded.get(key)
         if cached is not None and cached[0] == signature:
             return cached[1]
         with model_files.loading(path, "ControlNet model"):
             model = _load_folder(path, dtype) if os.path.isdir(path) else _load_single_file(path, dtype, like)
-        _loaded[path] = (signature, model)
+        if device is not None:
+            model = model.to(device)
+        _loaded[key] = (signature, model)
         return model
 
 

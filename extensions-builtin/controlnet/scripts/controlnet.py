@@ -170,7 +170,7 @@ class Script(scripts.Script):
                 names.append(name)
                 p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, unit.processor_res)
                 continue
-            net = models.load(path, model.dtype, like=model.unet.config)
+            net = models.load(path, model.dtype, like=model.unet.config, device=model.device)
             models.check_family(net, model, name)
             resolution = unit.processor_res
             if unit.pixel_perfect:
@@ -178,7 +178,7 @@ class Script(scripts.Script):
             unit.threshold_a, unit.threshold_b = preprocessors.thresholds(unit.module, unit.threshold_a,
                                                                           unit.threshold_b)  # the infotext's
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
-            p.controlnet_units.append((unit, net.to(model.device), hint))
+            p.controlnet_units.append((unit, net, hint))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
         if adapters:  # attached last: nothing that can fail comes between attaching and the hook that feeds it
             hook = ip_adapter.embeds_hook(model.unet, adapters, lambda: p.is_hr_pass)
