@@ -136,6 +136,9 @@ def test_the_prompt_rows_get_the_images_embedding_and_the_negative_rows_a_blank_
         return run
 
     monkeypatch.setattr(ip_adapter, "embeds_hook", watching)
+    from modules.engine import fast_path
+    fast_paths = []
+    monkeypatch.setattr(fast_path, "runner_for", lambda *args: fast_paths.append(args))
     reference = Image.fromarray(astronaut).resize((64, 64))
     _run(api_client, {"module": "ip-adapter_clip_h", "model": "ip-adapter_tiny", "image": _b64(reference),
                       "guidance_end": 0.5}, job={**SMALL, "batch_size": 2})
@@ -144,6 +147,9 @@ def test_the_prompt_rows_get_the_images_embedding_and_the_negative_rows_a_blank_
     assert (embeds[2:] == 0).all() and (embeds[:2].abs() > 0).any()  # negative rows: the plain adapter's zeros
     assert torch.equal(embeds[0], embeds[1])
     assert scale == [1.0] and seen[-1][3] == [0.0]  # past the guidance end
+    assert not fast_paths  # the adapter's modules are new each job: no CUDA graphs of them
+    _run(api_client)
+    assert fast_paths  # a job without one gets the fast path again
 
 
 @pytest.mark.parametrize("unit, message", [

@@ -9,6 +9,7 @@ UNet (:func:`attach`); :func:`detach` puts the UNet's own processors back. The r
 the UNet with every call (``added_cond_kwargs["image_embeds"]``): the image's for the prompt rows, a blank image's
 for the negative prompt's rows (zeros for the plain adapter, the encoder's output for a black image for the
 "plus" and full-face ones). The unit's weight is the IP attention's scale; outside its guidance start and end it is 0.
+Such a job calls the UNet eagerly (:func:`eager_unet`: no CUDA graphs of the fast path).
 FaceID adapters need insightface and are refused.
 """
 from __future__ import annotations
@@ -177,6 +178,14 @@ def detach(unet: Any) -> None:
     unet.encoder_hid_proj = projection
     unet.config.encoder_hid_dim_type = kind
     unet.ip_adapter_restore = None
+
+
+def eager_unet(unet: Any, call: Any) -> Any:
+    """The UNet called as it is, for a job with adapters: their modules are new each job, so no CUDA graph of the
+    fast path may be kept of (or replayed over) them."""
+    from modules.engine import denoiser
+
+    return denoiser.call_unet(unet, call)
 
 
 def _ip_processors(unet: Any) -> list:

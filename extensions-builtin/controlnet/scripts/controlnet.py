@@ -8,6 +8,7 @@ import gradio as gr
 import modules.scripts as scripts
 from modules.api import encoding
 from modules.controlnet import apply, ip_adapter, models, preprocessors, units
+from modules.engine import denoiser
 from modules.errors import UserInputError
 from modules.families.spec import family_of_context_width
 from modules.shared import opts
@@ -184,6 +185,8 @@ class Script(scripts.Script):
             hook = ip_adapter.embeds_hook(model.unet, adapters, lambda: p.is_hr_pass)
             ip_adapter.attach(model.unet, states, names)
             p.denoiser_hooks.before_unet.append(hook)
+            if p.denoiser_hooks.unet_forward is denoiser.call_unet:
+                p.denoiser_hooks.unet_forward = ip_adapter.eager_unet
 
     @staticmethod
     def _ip_adapter_state(index: int, unit, path: str, name: str, model) -> dict:
