@@ -73,7 +73,7 @@ def _unit(path: str, name: str = "canny", **options):
     from modules.controlnet import apply, models
 
     model = sd_models.get_sd_model()
-    net = models.load(path, model.dtype).to(model.device)
+    net = models.load(path, model.dtype, like=model.unet.config, device=model.device)
     hint = apply.hint_tensor(noise_image(64, 64, seed=5), 64, 64, model.device, model.dtype)
     return apply.ControlUnit(name, net, hint, **options)
 
@@ -451,3 +451,45 @@ def test_the_hires_fix_option_picks_the_passes_a_unit_applies_to(api_client, con
     bad = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "hr_option": "Sometimes"}]}}})
     assert bad.status_code == 422 and "controlnet unit 0: hr_option 'Sometimes'" in bad.json()["detail"]
+
+
+def test_every_sampler_gets_the_residuals(controlnet_dir):
+    from modules import sd_samplers
+
+    path = write_controlnet(os.path.join(controlnet_dir, "canny.safetensors"))
+    unit = _unit(path)
+    for sampler in sd_samplers.all_samplers:
+        calls = []
+        plain = pixels(_job(sampler_name=sampler.name).images[0])
+        watch = lambda call: calls.append("down_block_additional_residuals" in call.kwargs)  # noqa: E731
+        controlled = pixels(_job([unit], watch=watch, sampler_name=sampler.name).images[0])
+        assert calls and all(calls), sampler.name
+        assert (controlled != plain).any(), sampler.name
+
+
+def test_a_refiner_of_the_same_family_gets_the_residuals_too(controlnet_dir):
+    path = write_controlnet(os.path.join(controlnet_dir, "canny.safetensors"))
+    calls = []
+    watch = lambda call: calls.append("down_block_additional_residuals" in call.kwargs)  # noqa: E731
+    processed = _job([_unit(path)], watch=watch, refiner_checkpoint="other", refiner_switch_at=0.5)
+    assert "Refiner: other" in processed.infotexts[0]
+    assert len(calls) == 4 and all(calls)  # two steps on the base, two on the refiner
+
+
+def test_the_sdxl_refiner_gets_no_residuals_of_a_base_controlnet(controlnet_dir, use_checkpoint_dir, sdxl_dir):
+    from modules.families import sd1_layout, sdxl
+    from modules.loading import demo_model
+    from tests.test_sdxl import BIG_G, REFINER_UNET
+
+    refiner = sdxl_dir / "tiny-refiner-for-controlnet.safetensors"
+    if not refiner.exists():
+        demo_model.write_checkpoint(str(refiner), seed=4,
+                                    shapes=sdxl.checkpoint_shapes(REFINER_UNET, sd1_layout.TINY.vae, BIG_G))
+    use_checkpoint_dir(sdxl_dir, "tiny-sdxl.safetensors")
+    path = write_controlnet(os.path.join(controlnet_dir, "xl.safetensors"), shapes=controlnet_shapes(sdxl.TINY_BASE[0]))
+    calls = []
+    watch = lambda call: calls.append("down_block_additional_residuals" in call.kwargs)  # noqa: E731
+    _job([_unit(path, "xl")], watch=watch, steps=6, refiner_checkpoint="tiny-refiner-for-controlnet",
+         refiner_switch_at=0.5)
+    on_base = calls.count(True)
+    assert 0 < on_base < 6 and calls == [True] * on_base + [False] * (6 - on_base)

@@ -5,8 +5,9 @@ guidance start and end, as in the A1111 extension; its residuals are scaled by i
 several units add. Control modes, as the extension's: "Balanced" adds them as they are; "My prompt is more
 important" scales the i-th of n residuals by 0.825^(n-1-i) (the shallow ones least: the original ControlNet's guess
 mode scales); "ControlNet is more important" does the same and gives the negative prompt's rows none, so
-classifier-free guidance pushes towards the control. A unit of weight 0 is left out entirely, so the image is bit for bit the one without it. Calls
-of a UNet with another text width than the unit's (the SDXL refiner) get no residuals.
+classifier-free guidance pushes towards the control. A unit of weight 0 is left out entirely, so the image is bit for
+bit the one without it. Calls of a UNet with another text width or added conditioning than the unit's (the SDXL
+refiner) get no residuals.
 """
 from __future__ import annotations
 
@@ -66,6 +67,20 @@ def _shaped(unit: ControlUnit, down: list, mid: Any, call) -> tuple[list, Any]:
     return down, mid
 
 
+def fits(net: Any, call) -> bool:
+    """Whether the UNet call takes ``net``'s residuals: the same text width and, for SDXL, the same added
+    conditioning (the SDXL refiner has other size embeddings)."""
+    if call.kwargs["encoder_hidden_states"].shape[-1] != net.config.cross_attention_dim:
+        return False
+    if net.config.addition_embed_type != "text_time":
+        return True
+    added = call.kwargs.get("added_cond_kwargs") or {}
+    if "text_embeds" not in added or "time_ids" not in added:
+        return False
+    width = added["text_embeds"].shape[-1] + added["time_ids"].shape[-1] * net.config.addition_time_embed_dim
+    return width == net.config.projection_class_embeddings_input_dim
+
+
 def residuals_hook(units: list[ControlUnit]) -> Callable[[Any], None]:
     """The ``before_unet`` hook for ``units`` (see the module docstring)."""
     def add_residuals(call) -> None:
@@ -73,7 +88,7 @@ def residuals_hook(units: list[ControlUnit]) -> Callable[[Any], None]:
         down, mid = None, None
         for unit in units:
             net = unit.controlnet
-            if not unit.active(call.step, call.total_steps) or context.shape[-1] != net.config.cross_attention_dim:
+            if not unit.active(call.step, call.total_steps) or not fits(net, call):
                 continue
             rows = call.x.shape[0]
             extra = {"added_cond_kwargs": call.kwargs["added_cond_kwargs"]} if "added_cond_kwargs" in call.kwargs else {}
