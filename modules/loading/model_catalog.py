@@ -87,19 +87,22 @@ def downloads_enabled() -> bool:
     return bool(shared.opts.download_official_weights) and not model_download.hub_offline()
 
 
+def _why_no_download() -> str:
+    from modules.loading import model_download
+
+    return "HF_HUB_OFFLINE is set" if model_download.hub_offline() else \
+        "downloads are off (Settings: download_official_weights)"
+
+
 def ensure(weights: OfficialWeights) -> str:
     """The path of ``weights``, downloaded first when missing and downloads are on. Otherwise (or when the download
     fails) a UserInputError that names the file, where to save it and where to get it."""
-    from modules.loading import model_download
-
     path = weights.path()
     if os.path.exists(path):
         return path
     if not downloads_enabled():
-        why = "HF_HUB_OFFLINE is set" if model_download.hub_offline() else \
-            "downloads are off (Settings: download_official_weights)"
-        raise UserInputError(f"{weights.name}: weights {path} are missing and {why}; download {weights.url} and "
-                             f"save it there")
+        raise UserInputError(f"{weights.name}: weights {path} are missing and {_why_no_download()}; download "
+                             f"{weights.url} and save it there")
     try:
         return download(weights)
     except (OSError, urllib.error.URLError) as e:  # offline, unreachable, disk full
@@ -171,17 +174,13 @@ class HubFolder:
 def ensure_folder(model: HubFolder) -> str:
     """The folder of ``model``, downloaded first when missing and downloads are on; otherwise (or when the download
     fails) a UserInputError naming the folder and the hub repository to get it from."""
-    from modules.loading import model_download
-
     path = model.path()
     if model.present():
         return path
     where = f"https://huggingface.co/{model.repo}" + (f"/tree/main/{model.subfolder}" if model.subfolder else "")
     if not downloads_enabled():
-        why = "HF_HUB_OFFLINE is set" if model_download.hub_offline() else \
-            "downloads are off (Settings: download_official_weights)"
-        raise UserInputError(f"{model.name}: the model folder {path} is missing and {why}; download the json files and "
-                             f"{' or '.join(model.weights)} of {where} into it")
+        raise UserInputError(f"{model.name}: the model folder {path} is missing and {_why_no_download()}; download the "
+                             f"json files and {' or '.join(model.weights)} of {where} into it")
     from huggingface_hub import snapshot_download
 
     try:
