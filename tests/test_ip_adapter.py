@@ -67,7 +67,7 @@ def write_encoder() -> None:
     folder = ip_adapter.ENCODERS["ip-adapter_clip_h"].path()
     CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-        projection_dim=16)).save_pretrained(folder)
+        projection_dim=16)).to(torch.float16).save_pretrained(folder)  # float16, as the official encoders are
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
 
 

@@ -32,27 +32,30 @@ KEYPOINT_THRESHOLD = 0.3  # keypoints below this score are not drawn
 
 _lock = threading.Lock()
 _loaded: dict[str, tuple[Any, Any]] = {}  # folder -> (model, image processor), kept in RAM
+_running = threading.Lock()  # one model on a device at a time: --gpus workers share these models
 
 
 def _load(key: str, model_class: str) -> tuple[Any, Any]:
+    import torch
     import transformers
 
     folder = ensure_folder(MODELS[key])
     with _lock:
-        if folder not in _loaded:
-            model = getattr(transformers, model_class).from_pretrained(folder, local_files_only=True).eval()
+        if folder not in _loaded:  # float32 whatever the config says ("auto" would give some of them float16)
+            model = getattr(transformers, model_class).from_pretrained(folder, local_files_only=True,
+                                                                       dtype=torch.float32).eval()
             processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
             _loaded[folder] = (model, processor)
         return _loaded[folder]
 
 
-def _run(model: Any, inputs: dict) -> Any:
+def run_on_device(model: Any, inputs: dict) -> Any:
     """The model's outputs on the compute device (it stays there only while it runs)."""
     import torch
 
     from modules import devices
 
-    with torch.inference_mode():
+    with _running, torch.inference_mode():
         model.to(devices.device)
         try:
             return model(**{key: value.to(devices.device) if hasattr(value, "to") else value
@@ -72,7 +75,7 @@ def raw_depth(image: np.ndarray, key: str = "depth_midas", size: tuple[int, int]
     import torch
 
     model, processor = _load(key, "AutoModelForDepthEstimation")
-    predicted = _run(model, processor(images=_pil(image), return_tensors="pt")).predicted_depth
+    predicted = run_on_device(model, processor(images=_pil(image), return_tensors="pt")).predicted_depth
     resized = torch.nn.functional.interpolate(predicted[:, None].float().cpu(), size=size or image.shape[:2],
                                               mode="bicubic", align_corners=False)
     return resized[0, 0].numpy()
@@ -140,7 +143,7 @@ def segmentation(image: np.ndarray) -> np.ndarray:
     import torch
 
     model, processor = _load("segformer_ade20k", "AutoModelForSemanticSegmentation")
-    logits = _run(model, processor(images=_pil(image), return_tensors="pt")).logits.float().cpu()
+    logits = run_on_device(model, processor(images=_pil(image), return_tensors="pt")).logits.float().cpu()
     upsampled = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     classes = upsampled[0].argmax(dim=0).numpy()
     return ADE20K_PALETTE[classes % len(ADE20K_PALETTE)]
@@ -164,7 +167,7 @@ def person_boxes(image: np.ndarray) -> np.ndarray:
     import torch
 
     model, processor = _load("person_detector", "AutoModelForObjectDetection")
-    outputs = _run(model, processor(images=_pil(image), return_tensors="pt"))
+    outputs = run_on_device(model, processor(images=_pil(image), return_tensors="pt"))
     outputs = type(outputs)(**{key: value.float().cpu() if torch.is_tensor(value) else value
                                for key, value in outputs.items()})
     found = processor.post_process_object_detection(outputs, target_sizes=[image.shape[:2]],
@@ -188,7 +191,7 @@ def openpose_points(image: np.ndarray) -> list[np.ndarray]:
         return []
     model, processor = _load("vitpose", "VitPoseForPoseEstimation")
     inputs = processor(_pil(image), boxes=[boxes], return_tensors="pt")
-    outputs = _run(model, inputs)
+    outputs = run_on_device(model, inputs)
     outputs.heatmaps = outputs.heatmaps.float().cpu()
     people = processor.post_process_pose_estimation(outputs, boxes=[boxes])[0]
     result = []

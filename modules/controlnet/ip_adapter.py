@@ -91,12 +91,14 @@ def context_width(state: dict) -> int:
 
 
 def load_encoder(module: str) -> tuple[Any, Any]:
+    import torch
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     folder = ensure_folder(ENCODERS[encoder_name(module)])
     with _lock:
-        if folder not in _encoders:
-            encoder = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True).eval()
+        if folder not in _encoders:  # float32: the official encoders' configs say float16
+            encoder = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True,
+                                                                    dtype=torch.float32).eval()
             # the official encoder folders have no preprocessor config: CLIP's own 224-pixel preprocessing
             has_processor = os.path.isfile(os.path.join(folder, "preprocessor_config.json"))
             processor = (CLIPImageProcessor.from_pretrained(folder, local_files_only=True) if has_processor
@@ -126,7 +128,7 @@ def embed(module: str, state: dict, picture: Any, name: str) -> tuple[Any, Any]:
     import torch
     from PIL import Image
 
-    from modules import devices
+    from modules.controlnet import annotators
 
     encoder, processor = load_encoder(module)
     hidden = takes_hidden_states(state)
@@ -139,12 +141,7 @@ def embed(module: str, state: dict, picture: Any, name: str) -> tuple[Any, Any]:
     if hidden:
         pictures.append(Image.new("RGB", pictures[0].size))  # the negative rows see a black image
     pixels = processor(images=pictures, return_tensors="pt")["pixel_values"]
-    with torch.inference_mode():
-        encoder.to(devices.device)
-        try:
-            output = encoder(pixels.to(devices.device, encoder.dtype), output_hidden_states=hidden)
-        finally:
-            encoder.to("cpu")
+    output = annotators.run_on_device(encoder, {"pixel_values": pixels, "output_hidden_states": hidden})
     if hidden:
         states = output.hidden_states[-2].float().cpu()
         return states[:1, None], states[1:, None]
