@@ -222,3 +222,15 @@ def test_a_plus_ip_adapter_takes_the_encoders_hidden_states(api_client, adapters
     positive, negative = embedded[0]
     assert positive.shape == negative.shape == (1, 1, 17, 32)  # 16 patches + the class token, 32 wide
     assert (negative != 0).any() and (positive != negative).any()  # a black image's hidden states, not zeros
+    unet = sd_models.get_sd_model().unet
+    assert unet.encoder_hid_proj is None and not ip_adapter._ip_processors(unet)  # detached
+
+
+def test_ip_adapter_is_refused_in_lowvram_mode(api_client, adapters, astronaut, monkeypatch):
+    from modules import lowvram
+
+    monkeypatch.setattr(lowvram, "mode_of", lambda model: "lowvram")
+    answer = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+        {"module": "ip-adapter_clip_h", "model": "ip-adapter_tiny",
+         "image": _b64(Image.fromarray(astronaut).resize((64, 64)))}]}}})
+    assert answer.status_code == 422 and "IP-Adapter does not work with --lowvram" in answer.json()["detail"]

@@ -171,9 +171,9 @@ def detach(unet: Any) -> None:
     if saved is None:
         return
     processors, projection, kind = saved
-    unet.set_attn_processor(processors)
-    unet.encoder_hid_proj = projection
+    unet.encoder_hid_proj = projection  # first: a "plus" projection has attention layers of its own
     unet.config.encoder_hid_dim_type = kind
+    unet.set_attn_processor(processors)
     unet.ip_adapter_restore = None
 
 

@@ -6,6 +6,7 @@ unit's fields, which the page's controls keep up to date and the API sets direct
 import gradio as gr
 
 import modules.scripts as scripts
+from modules import lowvram
 from modules.api import encoding
 from modules.controlnet import apply, ip_adapter, models, preprocessors, units
 from modules.engine import denoiser
@@ -181,6 +182,9 @@ class Script(scripts.Script):
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
             p.controlnet_units.append((unit, net, hint))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
+        if adapters and lowvram.mode_of(model) == "lowvram":
+            raise UserInputError("IP-Adapter does not work with --lowvram (the UNet moves block by block, the adapter "
+                                 "is added for one job); use --medvram")
         if adapters:  # attached last: nothing that can fail comes between attaching and the hook that feeds it
             hook = ip_adapter.embeds_hook(model.unet, adapters, lambda: p.is_hr_pass)
             ip_adapter.attach(model.unet, states, names)
