@@ -3,6 +3,8 @@ seed, size and steps.
 
     python benchmarks/controlnet_cost.py                 tiny SD 1 model and a tiny ControlNet, CPU, 256x256, 20 steps
     python benchmarks/controlnet_cost.py --device cuda   the same on a GPU
+    python benchmarks/controlnet_cost.py --full --device cuda --size 512
+                                                         SD 1.5 and ControlNet 1.1 architectures (random weights), fp16
 
 Prints the median seconds of each and their ratio. On the tiny model the ControlNet's hint encoder (the official
 16-32-96-256 channels) is large next to a 32-channel UNet, so the tiny ratio overstates the cost on real models,
@@ -24,6 +26,7 @@ sys.path.insert(0, ROOT)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full", action="store_true", help="the full-size architectures instead of the tiny ones")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
@@ -33,20 +36,23 @@ def main() -> None:
 
     from modules import cmd_args, devices, initialize, processing, sd_models
     from modules.controlnet import apply, models
+    from modules.families import sd1_layout
     from modules.loading import demo_model
     from modules.shared import state
-    from tests.test_controlnet import write_controlnet
+    from tests.test_controlnet import controlnet_shapes, write_controlnet
 
+    arch = sd1_layout.SD1Arch() if args.full else sd1_layout.TINY
     data_dir = tempfile.mkdtemp()
-    demo_model.write_checkpoint(os.path.join(data_dir, "models", "Stable-diffusion", "bench.safetensors"))
-    path = write_controlnet(os.path.join(data_dir, "models", "ControlNet", "bench_canny.safetensors"))
+    demo_model.write_checkpoint(os.path.join(data_dir, "models", "Stable-diffusion", "bench.safetensors"), arch)
+    path = write_controlnet(os.path.join(data_dir, "models", "ControlNet", "bench_canny.safetensors"),
+                            shapes=controlnet_shapes(arch.unet))
     precision = "half" if args.device != "cpu" else "full"
     initialize.initialize(cmd_args.parse(["--data-dir", data_dir, "--device", args.device, "--precision", precision,
                                           "--no-hashing"]))
     devices.configure(args.device, precision)
     sd_models.list_models()
     model = sd_models.reload_model_weights()
-    net = models.load(path, model.dtype).to(model.device)
+    net = models.load(path, model.dtype, like=model.unet.config, device=model.device)
     hint = Image.new("RGB", (args.size, args.size), "white")
 
     def job(with_unit: bool) -> float:
@@ -69,7 +75,7 @@ def main() -> None:
     job(False), job(True)  # warm-up
     plain = statistics.median(job(False) for _ in range(args.runs))
     controlled = statistics.median(job(True) for _ in range(args.runs))
-    print(f"tiny SD 1, {args.device}, {args.size}x{args.size}, {args.steps} steps: without ControlNet {plain:.3f} s, "
+    print(f"{'SD 1.5 architecture' if args.full else 'tiny SD 1'}, {args.device}, {args.size}x{args.size}, {args.steps} steps: without ControlNet {plain:.3f} s, "
           f"with one unit {controlled:.3f} s, ratio {controlled / plain:.2f}")
 
 
