@@ -1,8 +1,9 @@
-"""ControlNet as the A1111 extension runs it (issue 21, in progress): units in the page (an accordion per unit, as
-the extension's) and through the API's ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``, their residuals
-added on the denoiser seam for every sampling pass (the hint resized for the hires pass), and the extension's
-``ControlNet N`` infotext entries. As in the extension, each unit is one script argument: a value holding the
-unit's fields, which the page's controls keep up to date and the API sets directly."""
+"""ControlNet and IP-Adapter as the A1111 extension runs them: units in the page (an accordion per unit, as the
+extension's) and through the API's ``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}``; ControlNet residuals
+added on the denoiser seam for every sampling pass (the hint resized for the hires pass), IP-Adapters attached to
+the UNet for the job; the extension's ``ControlNet N`` infotext entries, written and read back. As in the extension,
+each unit is one script argument: a value holding the unit's fields, which the page's controls keep up to date and
+the API sets directly."""
 import gradio as gr
 
 import modules.scripts as scripts
