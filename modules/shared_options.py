@@ -163,6 +163,7 @@ options_templates.update(options_section(("server", "Server limits"), {
 options_templates.update(options_section(("control_net", "ControlNet"), {
     "control_net_unit_count": OptionInfo(3, "Multi-ControlNet: ControlNet unit number", "Slider",
                                          {"minimum": 1, "maximum": 10, "step": 1}).needs_reload_ui(),
+    "control_net_no_detectmap": OptionInfo(False, "Do not append detectmap to output"),
 }))
 
 options_templates.update(options_section(("extensions", "Extensions"), {

@@ -493,3 +493,33 @@ def test_the_sdxl_refiner_gets_no_residuals_of_a_base_controlnet(controlnet_dir,
          refiner_switch_at=0.5)
     on_base = calls.count(True)
     assert 0 < on_base < 6 and calls == [True] * on_base + [False] * (6 - on_base)
+
+
+def test_the_detected_map_follows_the_images_as_the_extension_returns_it(api_client, controlnet_dir, astronaut):
+    import cv2
+    import numpy as np
+
+    from modules.api import encoding
+    from modules.shared import opts
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    picture = Image.fromarray(astronaut).resize((64, 64))
+    unit = {"module": "canny", "model": "control_tiny_canny", "processor_res": 64, "image": _b64(picture)}
+
+    def images(job_unit, **job):
+        answer = api_client.post("/sdapi/v1/txt2img", json={**SMALL, **job, "alwayson_scripts": {"controlnet": {
+            "args": [job_unit]}}})
+        assert answer.status_code == 200, answer.text
+        return [encoding.decode_image(text) for text in answer.json()["images"]]
+
+    returned = images(unit, batch_size=2)
+    assert len(returned) == 3 and returned[2].size == (64, 64)  # two images, then the canny map
+    edges = cv2.Canny(np.asarray(picture), 100, 200)
+    assert (np.asarray(returned[2].convert("L")) == edges).all()
+    assert len(images({**unit, "save_detected_map": False})) == 1
+    assert len(images({**unit, "module": "none"})) == 1  # no preprocessor, no map
+    opts.set("control_net_no_detectmap", True)
+    try:
+        assert len(images(unit)) == 1
+    finally:
+        opts.set("control_net_no_detectmap", False)

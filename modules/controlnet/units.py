@@ -33,6 +33,7 @@ class UnitRequest:
     pixel_perfect: bool = False
     low_vram: bool = False
     hr_option: str = "Both"
+    save_detected_map: bool = True  # the preprocessor's output is appended to the job's images
     extra: dict = field(default_factory=dict)  # fields of newer extension versions, accepted and not used
 
     @property
@@ -76,7 +77,7 @@ def parse(value: Any, index: int, decode_image) -> UnitRequest | None:
     for key in known & set(data):
         raw = data[key]
         try:
-            if key in ("enabled", "pixel_perfect", "low_vram"):
+            if key in ("enabled", "pixel_perfect", "low_vram", "save_detected_map"):
                 setattr(unit, key, bool(raw))
             elif key in ("weight", "threshold_a", "threshold_b", "guidance_start", "guidance_end"):
                 setattr(unit, key, float(raw))

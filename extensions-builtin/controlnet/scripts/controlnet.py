@@ -147,7 +147,7 @@ class Script(scripts.Script):
         return found if any(found) else None
 
     def process(self, p, *values):
-        p.controlnet_units = []
+        p.controlnet_units, p.controlnet_detected_maps = [], []
         model = p.sd_model
         ip_adapter.detach(model.unet)  # an adapter a failed job left attached
         adapters, states, names = [], [], []
@@ -182,6 +182,8 @@ class Script(scripts.Script):
                                                                           unit.threshold_b)  # the infotext's
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
             p.controlnet_units.append((unit, net, hint))
+            if unit.module != "none" and unit.save_detected_map:
+                p.controlnet_detected_maps.append(units.fit(hint, p.width, p.height, unit.resize_mode).convert("RGB"))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
         if adapters and lowvram.mode_of(model) == "lowvram":
             raise UserInputError("IP-Adapter does not work with --lowvram (the UNet moves block by block, the adapter "
@@ -211,7 +213,11 @@ class Script(scripts.Script):
         return state
 
     def postprocess(self, p, processed, *values):
+        """The UNet back as it was; the preprocessors' outputs after the images, as the extension returns them
+        (unless the setting ``control_net_no_detectmap`` or a unit's ``save_detected_map`` says not to)."""
         ip_adapter.detach(p.sd_model.unet)
+        if not opts.control_net_no_detectmap:
+            processed.images.extend(getattr(p, "controlnet_detected_maps", []))
 
     def process_before_every_sampling(self, p, *values, **kwargs):
         resolved = getattr(p, "controlnet_units", None)
