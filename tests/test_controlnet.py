@@ -279,6 +279,12 @@ def test_the_extensions_routes_and_detect_match_opencv(api_client, controlnet_di
     bad = api_client.post("/controlnet/detect", json={"controlnet_module": "canny",
                                                         "controlnet_input_images": ["not base64"]})
     assert bad.status_code == 422 and "controlnet_input_images[0]" in bad.json()["detail"]
+    embeds = api_client.post("/controlnet/detect", json={"controlnet_module": "ip-adapter_clip_sd15",
+                                                           "controlnet_input_images": [_b64(picture)]})
+    assert embeds.status_code == 422 and "makes image embeddings for an IP-Adapter model" in embeds.json()["detail"]
+    offline = api_client.post("/controlnet/detect", json={"controlnet_module": "depth_midas",
+                                                            "controlnet_input_images": [_b64(picture)]})
+    assert offline.status_code == 422 and "is missing and HF_HUB_OFFLINE is set" in offline.json()["detail"]
 
 
 def test_img2img_uses_its_input_and_the_hires_pass_gets_a_hint_of_its_size(api_client, controlnet_dir, astronaut):

@@ -179,13 +179,20 @@ def test_a_missing_annotator_names_its_folder_and_hub_repository(data_dir, monke
         preprocessors.run("depth_midas", picture, 64)
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
+    from modules.shared import state
+
+    progress = []
+
     def unreachable(repo, **kwargs):
+        progress.append(state.textinfo)
         raise OSError("no route to host")
 
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(UserInputError, match="could not download https://huggingface.co/Intel/dpt-hybrid-midas"):
         preprocessors.run("normal_midas", picture, 64)
+    assert progress == ["Downloading MiDaS (DPT hybrid) from https://huggingface.co/Intel/dpt-hybrid-midas"]
+    assert state.textinfo is None  # the progress line is cleared afterwards
     opts.set("download_official_weights", False)
     try:
         with pytest.raises(UserInputError, match=r"downloads are off \(Settings: download_official_weights\)"):

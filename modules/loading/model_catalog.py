@@ -183,6 +183,9 @@ def ensure_folder(model: HubFolder) -> str:
                              f"json files and {' or '.join(model.weights)} of {where} into it")
     from huggingface_hub import snapshot_download
 
+    from modules import shared
+
+    shared.state.textinfo = f"Downloading {model.name} from {where}"  # the page's progress line says what waits
     try:
         prefix = f"{model.subfolder}/" if model.subfolder else ""
         snapshot_download(model.repo, local_dir=folder_path(model.folder),
@@ -190,6 +193,8 @@ def ensure_folder(model: HubFolder) -> str:
     except Exception as e:  # offline, hub unreachable, disk full: huggingface_hub raises many kinds
         raise UserInputError(f"{model.name}: could not download {where} ({type(e).__name__}); download its json files "
                              f"and {' or '.join(model.weights)} into {path}") from None
+    finally:
+        shared.state.textinfo = None
     if not model.present():
         raise UserInputError(f"{model.name}: {where} has none of {', '.join(model.weights)}")
     return path
