@@ -244,6 +244,8 @@ def test_the_extensions_unit_through_alwayson_scripts(api_client, controlnet_dir
     ({"model": "control_tiny_canny", "module": "blur"}, "preprocessor 'blur' is not available"),
     ({"model": "control_tiny_canny", "module": "canny", "guidance_start": 0.8, "guidance_end": 0.2},
      "guidance_start 0.8 and guidance_end 0.2"),
+    ({"model": "control_tiny_canny", "module": "canny", "processor_res": 100000},
+     "controlnet unit 0: processor_res 100000 is above 4096"),
 ])
 def test_bad_units_get_422_naming_the_unit_and_field(api_client, controlnet_dir, astronaut, unit, message):
     write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
@@ -529,3 +531,16 @@ def test_the_detected_map_follows_the_images_as_the_extension_returns_it(api_cli
         assert len(images(unit)) == 1
     finally:
         opts.set("control_net_no_detectmap", False)
+
+
+def test_a_unit_parses_the_forms_clients_send():
+    from modules.controlnet import units
+
+    parsed = units.parse({"processor_res": -1, "resize_mode": "Envelope (Outer Fit)", "guessmode": True,
+                          "hr_option": 1, "low_vram": 1, "unknown_field": 3}, 0, lambda text, field: None)
+    assert parsed.processor_res == 512 and parsed.resize_mode == "Resize and Fill"
+    assert parsed.control_mode == "ControlNet is more important" and parsed.hr_option == "Low res only"
+    assert parsed.low_vram is True and parsed.extra == {"unknown_field": 3}
+    assert units.parse(None, 1, None) is None
+    with pytest.raises(UserInputError, match="controlnet unit 2: must be an object"):
+        units.parse([1, 2], 2, None)

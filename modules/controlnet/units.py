@@ -13,6 +13,7 @@ RESIZE_ALIASES = {"Envelope (Outer Fit)": "Resize and Fill", "Scale to Fit (Inne
                   "Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill"}
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 HR_OPTIONS = ("Both", "Low res only", "High res only")  # which hires fix passes a unit applies to
+MAX_PROCESSOR_RES = 4096  # the page's slider stops at 2048; larger only costs memory
 
 
 @dataclass
@@ -92,6 +93,10 @@ def parse(value: Any, index: int, decode_image) -> UnitRequest | None:
     unit.control_mode = _choice(data.get("control_mode", unit.control_mode), CONTROL_MODES, {},
                                 f"{where}: control_mode")
     unit.hr_option = _choice(data.get("hr_option", unit.hr_option), HR_OPTIONS, {}, f"{where}: hr_option")
+    if unit.processor_res <= 0:  # clients send -1 for "the default"
+        unit.processor_res = 512
+    if unit.processor_res > MAX_PROCESSOR_RES:
+        raise UserInputError(f"{where}: processor_res {unit.processor_res} is above {MAX_PROCESSOR_RES}")
     if not 0 <= unit.guidance_start <= unit.guidance_end <= 1:
         raise UserInputError(f"{where}: guidance_start {unit.guidance_start} and guidance_end {unit.guidance_end} must "
                              f"satisfy 0 <= start <= end <= 1")
