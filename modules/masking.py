@@ -17,6 +17,22 @@ def create_binary_mask(image: Image.Image, round: bool = True) -> Image.Image:
     return image
 
 
+def mask_from_layers(editor: dict | None) -> Image.Image | None:
+    """The painted strokes of a Gradio ImageEditor value as an "L" mask (255 where any layer is not transparent);
+    None when nothing is painted."""
+    from PIL import ImageChops
+
+    mask = None
+    for layer in (editor or {}).get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    if mask is None or mask.getbbox() is None:
+        return None
+    return mask.point(lambda v: 255 if v > 0 else 0)
+
+
 def blur(mask: Image.Image, blur_x: int, blur_y: int) -> Image.Image:
     """Gaussian blur with separate horizontal and vertical strength (A1111 ``Mask blur``)."""
     if blur_x <= 0 and blur_y <= 0:

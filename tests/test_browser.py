@@ -453,9 +453,11 @@ def test_a_controlnet_unit_in_the_page_previews_canny_and_conditions_the_image(t
         with sync_playwright() as pw:
             browser, page = _open_small_job(pw, f"http://127.0.0.1:{port}")
             page.locator("#script_txt2img_controlnet_accordion").get_by_text("ControlNet", exact=True).first.click()
-            page.wait_for_selector(f"#{unit}image", state="visible")
-            page.locator(f"#{unit}image input[type=file]").set_input_files(str(tmp_path / "hint.png"))
-            page.wait_for_selector(f"#{unit}image img", timeout=30_000)
+            page.wait_for_selector(f"#{unit}image button[aria-label='Upload']", state="visible")
+            with page.expect_file_chooser() as chooser:  # the unit's image is an editor (a mask can be painted)
+                page.locator(f"#{unit}image button[aria-label='Upload']").click()
+            chooser.value.set_files(str(tmp_path / "hint.png"))
+            page.wait_for_selector(f"#{unit}image button[aria-label='Brush Size']", timeout=30_000)
             page.locator(f"#{unit}enabled input").check()
             assert not page.locator(f"#{unit}threshold_a").is_visible()  # "none" has no thresholds
             _choose(page, f"{unit}module", "canny")

@@ -541,6 +541,11 @@ def test_a_unit_parses_the_forms_clients_send():
     assert parsed.processor_res == 512 and parsed.resize_mode == "Resize and Fill"
     assert parsed.control_mode == "ControlNet is more important" and parsed.hr_option == "Low res only"
     assert parsed.low_vram is True and parsed.extra == {"unknown_field": 3}
+    picture, stroke = Image.new("RGB", (32, 32), "red"), Image.new("RGBA", (32, 32))
+    stroke.paste((255, 255, 255, 255), (0, 0, 8, 32))  # painted over the left quarter in the page's editor
+    edited = units.parse({"image": {"background": picture, "layers": [stroke], "composite": picture}}, 0, None)
+    assert edited.image is picture and edited.mask.getbbox() == (0, 0, 8, 32)
+    assert units.parse({"image": {"background": None, "layers": [], "composite": None}}, 0, None).image is None
     assert units.parse(None, 1, None) is None
     with pytest.raises(UserInputError, match="controlnet unit 2: must be an object"):
         units.parse([1, 2], 2, None)

@@ -101,7 +101,12 @@ def parse(value: Any, index: int, decode_image) -> UnitRequest | None:
         raise UserInputError(f"{where}: guidance_start {unit.guidance_start} and guidance_end {unit.guidance_end} must "
                              f"satisfy 0 <= start <= end <= 1")
     image = data.get("image")
-    if isinstance(image, dict):  # the extension's {"image": ..., "mask": ...}
+    if isinstance(image, dict) and "background" in image:  # the page's image editor: the picture and painted mask
+        from modules.masking import mask_from_layers
+
+        data["mask"] = data.get("mask") or mask_from_layers(image)
+        image = image.get("background")
+    elif isinstance(image, dict):  # the extension's {"image": ..., "mask": ...}
         data["mask"] = data.get("mask") or image.get("mask")
         image = image.get("image")
     unit.image = _picture(image, f"{where}: image", decode_image)

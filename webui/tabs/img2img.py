@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from modules import img2img, images, infotext_utils, processing, scripts, shared
+from modules.masking import mask_from_layers
 from modules.errors import UserInputError
 from modules.runtime import job_queue
 from webui.ui_common import (POSTPROCESS_FIELDS, REFINER_FIELDS, GenerationInputs, action_buttons, cfg_slider,
@@ -118,21 +119,6 @@ def receive_png(path: str | None, text: str, target: str) -> list:
     with images.read(path) as image:
         picture = image.convert("RGB")
     return show_in_mode(picture, target) + paste_parameters(text or "", require_text=True)
-
-
-def mask_from_layers(editor: dict | None):
-    """The painted strokes of an ImageEditor value as an "L" mask (255 where any layer is not transparent)."""
-    from PIL import ImageChops
-
-    mask = None
-    for layer in (editor or {}).get("layers") or []:
-        if layer is None:
-            continue
-        alpha = layer.convert("RGBA").getchannel("A")
-        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
-    if mask is None or mask.getbbox() is None:
-        return None
-    return mask.point(lambda v: 255 if v > 0 else 0)
 
 
 def inputs_for_mode(mode: str, init_image, sketch, inpaint_editor, upload_image, upload_mask):

@@ -38,8 +38,11 @@ class Script(scripts.Script):
 
         value = gr.State(None)
         with gr.Row():
-            image = gr.Image(label="Image (empty: the img2img input)", type="pil", sources=["upload", "clipboard"],
-                             elem_id=elem("image"))
+            # an editor, so that a mask can be painted on the picture for the inpaint preprocessors
+            image = gr.ImageEditor(label="Image (empty: the img2img input); paint the area to inpaint", type="pil",
+                                   sources=["upload", "clipboard"], format="png", layers=False, transforms=(),
+                                   brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                                   elem_id=elem("image"))
             preview = gr.Image(label="Preprocessor preview", type="pil", interactive=False, elem_id=elem("preview"))
         with gr.Row():
             enabled = gr.Checkbox(label="Enable", value=False, elem_id=elem("enabled"))
@@ -134,10 +137,11 @@ class Script(scripts.Script):
 
     @staticmethod
     def _preview(image, module, resolution, threshold_a, threshold_b):
-        if image is None:
+        unit = units.parse({"image": image}, 0, encoding.decode_image)
+        if unit.image is None:
             raise gr.Error("ControlNet: upload an image to preview its preprocessor")
         try:
-            return preprocessors.run(module, image, int(resolution), threshold_a, threshold_b)
+            return preprocessors.run(module, unit.image, int(resolution), threshold_a, threshold_b, unit.mask)
         except UserInputError as e:
             raise gr.Error(str(e)) from None
 
