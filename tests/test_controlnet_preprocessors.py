@@ -41,6 +41,25 @@ def test_opencv_preprocessors_on_the_astronaut(astronaut):
     assert preprocessors.run("tile_resample", picture, 512, 1).size == (512, 512)
     assert (np.asarray(preprocessors.run("invert", picture, 512)) == 255 - astronaut).all()
 
+    import cv2
+
+    scaled = preprocessors.scale_to_resolution(astronaut, 128)
+    blurred = np.asarray(preprocessors.run("blur_gaussian", picture, 128, 3))
+    assert (blurred == cv2.GaussianBlur(scaled, (0, 0), 3)).all()
+    for name in ("recolor_luminance", "recolor_intensity"):
+        gray = preprocessors.run(name, picture, 128, 1.0)
+        assert _gray(gray) and gray.size == (128, 128)
+        darker = np.asarray(preprocessors.run(name, picture, 128, 2.0)).astype(int)
+        assert (darker <= np.asarray(gray).astype(int) + 1).all() and darker.mean() < np.asarray(gray).mean()
+    value = np.asarray(preprocessors.run("recolor_intensity", picture, 128, 1.0))[:, :, 0]
+    assert (value == scaled.max(axis=2)).all()  # V of HSV
+    binary = np.asarray(preprocessors.run("threshold", picture, 128, 100))
+    assert set(np.unique(binary)) == {0, 255} and _gray(binary)
+    assert ((binary[:, :, 0] == 255) == (scaled.min(axis=2) > 100)).all()
+    shuffled = np.asarray(preprocessors.run("shuffle", picture, 128))
+    assert shuffled.shape == (128, 128, 3) and (shuffled != scaled).mean() > 0.5 and shuffled.std() > 10
+    assert (np.asarray(preprocessors.run("shuffle", picture, 128)) == shuffled).all()  # reproducible
+
     mask = Image.new("L", (512, 512))
     mask.paste(255, (0, 0, 256, 512))  # the left half is masked
     hint = preprocessors.run("inpaint_only", picture, 512, mask=mask)

@@ -2,7 +2,8 @@
 
 OpenCV ones here: ``none``, ``invert``, ``canny`` (thresholds A and B are OpenCV's low and high thresholds),
 ``scribble_xdog`` (difference of Gaussians, threshold A), ``lineart_standard`` (a picture's dark lines against its
-blur), ``tile_resample`` (downsampled by threshold A), ``inpaint``/``inpaint_only`` (the masked pixels marked -1,
+blur), ``tile_resample`` (downsampled by threshold A), ``shuffle`` (content shuffle), ``blur_gaussian``,
+``recolor_luminance``/``recolor_intensity`` (gamma-corrected lightness / value), ``threshold`` (binarised), ``inpaint``/``inpaint_only`` (the masked pixels marked -1,
 the inpaint ControlNet's input rule: an RGBA hint whose transparent pixels are the masked ones). The neural ones
 (depth, normal map, pose, segmentation) are in :mod:`modules.controlnet.annotators`. The picture is first scaled so
 that its short side is the preprocessor resolution, as the extension does.
@@ -68,6 +69,61 @@ def _tile_resample(image: np.ndarray, rate: float, _b: float) -> np.ndarray:
     return cv2.resize(image, (max(1, int(width / rate)), max(1, int(height / rate))), interpolation=cv2.INTER_AREA)
 
 
+def _blur(image: np.ndarray, sigma: float, _b: float) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(image, (0, 0), max(float(sigma), 0.01))
+
+
+def _gamma_gray(values: np.ndarray, gamma: float) -> np.ndarray:
+    corrected = (values.astype(np.float32) / 255.0) ** float(gamma)
+    return np.repeat((corrected * 255.0).clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _recolor_luminance(image: np.ndarray, gamma: float, _b: float) -> np.ndarray:
+    """The picture's lightness (L of L*a*b*), gamma-corrected: the recolor ControlNets' input."""
+    import cv2
+
+    return _gamma_gray(cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[:, :, 0], gamma)
+
+
+def _recolor_intensity(image: np.ndarray, gamma: float, _b: float) -> np.ndarray:
+    """The picture's value (V of HSV: the brightest channel), gamma-corrected."""
+    import cv2
+
+    return _gamma_gray(cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[:, :, 2], gamma)
+
+
+def _threshold(image: np.ndarray, level: float, _b: float) -> np.ndarray:
+    """White where every channel is above the level, black elsewhere."""
+    result = np.zeros_like(image)
+    result[np.min(image, axis=2) > level] = 255
+    return result
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+    """Noise varying smoothly over about ``cell`` pixels, scaled to 0..1."""
+    import cv2
+
+    coarse = rng.uniform(0, 1, size=(height // cell + 2, width // cell + 2)).astype(np.float32)
+    noise = cv2.resize(coarse, (width + 2 * cell, height + 2 * cell), interpolation=cv2.INTER_CUBIC)
+    noise = noise[cell:cell + height, cell:cell + width]
+    noise -= noise.min()
+    return noise / max(float(noise.max()), 1e-6)
+
+
+def _shuffle(image: np.ndarray, _a: float, _b: float) -> np.ndarray:
+    """The content shuffle ControlNet's input: the picture remapped through a smooth random flow (from a fixed seed,
+    so that a job is reproducible)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    rng = np.random.default_rng(0)
+    x = _smooth_noise(rng, height, width, 256) * float(width - 1)
+    y = _smooth_noise(rng, height, width, 256) * float(height - 1)
+    return cv2.remap(image, x, y, cv2.INTER_LINEAR)
+
+
 def _inpaint(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """RGBA: the picture, transparent where the mask is set (the pixels the inpaint ControlNet gets as -1)."""
     alpha = np.full(image.shape[:2], 255, dtype=np.uint8)
@@ -101,6 +157,11 @@ PREPROCESSORS = {p.name: p for p in (
     Preprocessor("lineart_standard (from white bg & black line)", _lineart_standard),
     Preprocessor("tile_resample", _tile_resample, uses_resolution=False,
                  threshold_a=("Down Sampling Rate", 1, 8, 1)),
+    Preprocessor("shuffle", _shuffle),
+    Preprocessor("blur_gaussian", _blur, threshold_a=("Sigma", 0.01, 64, 9.0)),
+    Preprocessor("recolor_luminance", _recolor_luminance, threshold_a=("Gamma Correction", 0.1, 2.0, 1.0)),
+    Preprocessor("recolor_intensity", _recolor_intensity, threshold_a=("Gamma Correction", 0.1, 2.0, 1.0)),
+    Preprocessor("threshold", _threshold, threshold_a=("Binarization Threshold", 0, 255, 127)),
     Preprocessor("inpaint", _inpaint, uses_resolution=False, masked=True),
     Preprocessor("inpaint_only", _inpaint, uses_resolution=False, masked=True),
     Preprocessor("ip-adapter_clip_h", lambda image, a, b: image, uses_resolution=False, embeds=True),
