@@ -219,3 +219,34 @@ def test_a_missing_annotator_names_its_folder_and_hub_repository(data_dir, monke
     finally:
         opts.set("download_official_weights", True)
     assert not os.path.exists(os.path.dirname(annotators.MODELS["vitpose"].path()))
+
+
+def test_hed_soft_edges_from_the_official_weights_layout(data_dir, astronaut):
+    """``ControlNetHED.pth`` keys (norm, block1-5 convs and projections): with only the projections' biases set, every
+    pixel is sigmoid(mean of the five biases); the safe variant quantises to half steps."""
+    from modules.arch import hed
+    from modules.controlnet import annotators, preprocessors
+    from modules.errors import UnsupportedModelFile
+
+    path = annotators.HED_WEIGHTS.path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = {key: torch.zeros_like(value) for key, value in hed.HED().state_dict().items()}
+    assert len(state) == 2 * (2 + 2 + 3 + 3 + 3) + 2 * 5 + 1 and state["block5.convs.2.weight"].shape == (512, 512, 3, 3)
+    for index, bias in enumerate((1.0, 2.0, 3.0, 4.0, 5.0), start=1):
+        state[f"block{index}.projection.bias"] = torch.tensor([bias])
+    torch.save(state, path)
+    try:
+        picture = Image.fromarray(astronaut)
+        edges = np.asarray(preprocessors.run("softedge_hed", picture, 64))
+        assert edges.shape == (64, 64, 3) and (edges == int(255 / (1 + np.exp(-3.0)))).all()  # sigmoid(3): 242
+        assert (np.asarray(preprocessors.run("softedge_hedsafe", picture, 64)) == 255).all()  # floor(0.95 x 3) / 2
+        torch.manual_seed(0)
+        torch.save(hed.HED().state_dict(), path)
+        os.utime(path, ns=(1, 1))  # another file: read again
+        random = np.asarray(preprocessors.run("hed", picture, 64))
+        assert _gray(random) and random.std() > 0
+        torch.save({"block1.convs.0.weight": torch.zeros(1)}, path)
+        with pytest.raises(UnsupportedModelFile, match="ControlNetHED.pth: .*not the HED network"):
+            preprocessors.run("softedge_hed", picture, 64)
+    finally:
+        os.remove(path)

@@ -2,18 +2,20 @@
 ``controlnet_aux``, no torchvision), each a folder under ``models/annotator/`` fetched from the hub on first use.
 
 Outputs are in the formats the ControlNets were trained on: depth near = white (min-max normalised relative
-inverse depth); normal maps from the depth's gradients as the extension's ``normal_midas``; OpenPose body
+inverse depth); HED soft edges (our torch port of lllyasviel's Apache-2 network, ``modules.arch.hed``, its official
+``ControlNetHED.pth`` downloaded on first use); normal maps from the depth's gradients as the extension's ``normal_midas``; OpenPose body
 skeletons (18 points, the OpenPose colours, on black) from ViTPose's COCO keypoints, one skeleton per person
 RT-DETR finds; segmentation in the ADE20k palette the seg ControlNets expect.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from modules.loading.model_catalog import HubFolder, ensure_folder
+from modules.loading.model_catalog import HubFolder, OfficialWeights, ensure, ensure_folder
 
 MODELS = {
     "depth_midas": HubFolder("MiDaS (DPT hybrid)", "annotator/dpt-hybrid-midas", "Intel/dpt-hybrid-midas",
@@ -26,6 +28,9 @@ MODELS = {
     "segformer_ade20k": HubFolder("SegFormer ADE20k", "annotator/segformer-b4-ade-512", 
                                   "nvidia/segformer-b4-finetuned-ade-512-512", ("model.safetensors", "pytorch_model.bin")),
 }
+
+HED_WEIGHTS = OfficialWeights("HED (ControlNetHED)", "annotator", "ControlNetHED.pth",
+                              "https://huggingface.co/lllyasviel/Annotators/resolve/main/ControlNetHED.pth")
 
 PERSON_THRESHOLD = 0.3  # detections of a person below this score are left out
 KEYPOINT_THRESHOLD = 0.3  # keypoints below this score are not drawn
@@ -109,6 +114,38 @@ def normal_map(image: np.ndarray, background_threshold: float) -> np.ndarray:
     normal = np.stack([x, y, np.full_like(x, 2 * np.pi)], axis=2)
     normal /= np.sqrt((normal ** 2).sum(axis=2, keepdims=True))
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)
+
+
+# ---- soft edges ------------------------------------------------------------------------------------------------
+
+def _hed() -> Any:
+    from modules.arch import hed
+    from modules.loading import model_files
+
+    path = ensure(HED_WEIGHTS)
+    key = f"{path}@{os.stat(path).st_mtime_ns}"  # a replaced file is read again
+    with _lock:
+        if key not in _loaded:
+            with model_files.loading(path, "HED network"):
+                _loaded[key] = (hed.load(model_files.read_state_dict(path), os.path.basename(path)), None)
+        return _loaded[key][0]
+
+
+def soft_edges(image: np.ndarray, safe: bool) -> np.ndarray:
+    """HED's soft edges: its five edge maps upsampled to the picture (bilinear), averaged, through a sigmoid. ``safe``
+    quantises them to three levels (0, 0.5, 1), as the extension's ``softedge_hedsafe``."""
+    import cv2
+    import torch
+
+    height, width = image.shape[:2]
+    pixels = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).float().permute(2, 0, 1)[None]
+    maps = run_on_device(_hed(), {"x": pixels})
+    resized = [cv2.resize(edges.float().cpu().numpy()[0, 0], (width, height), interpolation=cv2.INTER_LINEAR)
+               for edges in maps]
+    edge = 1 / (1 + np.exp(-np.mean(np.stack(resized, axis=2), axis=2).astype(np.float64)))
+    if safe:
+        edge = np.floor(edge * 3) / 2
+    return gray_to_rgb(edge)
 
 
 # ---- segmentation -----------------------------------------------------------------------------------------

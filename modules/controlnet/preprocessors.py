@@ -27,7 +27,6 @@ class Preprocessor:
     threshold_b: tuple[str, float, float, float] | None = None
     masked: bool = False  # run takes (image, mask) instead: the inpaint rule
     embeds: bool = False  # an IP-Adapter image encoder: makes embeddings, not a hint image
-    downloads: tuple[str, ...] = ()  # the annotator models it needs (annotators.MODELS keys)
 
 
 def _canny(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -147,12 +146,14 @@ PREPROCESSORS = {p.name: p for p in (
     Preprocessor("none", lambda image, a, b: image, uses_resolution=False),
     Preprocessor("invert (from white bg & black line)", lambda image, a, b: 255 - image),
     Preprocessor("canny", _canny, threshold_a=("Low Threshold", 1, 255, 100), threshold_b=("High Threshold", 1, 255, 200)),
-    Preprocessor("depth_midas", _annotator("depth_map", "depth_midas"), downloads=("depth_midas",)),
-    Preprocessor("depth_anything_v2", _annotator("depth_map", "depth_anything_v2"), downloads=("depth_anything_v2",)),
-    Preprocessor("normal_midas", _annotator("normal_map", THRESHOLD_A), downloads=("depth_midas",),
+    Preprocessor("depth_midas", _annotator("depth_map", "depth_midas")),
+    Preprocessor("depth_anything_v2", _annotator("depth_map", "depth_anything_v2")),
+    Preprocessor("normal_midas", _annotator("normal_map", THRESHOLD_A),
                  threshold_a=("Normal Background Threshold", 0, 1, 0.4)),
-    Preprocessor("openpose", _annotator("openpose"), downloads=("person_detector", "vitpose")),
-    Preprocessor("seg_segformer_ade20k", _annotator("segmentation"), downloads=("segformer_ade20k",)),
+    Preprocessor("openpose", _annotator("openpose")),
+    Preprocessor("seg_segformer_ade20k", _annotator("segmentation")),
+    Preprocessor("softedge_hed", _annotator("soft_edges", False)),
+    Preprocessor("softedge_hedsafe", _annotator("soft_edges", True)),
     Preprocessor("scribble_xdog", _scribble_xdog, threshold_a=("XDoG Threshold", 1, 64, 32)),
     Preprocessor("lineart_standard (from white bg & black line)", _lineart_standard),
     Preprocessor("tile_resample", _tile_resample, uses_resolution=False,
@@ -172,7 +173,7 @@ PREPROCESSORS = {p.name: p for p in (
 ALIASES = {"invert": "invert (from white bg & black line)", "depth": "depth_midas", "normal_map": "normal_midas",
            "depth_anything": "depth_anything_v2", "segmentation": "seg_segformer_ade20k",
            "seg_ofade20k": "seg_segformer_ade20k", "seg_ufade20k": "seg_segformer_ade20k",
-           "lineart_standard": "lineart_standard (from white bg & black line)",
+           "lineart_standard": "lineart_standard (from white bg & black line)", "hed": "softedge_hed",
            # the extension's IP-Adapter encoder names
            "ip-adapter_clip_sd15": "ip-adapter_clip_h", "ip-adapter_clip_sdxl_plus_vith": "ip-adapter_clip_h",
            "ip-adapter_clip_sdxl": "ip-adapter_clip_g", "ip-adapter_clip_bigg": "ip-adapter_clip_g"}
