@@ -549,3 +549,34 @@ def test_a_unit_parses_the_forms_clients_send():
     assert units.parse(None, 1, None) is None
     with pytest.raises(UserInputError, match="controlnet unit 2: must be an object"):
         units.parse([1, 2], 2, None)
+
+
+def test_a_low_vram_unit_is_on_the_device_only_for_its_calls(api_client, controlnet_dir, astronaut, monkeypatch):
+    from modules.api import encoding
+    from modules.controlnet import models
+
+    write_controlnet(os.path.join(controlnet_dir, "control_tiny_canny.safetensors"))
+    moves, loaded = [], []
+    original = models.load
+
+    def recording(*args, **kwargs):
+        net = original(*args, **kwargs)
+        loaded.append(kwargs)
+        if "to" not in vars(net):
+            real = net.to
+            monkeypatch.setattr(net, "to", lambda *a, **k: moves.append(str(a[0] if a else k)) or real(*a, **k),
+                                raising=False)
+        return net
+
+    monkeypatch.setattr(models, "load", recording)
+    unit = {"module": "canny", "model": "control_tiny_canny", "processor_res": 64,
+            "image": _b64(Image.fromarray(astronaut).resize((64, 64)))}
+    first = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert first.status_code == 200 and not moves  # on the device all along
+    offloaded = api_client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "low_vram": True}]}}})
+    assert offloaded.status_code == 200, offloaded.text
+    assert loaded[-1]["device"] is None and str(loaded[-1]["offloaded_for"]) == "cpu"  # its own RAM copy
+    assert len(moves) == 2 * 4 and moves[1::2] == ["cpu"] * 4  # to the device and back, for each of the 4 steps
+    assert (pixels(encoding.decode_image(offloaded.json()["images"][0])) ==
+            pixels(encoding.decode_image(first.json()["images"][0]))).all()

@@ -25,6 +25,7 @@ class ControlUnit:
     guidance_start: float = 0.0
     guidance_end: float = 1.0
     control_mode: str = "Balanced"
+    offload_device: Any = None  # set: the ControlNet waits in RAM and is on this device only for its call (low VRAM)
 
     def active(self, step: int, total_steps: int) -> bool:
         progress = step / max(total_steps, 1)
@@ -92,9 +93,15 @@ def residuals_hook(units: list[ControlUnit]) -> Callable[[Any], None]:
                 continue
             rows = call.x.shape[0]
             extra = {"added_cond_kwargs": call.kwargs["added_cond_kwargs"]} if "added_cond_kwargs" in call.kwargs else {}
-            unit_down, unit_mid = net(call.x[:, :net.config.in_channels], call.timestep, encoder_hidden_states=context,
-                                      controlnet_cond=unit.hint.expand(rows, -1, -1, -1), conditioning_scale=unit.weight,
-                                      return_dict=False, **extra)
+            if unit.offload_device is not None:
+                net.to(unit.offload_device)
+            try:
+                unit_down, unit_mid = net(call.x[:, :net.config.in_channels], call.timestep,
+                                          encoder_hidden_states=context, controlnet_cond=unit.hint.expand(rows, -1, -1, -1),
+                                          conditioning_scale=unit.weight, return_dict=False, **extra)
+            finally:
+                if unit.offload_device is not None:
+                    net.to("cpu")
             unit_down, unit_mid = _shaped(unit, list(unit_down), unit_mid, call)
             if down is None:
                 down, mid = list(unit_down), unit_mid

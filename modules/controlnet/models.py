@@ -174,12 +174,13 @@ def _load_folder(path: str, dtype) -> Any:
     return ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True).eval().requires_grad_(False)
 
 
-def load(path: str, dtype, like: Any = None, device: Any = None) -> Any:
+def load(path: str, dtype, like: Any = None, device: Any = None, offloaded_for: Any = None) -> Any:
     """The ControlNet at ``path``, kept while its file is unchanged: one copy per device (``--gpus`` workers each
-    get their own; without ``device``, the one in RAM). ``like``: the base UNet's config, for what a single file does
-    not show (SDXL's size-embedding width)."""
+    get their own; without ``device``, the one in RAM; ``offloaded_for``: a RAM copy of the worker on that device,
+    which moves it to its device for each call). ``like``: the base UNet's config, for what a single file does not
+    show (SDXL's size-embedding width)."""
     stat = os.stat(path)
-    key = (path, str(device or "cpu"))
+    key = (path, str(device or "cpu") + (f" for {offloaded_for}" if offloaded_for is not None else ""))
     signature = (stat.st_size, stat.st_mtime_ns, str(dtype))
     with _lock:
         cached = _loaded.get(key)

@@ -177,7 +177,9 @@ class Script(scripts.Script):
                 names.append(name)
                 p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, unit.processor_res)
                 continue
-            net = models.load(path, model.dtype, like=model.unet.config, device=model.device)
+            offload = unit.low_vram or lowvram.is_enabled(model)  # the ControlNet on the GPU only for its calls
+            net = models.load(path, model.dtype, like=model.unet.config, device=None if offload else model.device,
+                              offloaded_for=model.device if offload else None)
             models.check_family(net, model, name)
             resolution = unit.processor_res
             if unit.pixel_perfect:
@@ -185,7 +187,7 @@ class Script(scripts.Script):
             unit.threshold_a, unit.threshold_b = preprocessors.thresholds(unit.module, unit.threshold_a,
                                                                           unit.threshold_b)  # the infotext's
             hint = preprocessors.run(unit.module, picture, resolution, unit.threshold_a, unit.threshold_b, mask)
-            p.controlnet_units.append((unit, net, hint))
+            p.controlnet_units.append((unit, net, hint, model.device if offload else None))
             if unit.module != "none" and unit.save_detected_map:
                 p.controlnet_detected_maps.append(units.fit(hint, p.width, p.height, unit.resize_mode).convert("RGB"))
             p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
@@ -234,13 +236,13 @@ class Script(scripts.Script):
         latent = kwargs["x"]
         height, width = (side * p.latent_format.downscale for side in latent.shape[-2:])
         engine_units = []
-        for unit, net, hint in resolved:
+        for unit, net, hint, offload_device in resolved:
             if not unit.applies_to(p.is_hr_pass):
                 continue
             sized = units.fit(hint, width, height, unit.resize_mode)
-            engine_units.append(apply.ControlUnit(unit.model, net, apply.hint_tensor(sized, width, height, net.device,
+            engine_units.append(apply.ControlUnit(unit.model, net, apply.hint_tensor(sized, width, height, latent.device,
                                                                                     net.dtype),
                                                   unit.weight, unit.guidance_start, unit.guidance_end,
-                                                  unit.control_mode))
+                                                  unit.control_mode, offload_device))
         p.controlnet_hook = apply.residuals_hook(engine_units)
         hooks.append(p.controlnet_hook)
