@@ -250,3 +250,29 @@ def test_hed_soft_edges_from_the_official_weights_layout(data_dir, astronaut):
             preprocessors.run("softedge_hed", picture, 64)
     finally:
         os.remove(path)
+
+
+@pytest.mark.parametrize("kind", ["realistic", "coarse"])
+def test_line_art_from_the_official_weights_layout(data_dir, astronaut, kind):
+    """``sk_model.pth``/``sk_model2.pth`` keys: with every weight 0 and the last bias b, the generator paints
+    sigmoid(b) everywhere; the preprocessor inverts it (white lines on black)."""
+    from modules.arch import lineart
+    from modules.controlnet import annotators, preprocessors
+
+    path = annotators.LINEART_WEIGHTS[kind].path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = {key: torch.zeros_like(value) for key, value in lineart.LineArt().state_dict().items()}
+    assert len(state) == 24 and state["model2.2.conv_block.5.weight"].shape == (256, 256, 3, 3)
+    state["model4.1.bias"] = torch.tensor([2.0])
+    torch.save(state, path)
+    try:
+        lines = np.asarray(preprocessors.run(f"lineart_{kind}", Image.fromarray(astronaut), 64))
+        paper = int(255 / (1 + np.exp(-2.0)))  # sigmoid(2) x 255 = 224
+        assert lines.shape == (64, 64, 3) and (lines == 255 - paper).all()
+        torch.manual_seed(1)
+        torch.save(lineart.LineArt().state_dict(), path)
+        os.utime(path, ns=(1, 1))
+        random = np.asarray(preprocessors.run(f"lineart_{kind}", Image.fromarray(astronaut), 64))
+        assert _gray(random) and random.std() > 0
+    finally:
+        os.remove(path)

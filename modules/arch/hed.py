@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modules.errors import UnsupportedModelFile
+from modules.arch.weights import load_exactly
 
 BLOCKS = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))  # in, out channels, convolutions
 
@@ -47,14 +47,4 @@ class HED(nn.Module):
 
 def load(state: dict[str, Any], name: str) -> HED:
     """The network with the weights of ``state`` (the file ``name``), every key present and of its shape."""
-    model = HED()
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # a shape that does not fit
-        reason = " ".join(line.strip() for line in str(e).splitlines()[1:2])[:200]
-        raise UnsupportedModelFile(f"{name}: not the HED network ({reason})") from None
-    if result.missing_keys or result.unexpected_keys:
-        wrong = result.missing_keys or result.unexpected_keys
-        raise UnsupportedModelFile(f"{name}: not the HED network ({len(result.missing_keys)} weights missing, "
-                                   f"{len(result.unexpected_keys)} unexpected, e.g. {wrong[0]})")
-    return model.eval().requires_grad_(False)
+    return load_exactly(HED(), state, name, "HED network")

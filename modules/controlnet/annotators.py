@@ -2,8 +2,8 @@
 ``controlnet_aux``, no torchvision), each a folder under ``models/annotator/`` fetched from the hub on first use.
 
 Outputs are in the formats the ControlNets were trained on: depth near = white (min-max normalised relative
-inverse depth); HED soft edges (our torch port of lllyasviel's Apache-2 network, ``modules.arch.hed``, its official
-``ControlNetHED.pth`` downloaded on first use); normal maps from the depth's gradients as the extension's ``normal_midas``; OpenPose body
+inverse depth); HED soft edges and line art (our torch ports of lllyasviel's networks, ``modules.arch.hed`` and
+``modules.arch.lineart``, their official files downloaded on first use); normal maps from the depth's gradients as the extension's ``normal_midas``; OpenPose body
 skeletons (18 points, the OpenPose colours, on black) from ViTPose's COCO keypoints, one skeleton per person
 RT-DETR finds; segmentation in the ADE20k palette the seg ControlNets expect.
 """
@@ -29,8 +29,13 @@ MODELS = {
                                   "nvidia/segformer-b4-finetuned-ade-512-512", ("model.safetensors", "pytorch_model.bin")),
 }
 
+ANNOTATOR_FILES = "https://huggingface.co/lllyasviel/Annotators/resolve/main"
 HED_WEIGHTS = OfficialWeights("HED (ControlNetHED)", "annotator", "ControlNetHED.pth",
-                              "https://huggingface.co/lllyasviel/Annotators/resolve/main/ControlNetHED.pth")
+                              f"{ANNOTATOR_FILES}/ControlNetHED.pth")
+LINEART_WEIGHTS = {"realistic": OfficialWeights("Line art (realistic)", "annotator", "sk_model.pth",
+                                                f"{ANNOTATOR_FILES}/sk_model.pth"),
+                   "coarse": OfficialWeights("Line art (coarse)", "annotator", "sk_model2.pth",
+                                             f"{ANNOTATOR_FILES}/sk_model2.pth")}
 
 PERSON_THRESHOLD = 0.3  # detections of a person below this score are left out
 KEYPOINT_THRESHOLD = 0.3  # keypoints below this score are not drawn
@@ -118,16 +123,16 @@ def normal_map(image: np.ndarray, background_threshold: float) -> np.ndarray:
 
 # ---- soft edges ------------------------------------------------------------------------------------------------
 
-def _hed() -> Any:
-    from modules.arch import hed
+def _network(weights: OfficialWeights, architecture: Any) -> Any:
+    """One of our torch ports (``architecture.load``) with the official weights, downloaded first when missing."""
     from modules.loading import model_files
 
-    path = ensure(HED_WEIGHTS)
+    path = ensure(weights)
     key = f"{path}@{os.stat(path).st_mtime_ns}"  # a replaced file is read again
     with _lock:
         if key not in _loaded:
-            with model_files.loading(path, "HED network"):
-                _loaded[key] = (hed.load(model_files.read_state_dict(path), os.path.basename(path)), None)
+            with model_files.loading(path, weights.name):
+                _loaded[key] = (architecture.load(model_files.read_state_dict(path), os.path.basename(path)), None)
         return _loaded[key][0]
 
 
@@ -137,15 +142,30 @@ def soft_edges(image: np.ndarray, safe: bool) -> np.ndarray:
     import cv2
     import torch
 
+    from modules.arch import hed
+
     height, width = image.shape[:2]
     pixels = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).float().permute(2, 0, 1)[None]
-    maps = run_on_device(_hed(), {"x": pixels})
+    maps = run_on_device(_network(HED_WEIGHTS, hed), {"x": pixels})
     resized = [cv2.resize(edges.float().cpu().numpy()[0, 0], (width, height), interpolation=cv2.INTER_LINEAR)
                for edges in maps]
     edge = 1 / (1 + np.exp(-np.mean(np.stack(resized, axis=2), axis=2).astype(np.float64)))
     if safe:
         edge = np.floor(edge * 3) / 2
     return gray_to_rgb(edge)
+
+
+def line_art(image: np.ndarray, kind: str) -> np.ndarray:
+    """White lines on black: the inverted output of the "informative drawings" generator (``kind``: realistic or
+    coarse weights)."""
+    import torch
+
+    from modules.arch import lineart
+
+    pixels = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).float().permute(2, 0, 1)[None] / 255.0
+    paper = run_on_device(_network(LINEART_WEIGHTS[kind], lineart), {"x": pixels})[0, 0].float().cpu().numpy()
+    lines = 255 - (paper * 255.0).clip(0, 255).astype(np.uint8)
+    return np.repeat(lines[:, :, None], 3, axis=2)
 
 
 # ---- segmentation -----------------------------------------------------------------------------------------

@@ -156,6 +156,8 @@ PREPROCESSORS = {p.name: p for p in (
     Preprocessor("softedge_hedsafe", _annotator("soft_edges", True)),
     Preprocessor("scribble_xdog", _scribble_xdog, threshold_a=("XDoG Threshold", 1, 64, 32)),
     Preprocessor("lineart_standard (from white bg & black line)", _lineart_standard),
+    Preprocessor("lineart_realistic", _annotator("line_art", "realistic")),
+    Preprocessor("lineart_coarse", _annotator("line_art", "coarse")),
     Preprocessor("tile_resample", _tile_resample, uses_resolution=False,
                  threshold_a=("Down Sampling Rate", 1, 8, 1)),
     Preprocessor("shuffle", _shuffle),
