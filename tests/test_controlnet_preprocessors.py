@@ -240,11 +240,14 @@ def test_hed_soft_edges_from_the_official_weights_layout(data_dir, astronaut):
         edges = np.asarray(preprocessors.run("softedge_hed", picture, 64))
         assert edges.shape == (64, 64, 3) and (edges == int(255 / (1 + np.exp(-3.0)))).all()  # sigmoid(3): 242
         assert (np.asarray(preprocessors.run("softedge_hedsafe", picture, 64)) == 255).all()  # floor(0.95 x 3) / 2
+        assert (np.asarray(preprocessors.run("scribble_hed", picture, 64)) == 255).all()  # flat 242 > 127: all ridge
         torch.manual_seed(0)
         torch.save(hed.HED().state_dict(), path)
         os.utime(path, ns=(1, 1))  # another file: read again
         random = np.asarray(preprocessors.run("hed", picture, 64))
         assert _gray(random) and random.std() > 0
+        strokes = np.asarray(preprocessors.run("fake_scribble", picture, 64))
+        assert _gray(strokes) and set(np.unique(strokes)) <= {0, 255}
         torch.save({"block1.convs.0.weight": torch.zeros(1)}, path)
         with pytest.raises(UnsupportedModelFile, match="ControlNetHED.pth: .*not the HED network"):
             preprocessors.run("softedge_hed", picture, 64)
@@ -276,3 +279,15 @@ def test_line_art_from_the_official_weights_layout(data_dir, astronaut, kind):
         assert _gray(random) and random.std() > 0
     finally:
         os.remove(path)
+
+
+def test_thin_lines_keeps_the_local_maxima_above_the_threshold():
+    from modules.controlnet import annotators
+
+    soft = np.zeros((32, 32), dtype=np.float32)
+    soft[:, 14:19] = [100, 200, 255, 200, 100]  # a soft vertical line, brightest in column 16
+    wide = annotators.thin_lines(soft, 150, 0.5)
+    assert set(np.unique(wide)) == {0, 255}
+    assert (wide[4:28, 15:18] == 255).all() and (wide[4:28, :15] == 0).all() and (wide[4:28, 18:] == 0).all()
+    narrow = annotators.thin_lines(soft, 230, 0.5)
+    assert (narrow[4:28, 16] == 255).all() and narrow[4:28].sum() == 255 * 24  # only the brightest column

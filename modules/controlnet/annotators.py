@@ -155,6 +155,28 @@ def soft_edges(image: np.ndarray, safe: bool) -> np.ndarray:
     return gray_to_rgb(edge)
 
 
+def thin_lines(soft: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
+    """The scribble preprocessors' line picking: 255 where the blurred 0..255 map is above ``threshold`` and a local
+    maximum along at least one of the four directions (across a line, its crest), 0 elsewhere."""
+    import cv2
+
+    blurred = cv2.GaussianBlur(soft.astype(np.float32), (0, 0), sigma)
+    ridges = np.zeros_like(blurred)
+    for kernel in (np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], np.uint8), np.array([[0, 1, 0]] * 3, np.uint8),
+                   np.eye(3, dtype=np.uint8), np.fliplr(np.eye(3, dtype=np.uint8)).copy()):
+        np.putmask(ridges, cv2.dilate(blurred, kernel=kernel) == blurred, blurred)
+    return np.where(ridges > threshold, 255, 0).astype(np.uint8)
+
+
+def scribble(image: np.ndarray) -> np.ndarray:
+    """``scribble_hed``: HED's soft edges thinned, blurred and binarised into white strokes on black."""
+    import cv2
+
+    lines = cv2.GaussianBlur(thin_lines(soft_edges(image, False)[:, :, 0], 127, 3.0), (0, 0), 3.0)
+    strokes = np.where(lines > 4, 255, 0).astype(np.uint8)
+    return np.repeat(strokes[:, :, None], 3, axis=2)
+
+
 def line_art(image: np.ndarray, kind: str) -> np.ndarray:
     """White lines on black: the inverted output of the "informative drawings" generator (``kind``: realistic or
     coarse weights)."""

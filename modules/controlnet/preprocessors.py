@@ -154,6 +154,7 @@ PREPROCESSORS = {p.name: p for p in (
     Preprocessor("seg_segformer_ade20k", _annotator("segmentation")),
     Preprocessor("softedge_hed", _annotator("soft_edges", False)),
     Preprocessor("softedge_hedsafe", _annotator("soft_edges", True)),
+    Preprocessor("scribble_hed", _annotator("scribble")),
     Preprocessor("scribble_xdog", _scribble_xdog, threshold_a=("XDoG Threshold", 1, 64, 32)),
     Preprocessor("lineart_standard (from white bg & black line)", _lineart_standard),
     Preprocessor("lineart_realistic", _annotator("line_art", "realistic")),
@@ -175,7 +176,7 @@ PREPROCESSORS = {p.name: p for p in (
 ALIASES = {"invert": "invert (from white bg & black line)", "depth": "depth_midas", "normal_map": "normal_midas",
            "depth_anything": "depth_anything_v2", "segmentation": "seg_segformer_ade20k",
            "seg_ofade20k": "seg_segformer_ade20k", "seg_ufade20k": "seg_segformer_ade20k",
-           "lineart_standard": "lineart_standard (from white bg & black line)", "hed": "softedge_hed",
+           "lineart_standard": "lineart_standard (from white bg & black line)", "hed": "softedge_hed", "fake_scribble": "scribble_hed",
            # the extension's IP-Adapter encoder names
            "ip-adapter_clip_sd15": "ip-adapter_clip_h", "ip-adapter_clip_sdxl_plus_vith": "ip-adapter_clip_h",
            "ip-adapter_clip_sdxl": "ip-adapter_clip_g", "ip-adapter_clip_bigg": "ip-adapter_clip_g"}
