@@ -1,11 +1,15 @@
-"""The neural preprocessors: depth, normal map, pose and segmentation from transformers models (no
-``controlnet_aux``, no torchvision), each a folder under ``models/annotator/`` fetched from the hub on first use.
+"""The neural preprocessors (no ``controlnet_aux``, no torchvision), in the formats the ControlNets were trained on:
 
-Outputs are in the formats the ControlNets were trained on: depth near = white (min-max normalised relative
-inverse depth); HED soft edges and line art (our torch ports of lllyasviel's networks, ``modules.arch.hed`` and
-``modules.arch.lineart``, their official files downloaded on first use); normal maps from the depth's gradients as the extension's ``normal_midas``; OpenPose body
-skeletons (18 points, the OpenPose colours, on black) from ViTPose's COCO keypoints, one skeleton per person
-RT-DETR finds; segmentation in the ADE20k palette the seg ControlNets expect.
+- depth, near = white (min-max normalised relative inverse depth), and normal maps from its gradients as the
+  extension's ``normal_midas``: transformers' DPT hybrid MiDaS and Depth Anything V2;
+- OpenPose body skeletons (18 points, the OpenPose colours, on black) from ViTPose's COCO keypoints, one per person
+  RT-DETR finds (both transformers);
+- ADE20k segmentation in the palette the seg ControlNets expect: transformers' SegFormer;
+- HED soft edges and scribbles, and line art: our torch ports of lllyasviel's networks (``modules.arch.hed``,
+  ``modules.arch.lineart``) with their official files.
+
+The transformers models are folders under ``models/annotator/`` fetched from the hub on first use, the official
+files are downloaded there on first use (both as the upscalers' weights: setting, offline message).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ MODELS = {
     "person_detector": HubFolder("RT-DETR (person detection)", "annotator/rtdetr-r50vd-coco-o365",
                                  "PekingU/rtdetr_r50vd_coco_o365"),
     "vitpose": HubFolder("ViTPose (base)", "annotator/vitpose-base-simple", "usyd-community/vitpose-base-simple"),
-    "segformer_ade20k": HubFolder("SegFormer ADE20k", "annotator/segformer-b4-ade-512", 
+    "segformer_ade20k": HubFolder("SegFormer ADE20k", "annotator/segformer-b4-ade-512",
                                   "nvidia/segformer-b4-finetuned-ade-512-512", ("model.safetensors", "pytorch_model.bin")),
 }
 
@@ -41,7 +45,7 @@ PERSON_THRESHOLD = 0.3  # detections of a person below this score are left out
 KEYPOINT_THRESHOLD = 0.3  # keypoints below this score are not drawn
 
 _lock = threading.Lock()
-_loaded: dict[str, tuple[Any, Any]] = {}  # folder -> (model, image processor), kept in RAM
+_loaded: dict[str, tuple[Any, Any]] = {}  # folder or file -> (model, image processor or None), kept in RAM
 _running = threading.Lock()  # one model on a device at a time: --gpus workers share these models
 
 
