@@ -125,7 +125,7 @@ def normal_map(image: np.ndarray, background_threshold: float) -> np.ndarray:
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)
 
 
-# ---- soft edges ------------------------------------------------------------------------------------------------
+# ---- edges and lines (our torch ports) ---------------------------------------------------------------------
 
 def _network(weights: OfficialWeights, architecture: Any) -> Any:
     """One of our torch ports (``architecture.load``) with the official weights, downloaded first when missing."""
