@@ -531,6 +531,9 @@ def test_the_detected_map_follows_the_images_as_the_extension_returns_it(api_cli
         assert len(images(unit)) == 1
     finally:
         opts.set("control_net_no_detectmap", False)
+    scripted = images(unit, script_name="prompts from file or textbox",  # its jobs' images are all its own
+                      script_args=[False, False, "start", "a cat\na dog"])
+    assert len(scripted) == 2
 
 
 def test_a_unit_parses_the_forms_clients_send():

@@ -220,9 +220,11 @@ class Script(scripts.Script):
 
     def postprocess(self, p, processed, *values):
         """The UNet back as it was; the preprocessors' outputs after the images, as the extension returns them
-        (unless the setting ``control_net_no_detectmap`` or a unit's ``save_detected_map`` says not to)."""
+        (unless the setting ``control_net_no_detectmap`` or a unit's ``save_detected_map`` says not to, or a
+        selectable script runs the job: scripts such as Loopback take every image of their jobs as theirs)."""
         ip_adapter.detach(p.sd_model.unet)
-        if not opts.control_net_no_detectmap:
+        script_selected = bool(p.script_args and p.script_args[0])
+        if not opts.control_net_no_detectmap and not script_selected:
             processed.images.extend(getattr(p, "controlnet_detected_maps", []))
 
     def process_before_every_sampling(self, p, *values, **kwargs):
