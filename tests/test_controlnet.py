@@ -93,6 +93,19 @@ def test_original_and_diffusers_layouts_are_found_and_load_to_the_same_network(c
     folder = models.load(listed["tiny-canny-diffusers"], torch.float32)
     for key, value in net.state_dict().items():
         assert torch.equal(value, folder.state_dict()[key]), key
+    from safetensors.torch import load_file, save_file
+
+    pruned = os.path.join(controlnet_dir, "control_tiny_canny_fp16.safetensors")  # the fp16 pruned variant
+    save_file({key: value.half() for key, value in load_file(single).items()}, pruned)
+    half = models.load(pruned, torch.float32)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value.half().float(), half.state_dict()[key]), key
+    os.remove(pruned)
+    torch.save({key: value for key, value in load_file(single).items()},  # a .pth: read with weights_only
+               os.path.join(controlnet_dir, "control_tiny_canny_pth.pth"))
+    from_pth = models.load(models.find("control_tiny_canny_pth"), torch.float32)
+    assert all(torch.equal(value, from_pth.state_dict()[key]) for key, value in net.state_dict().items())
+    os.remove(os.path.join(controlnet_dir, "control_tiny_canny_pth.pth"))
     assert models.load(single, torch.float32, device="cpu") is net  # kept, one copy per device
     elsewhere = models.load(single, torch.float32, device="meta")  # another worker's device (--gpus)
     assert elsewhere is not net and next(elsewhere.parameters()).device.type == "meta"
