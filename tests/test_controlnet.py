@@ -361,6 +361,7 @@ def test_an_alias_runs_its_preprocessor_and_the_infotext_names_what_ran(api_clie
     assert answer.status_code == 200, answer.text
     infotext = json.loads(answer.json()["info"])["infotexts"][0]
     assert 'ControlNet 0: "Module: lineart_standard (from white bg & black line), Model: control_tiny_canny [' in infotext
+    assert "Processor Res: 64" in infotext and "Threshold" not in infotext  # it has no thresholds to record
 
 
 def test_an_infotexts_units_are_pasted_into_the_page_and_read_by_the_api(api_client, controlnet_dir, astronaut):

@@ -105,6 +105,8 @@ def test_an_ip_adapter_unit_conditions_the_image_and_leaves_the_unet_as_it_was(a
     adapted = _run(api_client, unit)
     entry = json.loads(adapted["info"])["infotexts"][0].split("ControlNet 0: ")[1]
     assert entry.startswith('"Module: ip-adapter_clip_h, Model: ip-adapter_tiny [') and "Weight: 0.8" in entry
+    assert "Resize Mode: Crop and Resize, Guidance Start" in entry  # nothing an IP-Adapter does not use
+    assert not any(field in entry for field in ("Processor Res", "Threshold", "Pixel Perfect", "Control Mode"))
     image = pixels(encoding.decode_image(adapted["images"][0]))
     assert (image != pixels(encoding.decode_image(plain["images"][0]))).any()
     assert {name: type(processor) for name, processor in unet.attn_processors.items()} == processors  # detached
@@ -117,6 +119,12 @@ def test_an_ip_adapter_unit_conditions_the_image_and_leaves_the_unet_as_it_was(a
     assert (pixels(encoding.decode_image(off["images"][0])) == pixels(encoding.decode_image(plain["images"][0]))).all()
     late = _run(api_client, {**unit, "guidance_start": 0.5})  # the adapter's scale is 0 before half the steps
     assert (pixels(encoding.decode_image(late["images"][0])) != image).any()
+    wide = _b64(Image.fromarray(astronaut).resize((96, 48)))  # not square: the resize mode decides what it sees
+    cropped = _run(api_client, {**unit, "image": wide})
+    stretched = _run(api_client, {**unit, "image": wide, "resize_mode": "Just Resize"})
+    assert "Resize Mode: Just Resize" in json.loads(stretched["info"])["infotexts"][0]
+    assert (pixels(encoding.decode_image(stretched["images"][0])) !=
+            pixels(encoding.decode_image(cropped["images"][0]))).any()
 
 
 def test_the_prompt_rows_get_the_images_embedding_and_the_negative_rows_a_blank_ones(api_client, adapters,
@@ -156,6 +164,8 @@ def test_the_prompt_rows_get_the_images_embedding_and_the_negative_rows_a_blank_
     ({"module": "canny", "model": "ip-adapter_tiny"},
      "controlnet unit 0: ip-adapter_tiny is an IP-Adapter; its preprocessor must be one of ip-adapter_clip_h, "
      "ip-adapter_clip_g, not canny"),
+    ({"module": "ip-adapter_clip_h", "model": "ip-adapter_tiny", "control_mode": 2},
+     "controlnet unit 0: control_mode 'ControlNet is more important' is for ControlNets"),
     ({"module": "ip-adapter_clip_g", "model": "ip-adapter_tiny"}, "CLIP ViT-bigG image encoder (IP-Adapter): the "
                                                                   "model folder"),
     ({"module": "ip-adapter_clip_h", "model": "ip-adapter_sdxl"},

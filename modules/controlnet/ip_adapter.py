@@ -123,12 +123,13 @@ class Adapter:
             self.applies_to(hires_pass)
 
 
-def embed(module: str, state: dict, picture: Any, name: str) -> tuple[Any, Any]:
-    """(positive, negative) embeddings of ``picture`` for the adapter ``state``."""
+def embed(module: str, state: dict, picture: Any, name: str, resize_mode: str = "Crop and Resize") -> tuple[Any, Any]:
+    """(positive, negative) embeddings of ``picture`` for the adapter ``state``; the picture is first fitted to the
+    encoder's square input by the unit's resize mode (CLIP's own preprocessing is "Crop and Resize")."""
     import torch
     from PIL import Image
 
-    from modules.controlnet import annotators
+    from modules.controlnet import annotators, units
 
     encoder, processor = load_encoder(module)
     hidden = takes_hidden_states(state)
@@ -137,7 +138,8 @@ def embed(module: str, state: dict, picture: Any, name: str) -> tuple[Any, Any]:
         raise UserInputError(f"IP-Adapter {name} takes {embedding_width(state)}-wide image embeddings; the "
                              f"{encoder_name(module)} encoder makes {width}-wide ones (ViT-H: ip-adapter_clip_h, "
                              f"ViT-bigG: ip-adapter_clip_g)")
-    pictures = [picture.convert("RGB")]
+    crop = processor.crop_size or {"height": 224, "width": 224}
+    pictures = [units.fit(picture.convert("RGB"), crop["width"], crop["height"], resize_mode)]
     if hidden:
         pictures.append(Image.new("RGB", pictures[0].size))  # the negative rows see a black image
     pixels = processor(images=pictures, return_tensors="pt")["pixel_values"]

@@ -151,13 +151,23 @@ def fit(hint: Any, width: int, height: int, resize_mode: str):
     return canvas
 
 
-def infotext(unit: UnitRequest, model_title: str, processor_res: int) -> str:
-    """The extension's ``ControlNet N`` value (quoted by the infotext writer)."""
+def infotext(unit: UnitRequest, model_title: str, preprocessor: Any, processor_res: int) -> str:
+    """The extension's ``ControlNet N`` value (quoted by the infotext writer), with only the fields that took effect:
+    no resolution or Pixel Perfect for a preprocessor without a resolution, no thresholds it does not have, no
+    control mode for an IP-Adapter (``preprocessor.embeds``)."""
     parts = [("Module", unit.module), ("Model", model_title), ("Weight", unit.weight),
-             ("Resize Mode", unit.resize_mode), ("Processor Res", processor_res), ("Threshold A", unit.threshold_a),
-             ("Threshold B", unit.threshold_b), ("Guidance Start", unit.guidance_start),
-             ("Guidance End", unit.guidance_end), ("Pixel Perfect", unit.pixel_perfect),
-             ("Control Mode", unit.control_mode), ("Hr Option", unit.hr_option)]
+             ("Resize Mode", unit.resize_mode)]
+    if preprocessor.uses_resolution:
+        parts.append(("Processor Res", processor_res))
+    parts += [(name, value) for name, value, slider in (("Threshold A", unit.threshold_a, preprocessor.threshold_a),
+                                                        ("Threshold B", unit.threshold_b, preprocessor.threshold_b))
+              if slider is not None]
+    parts += [("Guidance Start", unit.guidance_start), ("Guidance End", unit.guidance_end)]
+    if preprocessor.uses_resolution:
+        parts.append(("Pixel Perfect", unit.pixel_perfect))
+    if not preprocessor.embeds:
+        parts.append(("Control Mode", unit.control_mode))
+    parts.append(("Hr Option", unit.hr_option))
     return ", ".join(f"{key}: {value}" for key, value in parts)
 
 

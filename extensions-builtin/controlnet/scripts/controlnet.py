@@ -168,14 +168,16 @@ class Script(scripts.Script):
                 raise UserInputError(f"controlnet unit {index}: no image given (and no img2img input to use)")
             unit.module = preprocessors.canonical(unit.module)  # the name of what runs, for the infotext
             title = models.title(name, path)
-            if ip_adapter.is_ip_adapter(path) or ip_adapter.encoder_name(unit.module):
+            preprocessor = preprocessors.find(unit.module)
+            if ip_adapter.is_ip_adapter(path) or preprocessor.embeds:
                 state = self._ip_adapter_state(index, unit, path, name, model)
-                positive, negative = ip_adapter.embed(unit.module, state, picture, name)
+                positive, negative = ip_adapter.embed(unit.module, state, picture, name, unit.resize_mode)
                 adapters.append(ip_adapter.Adapter(positive, negative, unit.weight, unit.guidance_start,
                                                    unit.guidance_end, unit.applies_to))
                 states.append(state)
                 names.append(name)
-                p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, unit.processor_res)
+                p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, preprocessor,
+                                                                                  unit.processor_res)
                 continue
             offload = unit.low_vram or lowvram.is_enabled(model)  # the ControlNet on the GPU only for its calls
             net = models.load(path, model.dtype, like=model.unet.config, device=None if offload else model.device,
@@ -190,7 +192,7 @@ class Script(scripts.Script):
             p.controlnet_units.append((unit, net, hint, model.device if offload else None))
             if unit.module != "none" and unit.save_detected_map:
                 p.controlnet_detected_maps.append(units.fit(hint, p.width, p.height, unit.resize_mode).convert("RGB"))
-            p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, resolution)
+            p.extra_generation_params[f"ControlNet {index}"] = units.infotext(unit, title, preprocessor, resolution)
         if adapters and lowvram.mode_of(model) == "lowvram":
             raise UserInputError("IP-Adapter does not work with --lowvram (the UNet moves block by block, the adapter "
                                  "is added for one job); use --medvram")
@@ -211,6 +213,9 @@ class Script(scripts.Script):
         if not ip_adapter.encoder_name(unit.module):
             raise UserInputError(f"controlnet unit {index}: {name} is an IP-Adapter; its preprocessor must be one of "
                                  f"{', '.join(ip_adapter.ENCODERS)}, not {unit.module}")
+        if unit.control_mode != units.CONTROL_MODES[0]:
+            raise UserInputError(f"controlnet unit {index}: control_mode {unit.control_mode!r} is for ControlNets; an "
+                                 f"IP-Adapter unit takes Balanced")
         state = ip_adapter.read(path)
         width, wanted = ip_adapter.context_width(state), model.unet.config.cross_attention_dim
         if width != wanted:
