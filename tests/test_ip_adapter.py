@@ -244,3 +244,19 @@ def test_ip_adapter_is_refused_in_lowvram_mode(api_client, adapters, astronaut, 
         {"module": "ip-adapter_clip_h", "model": "ip-adapter_tiny",
          "image": _b64(Image.fromarray(astronaut).resize((64, 64)))}]}}})
     assert answer.status_code == 422 and "IP-Adapter does not work with --lowvram" in answer.json()["detail"]
+
+
+def test_an_adapter_file_is_read_once_while_it_is_unchanged(adapters):
+    from safetensors.torch import save_file
+
+    from modules import sd_models
+    from modules.controlnet import ip_adapter
+
+    path = os.path.join(adapters, "ip-adapter_tiny.safetensors")
+    first = ip_adapter.read(path)
+    assert ip_adapter.read(path) is first
+    state = adapter_state(sd_models.get_sd_model().unet, seed=5)
+    save_file({f"{part}.{key}": value for part in state for key, value in state[part].items()}, path)
+    os.utime(path, ns=(1, 1))
+    again = ip_adapter.read(path)
+    assert again is not first and torch.equal(again["image_proj"]["proj.weight"], state["image_proj"]["proj.weight"])

@@ -49,18 +49,28 @@ _loaded: dict[str, tuple[Any, Any]] = {}  # folder or file -> (model, image proc
 _running = threading.Lock()  # one model on a device at a time: --gpus workers share these models
 
 
-def _load(key: str, model_class: str) -> tuple[Any, Any]:
+def load_hub_model(hub: HubFolder, model_class: str, default_processor: str | None = None) -> tuple[Any, Any]:
+    """(model, image processor) of a hub folder, fetched first when missing and kept in RAM; float32 whatever the
+    config says ("auto" would give some of them float16). ``default_processor``: the transformers class to use
+    with its defaults when the folder has no preprocessor config."""
     import torch
     import transformers
 
-    folder = ensure_folder(MODELS[key])
+    folder = ensure_folder(hub)
     with _lock:
-        if folder not in _loaded:  # float32 whatever the config says ("auto" would give some of them float16)
+        if folder not in _loaded:
             model = getattr(transformers, model_class).from_pretrained(folder, local_files_only=True,
                                                                        dtype=torch.float32).eval()
-            processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+            if default_processor and not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+                processor = getattr(transformers, default_processor)()
+            else:
+                processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
             _loaded[folder] = (model, processor)
         return _loaded[folder]
+
+
+def _load(key: str, model_class: str) -> tuple[Any, Any]:
+    return load_hub_model(MODELS[key], model_class)
 
 
 def run_on_device(model: Any, inputs: dict) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from modules.errors import UserInputError
 from modules.loading import model_files
-from modules.loading.model_catalog import HubFolder, ensure_folder
+from modules.loading.model_catalog import HubFolder
 
 ENCODERS = {
     "ip-adapter_clip_h": HubFolder("CLIP ViT-H image encoder (IP-Adapter)", "annotator/ip-adapter", "h94/IP-Adapter",
@@ -30,7 +30,7 @@ ENCODERS = {
                                    "h94/IP-Adapter", subfolder="sdxl_models/image_encoder"),
 }
 _lock = threading.Lock()
-_encoders: dict[str, tuple[Any, Any]] = {}  # folder -> (encoder, image processor), kept in RAM
+_read: dict[str, tuple[tuple, dict]] = {}  # path -> (size and mtime, the adapter's state dicts), kept in RAM
 
 
 def encoder_name(module: str) -> str | None:
@@ -49,7 +49,18 @@ def is_ip_adapter(path: str) -> bool:
 
 
 def read(path: str) -> dict:
-    """The ``{"image_proj": ..., "ip_adapter": ...}`` state dicts diffusers' loader takes."""
+    """The ``{"image_proj": ..., "ip_adapter": ...}`` state dicts diffusers' loader takes (read once while the file
+    is unchanged)."""
+    stat = os.stat(path)
+    signature = (stat.st_size, stat.st_mtime_ns)
+    with _lock:
+        cached = _read.get(path)
+        if cached is None or cached[0] != signature:
+            _read[path] = (signature, _read_file(path))
+        return _read[path][1]
+
+
+def _read_file(path: str) -> dict:
     if model_files.detect_format(path) == model_files.SAFETENSORS:
         flat = model_files.read_state_dict(path)
         state: dict = {"image_proj": {}, "ip_adapter": {}}
@@ -91,20 +102,12 @@ def context_width(state: dict) -> int:
 
 
 def load_encoder(module: str) -> tuple[Any, Any]:
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    """The CLIP vision encoder and its processor (the official encoder folders have no preprocessor config: CLIP's
+    own 224-pixel preprocessing)."""
+    from modules.controlnet import annotators
 
-    folder = ensure_folder(ENCODERS[encoder_name(module)])
-    with _lock:
-        if folder not in _encoders:  # float32: the official encoders' configs say float16
-            encoder = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True,
-                                                                    dtype=torch.float32).eval()
-            # the official encoder folders have no preprocessor config: CLIP's own 224-pixel preprocessing
-            has_processor = os.path.isfile(os.path.join(folder, "preprocessor_config.json"))
-            processor = (CLIPImageProcessor.from_pretrained(folder, local_files_only=True) if has_processor
-                         else CLIPImageProcessor())
-            _encoders[folder] = (encoder, processor)
-        return _encoders[folder]
+    return annotators.load_hub_model(ENCODERS[encoder_name(module)], "CLIPVisionModelWithProjection",
+                                     default_processor="CLIPImageProcessor")
 
 
 @dataclass
